@@ -1,0 +1,20 @@
+"""Command-line front end: ``grokfetch`` and ``python -m grokfetch``.
+
+This package only parses options and formats results; errors become exit
+codes in one place, ``GrokfetchGroup.invoke`` in ``base.py``.
+"""
+
+from __future__ import annotations
+
+from grokfetch.cli.base import cli
+
+# Each import registers its command(s) on ``cli``.
+from grokfetch.cli import inspect as _inspect  # noqa: E402,F401,I001
+from grokfetch.cli import synth as _synth  # noqa: E402,F401
+
+
+def main() -> None:
+    cli(prog_name="grokfetch")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,65 @@
+"""The click group every command hangs off, and the helpers commands share.
+
+Commands live one per module beside this file (``inspect.py``, ``verify.py``,
+...); each calls one library function and formats what comes back.  Errors
+are not handled here: library code raises ``GrokfetchError`` subclasses and
+``grokfetch.cli.main`` turns them into one ``Error: ...`` line and the
+documented exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from grokfetch import __version__
+from grokfetch.errors import EXIT_INTERRUPTED, GrokfetchError
+
+
+class GrokfetchGroup(click.Group):
+    """The one place where library errors become an ``Error:`` line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GrokfetchError as e:
+            if os.environ.get("GROKFETCH_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=GrokfetchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="grokfetch")
+def cli() -> None:
+    """Get the Grok-1 checkpoint onto disk, prove it is intact, make it loadable.
+
+    \b
+    Exit codes:
+      0    success
+      1    the command ran and found problems (verify, smoke)
+      2    could not run: bad arguments, malformed manifest, unsafe path
+      3    a checkpoint file failed the safe reader's checks
+      4    torrent or network problem
+      5    not enough disk space, disk full or I/O error
+      130  interrupted (Ctrl-C / SIGTERM); state was saved where it applies
+
+    Set GROKFETCH_DEBUG=1 to see a traceback instead of the one-line error.
+    """
+
+
+def echo_json(obj: Any) -> None:
+    """Print one JSON document on stdout (the --json output of every command)."""
+    click.echo(json.dumps(obj, indent=1, default=str))
+
+
+def stderr(msg: str) -> None:
+    click.echo(msg, file=sys.stderr)

@@ -1,0 +1,127 @@
+"""Filesystem helpers every stage shares: safe relative paths and atomic writes.
+
+Two rules hold everywhere in grokfetch:
+
+* nothing is ever written outside the destination folder, whatever a torrent,
+  manifest or config says (``safe_relpath`` / ``inside``);
+* nothing is ever written to its final name directly: output goes to a
+  process-unique temp name in the same folder, is fsynced, then renamed, and
+  the temp file is removed if anything fails (``atomic_write``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from grokfetch.errors import UnsafePathError
+
+TMP_MARK = ".grokfetch-tmp-"
+
+
+def safe_relpath(rel: str, what: str = "path") -> str:
+    """Return ``rel`` normalised, or raise UnsafePathError if it could escape its root.
+
+    Refused: empty paths, absolute paths, ``..`` components, backslashes, NUL
+    bytes and drive letters.  Accepted paths use ``/`` and have no ``.`` parts.
+    """
+    if not isinstance(rel, str) or rel == "":
+        raise UnsafePathError(f"unsafe {what} {rel!r}: empty")
+    if "\x00" in rel:
+        raise UnsafePathError(f"unsafe {what} {rel!r}: contains a NUL byte")
+    if "\\" in rel:
+        raise UnsafePathError(f"unsafe {what} {rel!r}: contains a backslash")
+    if rel.startswith("/") or (len(rel) >= 2 and rel[1] == ":"):
+        raise UnsafePathError(f"unsafe {what} {rel!r}: absolute path")
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafePathError(f"unsafe {what} {rel!r}: contains '..'")
+    if not parts:
+        raise UnsafePathError(f"unsafe {what} {rel!r}: names no file")
+    return posixpath.join(*parts)
+
+
+def inside(root: str | os.PathLike[str], rel: str, what: str = "path") -> Path:
+    """Join ``rel`` (checked by safe_relpath) onto ``root`` and prove it stays inside.
+
+    Also resolves symlinks already on disk, so a link planted in the folder
+    cannot redirect a write elsewhere.
+    """
+    root_path = Path(root)
+    target = root_path / safe_relpath(rel, what)
+    real_root = os.path.realpath(root_path)
+    real_target = os.path.realpath(target)
+    if os.path.commonpath([real_root, real_target]) != real_root:
+        raise UnsafePathError(f"unsafe {what} {rel!r}: resolves outside {root_path}")
+    return target
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: str | os.PathLike[str]) -> Path:
+    """A process-unique temp name beside ``path`` (same folder, so rename is atomic)."""
+    p = Path(path)
+    return p.with_name(f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}-{p.name}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success fsync and rename it into place.
+
+    On any exception the temp file is removed and ``path`` is left untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(final)
+    f = open(tmp, mode)  # noqa: SIM115 - closed below in every path
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON (with a trailing newline), atomically."""
+    text = json.dumps(obj, indent=1, sort_keys=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temp files a killed run left behind below ``folder``; return them."""
+    removed = []
+    for p in Path(folder).rglob(f"{TMP_MARK}*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
