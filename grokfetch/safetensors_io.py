@@ -1,0 +1,487 @@
+"""A streaming safetensors writer that never holds a whole tensor in memory.
+
+The safetensors format (https://huggingface.co/docs/safetensors) is simple
+enough to write by hand::
+
+    8 bytes    little-endian u64 N: length of the header
+    N bytes    JSON header {"__metadata__": {str: str}, name: {"dtype", "shape",
+               "data_offsets": [begin, end]}, ...}, padded with spaces so the
+               payload starts 8-byte aligned
+    payload    the tensors' bytes, back to back, C order, little-endian
+
+Writing it ourselves lets a 1.6 GB int8 tensor go from its offset inside a
+checkpoint pickle to the output in 8 MiB pieces (``Tensor`` with only a
+``source``), and lets dequantization run in bounded row blocks (``Tensor``
+with ``out_dtype`` / ``scales`` / ``transpose``).  ``safetensors.numpy.save``
+would need every tensor materialised first.
+
+Every byte written is hashed on the way out (BLAKE3 of the whole file plus of
+each ``chunk_size`` slice, the manifest's definition), so an output never has
+to be read back to be listed in a manifest.  Optionally the file is a zstd
+stream (multithreaded) of exactly those safetensors bytes; the hashes are
+then of the compressed bytes, i.e. of the file on disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+from typing import IO, Any
+
+import blake3
+import ml_dtypes
+import numpy as np
+
+from grokfetch.errors import CheckpointFormatError, DiskError, UsageError
+from grokfetch.fsutil import atomic_write
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+# safetensors' dtype names, in the order of its Rust ``Dtype`` enum: the
+# reference serializer sorts tensors by this rank (descending), then by name.
+# We do the same so our files are byte-identical to ``safetensors.numpy.save``.
+_DTYPE_RANK = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
+               "I32", "U32", "F32", "F64", "I64", "U64"]
+_DTYPE_NAMES = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.uint16): "U16",
+    np.dtype(np.float16): "F16",
+    BFLOAT16: "BF16",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.uint32): "U32",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.uint64): "U64",
+}
+
+COPY_BLOCK = 8 << 20  # raw copies: 8 MiB reads beat copy_file_range here (and we must hash)
+BLOCK_ELEMENTS = 4 << 20  # dequantization: ~16 MiB of float32 scratch per block
+DEFAULT_CHUNK_SIZE = 64 << 20  # same as grokfetch.manifest.DEFAULT_CHUNK_SIZE
+DEFAULT_ZSTD_LEVEL = 3
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """The safetensors name of a numpy dtype ('I8', 'BF16', 'F32', ...)."""
+    try:
+        return _DTYPE_NAMES[np.dtype(dtype)]
+    except KeyError:
+        raise UsageError(f"dtype {dtype} has no safetensors equivalent") from None
+
+
+@dataclass(frozen=True)
+class SourceArray:
+    """A C-order array stored raw at ``offset`` in ``path`` (e.g. inside a checkpoint pickle)."""
+
+    path: Path
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of an output file and how to compute its bytes from a source array.
+
+    * only ``source``: the bytes are copied unchanged (``expert`` selects one
+      slice of the leading axis, still a plain copy);
+    * ``out_dtype``: the values are cast, in row blocks;
+    * ``scales`` (bf16 [..., G, N] for an int8 [..., K, N] source): the
+      weight is dequantized, each of the G row groups of K times its scale row;
+    * ``transpose``: a 2-D result (after ``expert``) is written as [N, K],
+      the [out, in] orientation PyTorch-style stacks expect.
+    """
+
+    name: str
+    source: SourceArray
+    out_dtype: np.dtype | None = None
+    scales: SourceArray | None = None
+    expert: int | None = None
+    transpose: bool = False
+
+    @property
+    def src_shape(self) -> tuple[int, ...]:
+        """Shape of the source selection (after picking ``expert``)."""
+        return self.source.shape[1:] if self.expert is not None else self.source.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.out_dtype) if self.out_dtype is not None else self.source.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        s = self.src_shape
+        return (s[1], s[0]) if self.transpose else s
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def groups(self) -> int | None:
+        return None if self.scales is None else self.scales.shape[-2]
+
+    @property
+    def is_copy(self) -> bool:
+        return self.scales is None and not self.transpose and self.dtype == self.source.dtype
+
+    def check(self) -> None:
+        """Raise UsageError if the description cannot be carried out."""
+        if not self.name or self.name == "__metadata__":
+            raise UsageError(f"bad tensor name {self.name!r}")
+        src = self.source.shape
+        if self.expert is not None and not (src and 0 <= self.expert < src[0]):
+            raise UsageError(f"tensor {self.name}: expert {self.expert} outside shape {src}")
+        if self.transpose and len(self.src_shape) != 2:
+            raise UsageError(f"tensor {self.name}: can only transpose 2-D, got {self.src_shape}")
+        if self.scales is not None:
+            sc = self.scales.shape
+            ok = (
+                len(sc) == len(src) >= 2
+                and sc[:-2] == src[:-2]
+                and sc[-1] == src[-1]
+                and sc[-2] >= 1
+                and src[-2] % sc[-2] == 0
+            )
+            if not ok:
+                raise UsageError(f"tensor {self.name}: scales {sc} do not fit weight {src}")
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """What ``write_safetensors`` produced: the file and the hashes of its bytes on disk."""
+
+    path: Path
+    size: int
+    blake3: str
+    chunks: list[str] = field(default_factory=list)
+    tensors: tuple[str, ...] = ()
+    payload_bytes: int = 0  # uncompressed tensor bytes (== size - header for plain files)
+
+
+def header_bytes(tensors: Sequence[Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The 8-byte length and the space-padded JSON header, tensors in the order given."""
+    head: dict[str, Any] = {}
+    if metadata:
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise UsageError(f"safetensors metadata must map str to str; bad keys: {bad}")
+        head["__metadata__"] = dict(metadata)
+    begin = 0
+    for t in tensors:
+        if t.name in head:
+            raise UsageError(f"duplicate tensor name {t.name!r}")
+        end = begin + t.nbytes
+        head[t.name] = {
+            "dtype": dtype_name(t.dtype),
+            "shape": list(t.shape),
+            "data_offsets": [begin, end],
+        }
+        begin = end
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def order_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Payload order of the reference serializer: wider dtypes first, then by name."""
+    return sorted(tensors, key=lambda t: (-_DTYPE_RANK.index(dtype_name(t.dtype)), t.name))
+
+
+class StreamDigest:
+    """BLAKE3 of a byte stream and of each ``chunk_size`` slice of it, fed incrementally.
+
+    Produces exactly what ``grokfetch.hashing.file_digests`` computes from the
+    finished file, without reading it back.
+    """
+
+    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        if chunk_size <= 0:
+            raise UsageError(f"chunk size must be positive, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.size = 0
+        self._whole = blake3.blake3()
+        self._chunk = blake3.blake3()
+        self._in_chunk = 0
+        self.chunks: list[str] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        mv = memoryview(data).cast("B")
+        self._whole.update(mv)
+        self.size += len(mv)
+        while len(mv):
+            take = min(len(mv), self.chunk_size - self._in_chunk)
+            self._chunk.update(mv[:take])
+            self._in_chunk += take
+            mv = mv[take:]
+            if self._in_chunk == self.chunk_size:
+                self.chunks.append(self._chunk.hexdigest())
+                self._chunk = blake3.blake3()
+                self._in_chunk = 0
+
+    def finish(self) -> tuple[str, list[str]]:
+        """(whole-file hex digest, chunk digests); an empty stream has no chunks."""
+        chunks = list(self.chunks)
+        if self._in_chunk:
+            chunks.append(self._chunk.hexdigest())
+        return self._whole.hexdigest(), chunks
+
+
+class _HashingSink:
+    """A write-only file object that hashes what passes through it (zstd writes here)."""
+
+    def __init__(self, f: IO[bytes], digest: StreamDigest):
+        self.f = f
+        self.digest = digest
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        self.f.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _copy_blocks(src: SourceArray, begin: int, nbytes: int) -> Iterator[memoryview]:
+    """The raw bytes [begin, begin + nbytes) of the source file, in COPY_BLOCK pieces."""
+    buf = bytearray(min(COPY_BLOCK, max(nbytes, 1)))
+    view = memoryview(buf)
+    fd = os.open(src.path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < nbytes:
+            want = min(len(buf), nbytes - done)
+            got = os.preadv(fd, [view[:want]], begin + done)
+            if got <= 0:
+                raise CheckpointFormatError(src.path, begin + done, "file ends inside a tensor")
+            yield view[:got]
+            done += got
+    finally:
+        os.close(fd)
+
+
+class _Mapped:
+    """A read-only mmap of a source file with numpy views of its arrays.
+
+    After every block we drop our page mappings (MADV_DONTNEED: the page cache
+    keeps the data) so resident memory stays at one block, not one tensor.
+    """
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            self.size = os.fstat(f.fileno()).st_size
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+
+    def array(self, a: SourceArray) -> np.ndarray:
+        if self.mm is None or a.offset < 0 or a.offset + a.nbytes > self.size:
+            raise CheckpointFormatError(a.path, a.offset, "array runs past the end of the file")
+        n = prod(a.shape)
+        return np.frombuffer(self.mm, dtype=a.dtype, count=n, offset=a.offset).reshape(a.shape)
+
+    def release(self) -> None:
+        if self.mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self.mm.madvise(mmap.MADV_DONTNEED)
+
+    def close(self) -> None:
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:  # a caller still holds a view; let GC unmap it
+                pass
+
+
+def _raw(a: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array (memoryview cannot export bfloat16 itself)."""
+    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+
+def _convert_blocks(t: Tensor) -> Iterator[memoryview]:
+    """Cast / dequantize / transpose ``t`` in blocks of about BLOCK_ELEMENTS values."""
+    out = t.dtype
+    mapped = _Mapped(t.source.path)
+    smapped = _Mapped(t.scales.path) if t.scales is not None else None
+    try:
+        w = mapped.array(t.source)
+        s = smapped.array(t.scales) if (smapped is not None and t.scales is not None) else None
+        if t.expert is not None:
+            w = w[t.expert]
+            s = s[t.expert] if s is not None else None
+        if t.transpose:
+            yield from _transposed(w, s, out, mapped, smapped)
+        else:
+            yield from _row_blocks(w, s, out, mapped, smapped)
+        del w, s
+    finally:
+        mapped.close()
+        if smapped is not None:
+            smapped.close()
+
+
+def _row_blocks(w: np.ndarray, s: np.ndarray | None, out: np.dtype,
+                mapped: _Mapped, smapped: _Mapped | None) -> Iterator[memoryview]:
+    """Same orientation as the source: walk the rows; a block never straddles a scale group."""
+    if w.size == 0:
+        return
+    if w.ndim == 0:
+        w = w.reshape(1, 1)
+    cols = w.shape[-1]
+    if s is None:
+        rows = w.reshape(-1, cols)  # [R, N]
+        step = max(1, BLOCK_ELEMENTS // max(cols, 1))
+        for r0 in range(0, rows.shape[0], step):
+            yield _raw(rows[r0:r0 + step].astype(out))
+            mapped.release()
+        return
+    k, n = w.shape[-2], w.shape[-1]
+    g = s.shape[-2]
+    gsize = k // g
+    w3 = w.reshape(-1, k, n)  # [L, K, N]
+    s3 = s.reshape(-1, g, n)  # [L, G, N]
+    step = max(1, min(gsize, BLOCK_ELEMENTS // max(n, 1)))
+    scratch = np.empty((step, n), np.float32)
+    for lead in range(w3.shape[0]):
+        for gi in range(g):
+            scale = s3[lead, gi].astype(np.float32)  # [N]
+            for r0 in range(gi * gsize, (gi + 1) * gsize, step):
+                r1 = min(r0 + step, (gi + 1) * gsize)
+                buf = scratch[: r1 - r0]
+                np.copyto(buf, w3[lead, r0:r1], casting="unsafe")
+                np.multiply(buf, scale, out=buf)  # exact in f32: int8 x bf16 needs 16 bits
+                yield _raw(buf.astype(out))
+                mapped.release()
+            if smapped is not None:
+                smapped.release()
+
+
+def _transposed(w: np.ndarray, s: np.ndarray | None, out: np.dtype,
+                mapped: _Mapped, smapped: _Mapped | None) -> Iterator[memoryview]:
+    """[K, N] source -> [N, K] output, a block of output rows (= source columns) at a time."""
+    k, n = w.shape
+    g = s.shape[0] if s is not None else 1
+    step = max(1, BLOCK_ELEMENTS // max(k, 1))
+    for c0 in range(0, n, step):
+        c1 = min(c0 + step, n)
+        block = w[:, c0:c1].astype(np.float32)  # [K, b]
+        if s is not None:
+            grouped = block.reshape(g, k // g, c1 - c0)  # [G, K/G, b]
+            grouped *= s[:, None, c0:c1].astype(np.float32)
+        yield _raw(block.T.astype(out, order="C"))
+        mapped.release()
+        if smapped is not None:
+            smapped.release()
+
+
+def tensor_blocks(t: Tensor) -> Iterator[memoryview]:
+    """The payload bytes of ``t`` in bounded pieces (the writer's only data source)."""
+    if t.is_copy:
+        per = t.nbytes
+        begin = t.source.offset + (t.expert * per if t.expert is not None else 0)
+        yield from _copy_blocks(t.source, begin, per)
+    else:
+        yield from _convert_blocks(t)
+
+
+def write_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Sequence[Tensor],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    compress_level: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_bytes: Callable[[int], Any] | None = None,
+) -> WrittenFile:
+    """Write ``tensors`` to ``path`` as one safetensors file, atomically, hashing as it goes.
+
+    Args:
+        path: final name; the data goes to a temp name beside it, is fsynced
+            and renamed, and the temp file is removed if anything fails.
+        tensors: what to write (any order; the file uses the reference order).
+        metadata: the header's ``__metadata__`` (str -> str).
+        compress_level: if set, the file is a zstd stream (all cores) of the
+            safetensors bytes at that level.
+        chunk_size: slice size of the per-chunk BLAKE3 list.
+        on_bytes: called with the number of payload bytes after each block
+            (progress; also the seam tests use to slow a run down).
+
+    Returns:
+        WrittenFile with the size and BLAKE3 (whole + chunks) of the bytes on disk.
+    """
+    for t in tensors:
+        t.check()
+    ordered = order_tensors(tensors)
+    head = header_bytes(ordered, metadata)
+    digest = StreamDigest(chunk_size)
+    payload = 0
+    try:
+        with atomic_write(path, "wb") as f:
+            if compress_level is None:
+                sink: Any = _HashingSink(f, digest)
+                cctx_writer = None
+            else:
+                import zstandard
+
+                cctx = zstandard.ZstdCompressor(level=compress_level, threads=-1)
+                cctx_writer = cctx.stream_writer(
+                    _HashingSink(f, digest), closefd=False, write_return_read=True
+                )
+                sink = cctx_writer
+            sink.write(head)
+            for t in ordered:
+                written = 0
+                for block in tensor_blocks(t):
+                    sink.write(block)
+                    written += len(block)
+                    if on_bytes is not None:
+                        on_bytes(len(block))
+                if written != t.nbytes:  # a short source would silently misalign the payload
+                    raise CheckpointFormatError(
+                        t.source.path, t.source.offset, f"tensor {t.name} gave {written} bytes,"
+                        f" expected {t.nbytes}"
+                    )
+                payload += written
+            if cctx_writer is not None:
+                cctx_writer.close()  # ends the frame; closefd=False keeps f for the fsync
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise DiskError(f"{path}: {e.strerror}") from e
+        raise
+    whole, chunks = digest.finish()
+    return WrittenFile(
+        path=Path(path),
+        size=digest.size,
+        blake3=whole,
+        chunks=chunks,
+        tensors=tuple(t.name for t in ordered),
+        payload_bytes=payload,
+    )
+
+
+def read_header(f: IO[bytes]) -> tuple[dict[str, Any], int]:
+    """Parse a safetensors header from an open (uncompressed) file: (header dict, payload start)."""
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise UsageError("not a safetensors file: shorter than 8 bytes")
+    n = int.from_bytes(raw, "little")
+    if n > 100 << 20:
+        raise UsageError(f"not a safetensors file: header length {n} is implausible")
+    text = f.read(n)
+    if len(text) != n:
+        raise UsageError("not a safetensors file: header truncated")
+    head = json.loads(text)
+    if not isinstance(head, dict):
+        raise UsageError("not a safetensors file: header is not a JSON object")
+    return head, 8 + n
