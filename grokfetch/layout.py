@@ -1,0 +1,281 @@
+"""The parameter list of a Grok-1-shaped model, in checkpoint file order.
+
+The checkpoint holds one pickle file per parameter, ``ckpt-0/tensor{i:05d}_000``,
+where ``i`` is the parameter's position in ``jax.tree_util`` flatten order.
+JAX sorts dict keys *as strings*, so the layers come 0, 1, 10, 11, ..., 19, 2,
+20, ... - not 0..63.  A converter that assumes numeric order silently
+scrambles the layers; everything here derives the order by sorting the same
+strings JAX sorts, for any number of layers.
+
+Shapes follow the official model code (y = x @ W, so linear weights are
+[in, out]); quantized weights are int8 with bfloat16 scales [.., G, out],
+G = 8 for the two row-parallel projections (attention output ``linear`` and
+MoE ``linear_1``), G = 1 elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from grokfetch.errors import UsageError
+
+CKPT_DIR = "ckpt-0"
+SCALE_GROUPS = 8  # the 8 tensor-parallel shards of the original training run
+
+
+def file_name(index: int, shard: int = 0) -> str:
+    """``tensor00026_000``: the file holding parameter ``index`` (host shard ``shard``)."""
+    return f"tensor{index:05d}_{shard:03d}"
+
+
+def ffn_size(emb_size: int, widening_factor: float) -> int:
+    """The MoE hidden size exactly as the official code computes it (a multiple of 8)."""
+    size = int(widening_factor * emb_size) * 2 // 3
+    return size + (8 - size) % 8
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Grok-1-shaped model.  Field names are the official configuration's."""
+
+    vocab_size: int  # tokens in the vocabulary (131072 for Grok-1)
+    emb_size: int  # model width D
+    key_size: int  # head size (128); cannot be inferred from the files alone
+    num_q_heads: int  # query heads (48)
+    num_kv_heads: int  # key/value heads (8): grouped-query attention
+    num_layers: int  # decoder layers (64)
+    num_experts: int = 8  # MoE experts per layer
+    num_selected_experts: int = 2  # experts each token is routed to (top-k)
+    widening_factor: float = 8.0  # expert hidden size = ffn_size(emb_size, widening_factor)
+    embedding_multiplier_scale: float = 78.38367176906169  # h0 = embed[tokens] * this
+    output_multiplier_scale: float = 0.5773502691896257  # logits = h @ embed.T * this
+    attn_output_multiplier: float = 0.08838834764831845  # attention logit multiplier
+    rms_norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    attn_logit_softcap: float = 30.0  # logits = cap * tanh(logits / cap)
+    sequence_len: int = 8192
+    pad_token: int = 0
+    eos_token: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "emb_size", "key_size", "num_q_heads", "num_kv_heads",
+                     "num_layers", "num_experts", "num_selected_experts"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise UsageError(f"model config: {name} must be a positive integer, got {v!r}")
+        if self.num_q_heads % self.num_kv_heads:
+            raise UsageError(
+                f"model config: num_q_heads {self.num_q_heads} is not a multiple of "
+                f"num_kv_heads {self.num_kv_heads}"
+            )
+        if self.num_selected_experts > self.num_experts:
+            raise UsageError("model config: num_selected_experts > num_experts")
+
+    @property
+    def ffn_size(self) -> int:
+        return ffn_size(self.emb_size, self.widening_factor)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ffn_size"] = self.ffn_size  # informative; recomputed on load
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Build from a dict with the official field names; unknown keys are ignored.
+
+        Accepts ``{"meta": {"config": {...}}}`` (a golden layout.json) too.
+        """
+        if not isinstance(d, dict):
+            raise UsageError(f"model config must be a JSON object, got {type(d).__name__}")
+        if "emb_size" not in d and isinstance(d.get("meta"), dict) and "config" in d["meta"]:
+            d = d["meta"]["config"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in kwargs]
+        if missing:
+            raise UsageError(f"model config: missing field(s) {', '.join(missing)}")
+        for k in ("embedding_multiplier_scale", "output_multiplier_scale",
+                  "attn_output_multiplier", "rms_norm_eps", "rope_base",
+                  "attn_logit_softcap", "widening_factor"):
+            if k in kwargs:
+                try:
+                    kwargs[k] = float(kwargs[k])
+                except (TypeError, ValueError):
+                    raise UsageError(f"model config: {k} must be a number") from None
+        try:
+            cfg = cls(**kwargs)
+        except TypeError as e:  # pragma: no cover - dataclass signature mismatch
+            raise UsageError(f"model config: {e}") from None
+        if "ffn_size" in d and d["ffn_size"] != cfg.ffn_size:
+            raise UsageError(
+                f"model config: ffn_size {d['ffn_size']} disagrees with "
+                f"emb_size/widening_factor ({cfg.ffn_size})"
+            )
+        return cfg
+
+
+# The official run configuration of Grok-1.
+GROK1 = ModelConfig(
+    vocab_size=131072,
+    emb_size=6144,
+    key_size=128,
+    num_q_heads=48,
+    num_kv_heads=8,
+    num_layers=64,
+    num_experts=8,
+    num_selected_experts=2,
+    widening_factor=8.0,
+)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array inside a parameter file."""
+
+    name: str  # 'array' (plain ndarray file), or 'weight' / 'scales' (QuantizedWeight8bit)
+    dtype: str  # 'float32', 'int8' or 'bfloat16'
+    shape: tuple[int, ...]
+
+    @property
+    def itemsize(self) -> int:
+        return {"float32": 4, "int8": 1, "bfloat16": 2}[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.itemsize
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter = one checkpoint file."""
+
+    index: int  # position in JAX flatten order = file number
+    file: str  # path relative to the checkpoint root, e.g. 'ckpt-0/tensor00026_000'
+    module: str  # haiku module path, e.g. 'transformer/decoder_layer_10/moe/linear'
+    leaf: str  # 'w', 'scale' or 'embeddings'
+    layer: int | None  # decoder layer, None for the embedding and the final norm
+    kind: str  # 'ndarray' or 'quantized' (QuantizedWeight8bit)
+    arrays: tuple[ArraySpec, ...]
+    scale_groups: int | None  # G for quantized weights (1 or 8), None otherwise
+
+    @property
+    def dotted(self) -> str:
+        """``transformer.decoder_layer_10.moe.linear``: the module path with dots."""
+        return self.module.replace("/", ".")
+
+    @property
+    def short(self) -> str:
+        """The module path below the layer, e.g. 'moe/linear' (or the full path)."""
+        if self.layer is None:
+            return self.module
+        return self.module.split("/", 2)[2]
+
+    def array(self, name: str) -> ArraySpec:
+        for a in self.arrays:
+            if a.name == name:
+                return a
+        raise KeyError(f"{self.module} has no array {name!r}")
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+
+def _quantized(shape: tuple[int, ...], groups: int) -> tuple[tuple[ArraySpec, ...], int]:
+    *lead, _k, n = shape
+    return (
+        ArraySpec("weight", "int8", tuple(shape)),
+        ArraySpec("scales", "bfloat16", (*lead, groups, n)),
+    ), groups
+
+
+def _layer_modules(cfg: ModelConfig) -> dict[str, tuple[str, str, Any]]:
+    """Per-layer module (below decoder_layer_N/) -> (leaf, kind, shape info)."""
+    d, f, e = cfg.emb_size, cfg.ffn_size, cfg.num_experts
+    q, kv = cfg.num_q_heads * cfg.key_size, cfg.num_kv_heads * cfg.key_size
+    g = SCALE_GROUPS
+    return {
+        "moe/linear": ("w", "quantized", ((e, d, f), 1)),
+        "moe/linear_1": ("w", "quantized", ((e, f, d), g)),
+        "moe/linear_v": ("w", "quantized", ((e, d, f), 1)),
+        "multi_head_attention/key": ("w", "quantized", ((d, kv), 1)),
+        "multi_head_attention/linear": ("w", "quantized", ((q, d), g)),
+        "multi_head_attention/query": ("w", "quantized", ((d, q), 1)),
+        "multi_head_attention/value": ("w", "quantized", ((d, kv), 1)),
+        "rms_norm": ("scale", "ndarray", (d,)),
+        "rms_norm_1": ("scale", "ndarray", (d,)),
+        "rms_norm_2": ("scale", "ndarray", (d,)),
+        "rms_norm_3": ("scale", "ndarray", (d,)),
+        "router": ("w", "ndarray", (d, e)),
+    }
+
+
+def param_list(cfg: ModelConfig) -> list[ParamSpec]:
+    """Every parameter of ``cfg``'s model, in file order (JAX flatten order)."""
+    entries: list[tuple[str, str, int | None, str, Any]] = [
+        ("language_model/in_out_embed", "embeddings", None, "ndarray",
+         (cfg.vocab_size, cfg.emb_size)),
+        ("language_model/rms_norm", "scale", None, "ndarray", (cfg.emb_size,)),
+    ]
+    for layer in range(cfg.num_layers):
+        for sub, (leaf, kind, info) in _layer_modules(cfg).items():
+            entries.append((f"transformer/decoder_layer_{layer}/{sub}", leaf, layer, kind, info))
+    # The haiku params dict is {module_path: {leaf: value}}; tree_util sorts the
+    # keys as strings at each level, which is what puts layer 10 before layer 2.
+    entries.sort(key=lambda t: (t[0], t[1]))
+    if cfg.emb_size % SCALE_GROUPS or cfg.ffn_size % SCALE_GROUPS or (
+        cfg.num_q_heads * cfg.key_size
+    ) % SCALE_GROUPS:
+        raise UsageError(
+            f"model config: the row-parallel projections need dimensions divisible by "
+            f"{SCALE_GROUPS} (emb {cfg.emb_size}, ffn {cfg.ffn_size}, "
+            f"q {cfg.num_q_heads * cfg.key_size})"
+        )
+    params = []
+    for index, (module, leaf, layer, kind, info) in enumerate(entries):
+        if kind == "quantized":
+            shape, groups = info
+            arrays, g = _quantized(shape, groups)
+            scale_groups: int | None = g
+        else:
+            arrays = (ArraySpec("array", "float32", tuple(info)),)
+            scale_groups = None
+        params.append(ParamSpec(index, f"{CKPT_DIR}/{file_name(index)}", module, leaf,
+                                layer, kind, arrays, scale_groups))
+    return params
+
+
+def parse_layer_spec(spec: str, num_layers: int) -> list[int]:
+    """``"0-3,10"`` -> [0, 1, 2, 3, 10]; raises UsageError for anything out of range."""
+    layers: set[int] = set()
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo_s, hi_s = part.split("-", 1)
+                lo, hi = int(lo_s), int(hi_s)
+            else:
+                lo = hi = int(part)
+        except ValueError:
+            raise UsageError(f"bad layer spec {spec!r}: {part!r} is not N or N-M") from None
+        if lo > hi or lo < 0 or hi >= num_layers:
+            raise UsageError(
+                f"bad layer spec {spec!r}: {part!r} is outside 0-{num_layers - 1}"
+            )
+        layers.update(range(lo, hi + 1))
+    if not layers:
+        raise UsageError(f"bad layer spec {spec!r}: names no layer")
+    return sorted(layers)
+
+
+def params_for_layers(cfg: ModelConfig, layers: list[int] | set[int]) -> list[ParamSpec]:
+    """The parameters of ``layers`` plus the embedding and the final norm, in file order."""
+    wanted = set(layers)
+    return [p for p in param_list(cfg) if p.layer is None or p.layer in wanted]

@@ -1,0 +1,307 @@
+"""The grokfetch manifest: what a checkpoint folder should hold, and how to check it.
+
+A manifest is one JSON document (schema: ``grokfetch/manifest.schema.json``,
+documented in the README) with the model's name, license and config, where
+to get it (magnet, info-hash, trackers, web seeds) and one entry per file:
+path relative to the checkpoint root, size, hashes (BLAKE3 of the whole file
+and of fixed-size chunks, so a corruption can be located; SHA-256 where a
+third party published one; any may be null while unknown), and the parameter
+the file holds.
+
+``pinned: true`` means every file has a BLAKE3 hash that grokfetch computed
+after the bytes were proven (torrent piece check, or trust on first use).
+A manifest's paths may never escape the folder: ``..``, absolute paths,
+backslashes and NUL bytes are refused when it is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from grokfetch.errors import GrokfetchError, ManifestError
+from grokfetch.fsutil import atomic_write_json, safe_relpath
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE
+from grokfetch.layout import ModelConfig
+
+FORMAT = "grokfetch-manifest"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "grokfetch-manifest.json"  # the pinned manifest inside a checkpoint root
+
+_HEX = {"blake3": 64, "sha256": 64}
+_INFO_HASH = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the bytes come from."""
+
+    magnet: str | None = None
+    info_hash: str | None = None  # v1 BitTorrent info-hash, 40 hex digits
+    trackers: list[str] = field(default_factory=list)
+    web_seeds: list[str] = field(default_factory=list)  # BEP 19 URLs (parent of the root folder)
+    sha256_source: str | None = None  # who published the per-file SHA-256 values
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the checkpoint root, '/'-separated, e.g. 'ckpt-0/tensor00000_000'
+    size: int
+    blake3: str | None = None
+    sha256: str | None = None
+    chunks: list[str] | None = None  # BLAKE3 of each chunk_size slice
+    param: str | None = None  # haiku module path of the parameter it holds
+    kind: str | None = None  # 'ndarray' or 'quantized'
+    arrays: list[dict[str, Any]] | None = None  # [{name, dtype, shape}]
+    layer: int | None = None
+    source: dict[str, Any] | None = None  # for derived files (repack): {file, blake3}
+    sha256_source: str | None = None  # page the sha256 came from, if third-party
+
+    @property
+    def has_hash(self) -> bool:
+        return bool(self.blake3 or self.sha256)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    files: list[FileEntry]
+    license: str | None = None
+    pinned: bool = False
+    config: ModelConfig | None = None
+    sources: Sources = field(default_factory=Sources)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    repack: dict[str, Any] | None = None  # set on repack outputs: layout, dtype, compress
+    notes: str | None = None
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> FileEntry | None:
+        for f in self.files:
+            if f.path == path:
+                return f
+        return None
+
+    def with_files(self, files: list[FileEntry], **changes: Any) -> Manifest:
+        return replace(self, files=files, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "license": self.license,
+            "pinned": self.pinned,
+            "config": self.config.to_dict() if self.config else None,
+            "sources": asdict(self.sources),
+            "chunk_size": self.chunk_size,
+        }
+        if self.repack is not None:
+            d["repack"] = self.repack
+        if self.notes:
+            d["notes"] = self.notes
+        d["total_size"] = self.total_size
+        d["files"] = [_entry_dict(f) for f in self.files]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, origin: str = "manifest") -> Manifest:
+        return _parse(d, origin)
+
+
+def _entry_dict(f: FileEntry) -> dict[str, Any]:
+    d = asdict(f)
+    # Keep the file small and readable: drop optional fields that are unset.
+    for k in ("source", "sha256_source", "layer", "arrays", "kind", "param"):
+        if d.get(k) is None:
+            d.pop(k, None)
+    return d
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+def _bad(origin: str, where: str, what: str) -> ManifestError:
+    return ManifestError(f"{origin}: {where}: {what}")
+
+
+def _hexdigest(v: Any, algo: str, origin: str, where: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not re.fullmatch(rf"[0-9a-f]{{{_HEX[algo]}}}", v):
+        raise _bad(origin, where, f"{algo} must be {_HEX[algo]} lowercase hex digits or null")
+    return v
+
+
+def _parse(d: Any, origin: str) -> Manifest:
+    if not isinstance(d, dict):
+        raise ManifestError(f"{origin}: not a JSON object")
+    if d.get("format") != FORMAT:
+        raise _bad(origin, "format", f"expected {FORMAT!r}, got {d.get('format')!r}")
+    if d.get("format_version") != FORMAT_VERSION:
+        raise _bad(origin, "format_version",
+                   f"unsupported version {d.get('format_version')!r} (this grokfetch reads "
+                   f"{FORMAT_VERSION})")
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise _bad(origin, "name", "must be a non-empty string")
+    chunk_size = d.get("chunk_size", DEFAULT_CHUNK_SIZE)
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+        raise _bad(origin, "chunk_size", "must be a positive integer")
+    config = None
+    if d.get("config") is not None:
+        try:
+            config = ModelConfig.from_dict(d["config"])
+        except GrokfetchError as e:
+            raise _bad(origin, "config", str(e)) from None
+    sources = _parse_sources(d.get("sources") or {}, origin)
+    raw_files = d.get("files")
+    if not isinstance(raw_files, list):
+        raise _bad(origin, "files", "must be a list")
+    files = []
+    seen: set[str] = set()
+    for i, e in enumerate(raw_files):
+        entry = _parse_entry(e, origin, f"files[{i}]", chunk_size)
+        if entry.path in seen:
+            raise _bad(origin, f"files[{i}]", f"duplicate path {entry.path!r}")
+        seen.add(entry.path)
+        files.append(entry)
+    pinned = d.get("pinned", False)
+    if not isinstance(pinned, bool):
+        raise _bad(origin, "pinned", "must be true or false")
+    if pinned and any(f.blake3 is None for f in files):
+        raise _bad(origin, "pinned", "a pinned manifest needs a blake3 hash for every file")
+    repack = d.get("repack")
+    if repack is not None and not isinstance(repack, dict):
+        raise _bad(origin, "repack", "must be an object")
+    lic = d.get("license")
+    if lic is not None and not isinstance(lic, str):
+        raise _bad(origin, "license", "must be a string")
+    return Manifest(name=name, files=files, license=lic, pinned=pinned, config=config,
+                    sources=sources, chunk_size=chunk_size, repack=repack,
+                    notes=d.get("notes") if isinstance(d.get("notes"), str) else None)
+
+
+def _parse_sources(s: Any, origin: str) -> Sources:
+    if not isinstance(s, dict):
+        raise _bad(origin, "sources", "must be an object")
+    magnet = s.get("magnet")
+    if magnet is not None and (not isinstance(magnet, str) or not magnet.startswith("magnet:?")):
+        raise _bad(origin, "sources.magnet", "must be a magnet: link")
+    ih = s.get("info_hash")
+    if ih is not None and (not isinstance(ih, str) or not _INFO_HASH.match(ih)):
+        raise _bad(origin, "sources.info_hash", "must be 40 lowercase hex digits")
+    lists = {}
+    for k in ("trackers", "web_seeds"):
+        v = s.get(k) or []
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise _bad(origin, f"sources.{k}", "must be a list of URLs")
+        lists[k] = v
+    src = s.get("sha256_source")
+    return Sources(magnet, ih, lists["trackers"], lists["web_seeds"],
+                   src if isinstance(src, str) else None)
+
+
+def _parse_entry(e: Any, origin: str, where: str, chunk_size: int) -> FileEntry:
+    if not isinstance(e, dict):
+        raise _bad(origin, where, "must be an object")
+    try:
+        path = safe_relpath(e.get("path"), "manifest path")
+    except GrokfetchError as err:
+        raise _bad(origin, where, str(err)) from None
+    if path != e.get("path"):
+        raise _bad(origin, where, f"path {e.get('path')!r} is not normalised (want {path!r})")
+    size = e.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _bad(origin, f"{where} ({path})", "size must be a non-negative integer")
+    b3 = _hexdigest(e.get("blake3"), "blake3", origin, f"{where} ({path})")
+    sha = _hexdigest(e.get("sha256"), "sha256", origin, f"{where} ({path})")
+    chunks = e.get("chunks")
+    if chunks is not None:
+        if not isinstance(chunks, list):
+            raise _bad(origin, f"{where} ({path})", "chunks must be a list or null")
+        for c in chunks:
+            _hexdigest(c, "blake3", origin, f"{where} ({path}) chunks")
+        want = -(-size // chunk_size)
+        if len(chunks) != want:
+            raise _bad(origin, f"{where} ({path})",
+                       f"{len(chunks)} chunk hashes for {size} bytes (want {want})")
+    layer = e.get("layer")
+    if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
+        raise _bad(origin, f"{where} ({path})", "layer must be an integer or null")
+    arrays = e.get("arrays")
+    if arrays is not None and not (isinstance(arrays, list)
+                                   and all(isinstance(a, dict) for a in arrays)):
+        raise _bad(origin, f"{where} ({path})", "arrays must be a list of objects")
+    source = e.get("source")
+    if source is not None and not isinstance(source, dict):
+        raise _bad(origin, f"{where} ({path})", "source must be an object")
+    return FileEntry(path=path, size=size, blake3=b3, sha256=sha, chunks=chunks,
+                     param=e.get("param"), kind=e.get("kind"), arrays=arrays, layer=layer,
+                     source=source, sha256_source=e.get("sha256_source"))
+
+
+# -- files on disk --------------------------------------------------------------------
+
+
+def manifests_dir() -> Path:
+    """Where the packaged model manifests live (``manifests/`` in a source checkout)."""
+    env = os.environ.get("GROKFETCH_MANIFESTS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    packaged = here / "manifests"
+    if packaged.is_dir():
+        return packaged
+    return here.parent / "manifests"
+
+
+def model_names() -> list[str]:
+    d = manifests_dir()
+    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+
+def resolve_manifest(name_or_path: str | os.PathLike[str]) -> Path:
+    """A manifest path, or a model name from manifests/ ('grok-1')."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    s = str(name_or_path)
+    if "/" not in s and not s.endswith(".json"):
+        candidate = manifests_dir() / f"{s}.json"
+        if candidate.is_file():
+            return candidate
+        known = ", ".join(model_names()) or "none"
+        raise ManifestError(f"no manifest named {s!r} (known models: {known})")
+    raise ManifestError(f"{s}: no such manifest file")
+
+
+def load_manifest(name_or_path: str | os.PathLike[str]) -> Manifest:
+    """Load and validate a manifest; ManifestError (exit 2) on anything malformed."""
+    path = resolve_manifest(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read: {e}") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: "
+                            f"{e.msg})") from None
+    return _parse(d, str(path))
+
+
+def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
+    """Write ``manifest`` as JSON, atomically (temp, fsync, rename)."""
+    atomic_write_json(path, manifest.to_dict())
+    return Path(path)
+
+
+def pinned_manifest_path(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / MANIFEST_NAME

@@ -1,0 +1,163 @@
+"""Synthetic checkpoints in exactly the real format, at any size.
+
+The real 318 GB cannot be downloaded in a test, so every test, benchmark and
+the demo run on checkpoints written here: same pickle framing as numpy 1.x
+wrote (``numpy.core.multiarray``, ``__main__.QuantizedWeight8bit``,
+``ml_dtypes.bfloat16``) whatever numpy is installed, same file names, same
+JAX flatten order, int8 weights with the real scale grouping - filled with
+seeded random weights of a sensible scale, so a forward pass gives
+non-trivial activations and routing.
+
+Each parameter draws from its own generator (seed, file index), and large
+payloads are generated and written in blocks, so a full-size 1.6 GB expert
+tensor never sits in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from grokfetch.errors import UsageError
+from grokfetch.fsutil import atomic_write, inside
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
+from grokfetch.layout import GROK1, ModelConfig, ParamSpec, param_list
+from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, save_manifest
+from grokfetch.pickle_writer import ArrayData, write_param_file
+from grokfetch.reader import BFLOAT16
+
+PRESETS: dict[str, ModelConfig] = {
+    # The default: small (~7 MB) but with every feature of the real thing:
+    # 12 layers (so the 0, 1, 10, 11, 2, ... order matters), 8 experts, top-2,
+    # grouped-query attention, dimensions divisible by the 8 scale groups.
+    "mini": ModelConfig(vocab_size=512, emb_size=128, key_size=32, num_q_heads=4,
+                        num_kv_heads=2, num_layers=12, num_experts=8,
+                        num_selected_experts=2, widening_factor=2.0),
+    # ~40 MB, for benchmarks that want more bytes but still finish in seconds.
+    "small": ModelConfig(vocab_size=2048, emb_size=256, key_size=64, num_q_heads=4,
+                         num_kv_heads=2, num_layers=16, num_experts=8,
+                         num_selected_experts=2, widening_factor=2.0),
+    # The real dimensions (use with --layers 1 unless you have 318 GB to spare).
+    "grok-1": GROK1,
+}
+
+_BLOCK_BYTES = 32 * 1024 * 1024  # generation block: bounds memory for full-size tensors
+
+
+def _std(spec: ParamSpec) -> float:
+    """Dequantized weights ~ N(0, 1/fan_in): activations keep their scale layer to layer."""
+    if spec.kind == "quantized":
+        k = spec.array("weight").shape[-2]
+        return 1.0 / math.sqrt(k)
+    return 0.0
+
+
+def _stream(nbytes: int, make_block: Callable[[int], np.ndarray], itemsize: int,
+            sparse: bool) -> Callable[[BinaryIO], None]:
+    """A payload writer producing ``nbytes`` from blocks of ``make_block(n_items)``."""
+
+    def write(f: BinaryIO) -> None:
+        if sparse:  # sizing/offset tests: leave a hole instead of data
+            f.seek(nbytes, os.SEEK_CUR)
+            f.truncate()
+            return
+        left = nbytes // itemsize
+        per_block = max(1, _BLOCK_BYTES // itemsize)
+        while left > 0:
+            n = min(left, per_block)
+            f.write(memoryview(np.ascontiguousarray(make_block(n)).view(np.uint8).reshape(-1)))
+            left -= n
+
+    return write
+
+
+def param_arrays(spec: ParamSpec, seed: int, sparse: bool = False) -> dict[str, ArrayData]:
+    """The arrays of one synthetic parameter, as streaming payload sources."""
+    rng = np.random.default_rng([seed, spec.index])
+    if spec.kind == "quantized":
+        w, s = spec.array("weight"), spec.array("scales")
+        # Uniform int8 in [-127, 127] has std 127/sqrt(3); scale it to the wanted std,
+        # with a little per-(group, column) jitter so the scale groups differ.
+        base = _std(spec) * math.sqrt(3.0) / 127.0
+        scales = (base * np.exp(0.1 * rng.standard_normal(s.shape))).astype(BFLOAT16)
+        wrng = np.random.default_rng([seed, spec.index, 1])
+        weight = ArrayData(np.dtype(np.int8), w.shape, _stream(
+            w.nbytes, lambda n: wrng.integers(-127, 128, size=n, dtype=np.int8), 1, sparse))
+        return {"weight": weight, "scales": ArrayData.of(scales)}
+    (a,) = spec.arrays
+    if spec.leaf == "scale":  # RMSNorm scale multiplies the normalised input
+        value = (1.0 + 0.1 * rng.standard_normal(a.shape)).astype(np.float32)
+        return {"array": ArrayData.of(value)}
+    if spec.leaf == "embeddings":
+        erng = np.random.default_rng([seed, spec.index, 1])
+        return {"array": ArrayData(np.dtype(np.float32), a.shape, _stream(
+            a.nbytes, lambda n: (0.02 * erng.standard_normal(n, dtype=np.float32)), 4,
+            sparse))}
+    # Router: logits of order 1 so every expert gets some tokens.
+    value = (rng.standard_normal(a.shape) / math.sqrt(a.shape[0]) * 2.0).astype(np.float32)
+    return {"array": ArrayData.of(value)}
+
+
+def write_param(path: str | os.PathLike[str], spec: ParamSpec, seed: int = 0,
+                sparse: bool = False) -> int:
+    """Write one synthetic parameter file (temp, fsync, rename); returns its size."""
+    with atomic_write(path) as f:
+        return write_param_file(f, spec.kind, param_arrays(spec, seed, sparse))
+
+
+def resolve_config(preset: str = "mini", num_layers: int | None = None,
+                   config: ModelConfig | None = None) -> ModelConfig:
+    if config is None:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+        config = PRESETS[preset]
+    if num_layers is not None:
+        config = replace(config, num_layers=num_layers)
+    return config
+
+
+def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
+               num_layers: int | None = None, seed: int = 0,
+               chunk_size: int = DEFAULT_CHUNK_SIZE, config: ModelConfig | None = None,
+               name: str | None = None, progress: Callable[[int], None] | None = None,
+               ) -> Manifest:
+    """Write a synthetic checkpoint to ``dest`` (dest/ckpt-0/tensor*) and its manifest.
+
+    The manifest (``dest/grokfetch-manifest.json``) is pinned: every file's
+    BLAKE3 and chunk hashes are filled in.  ``progress`` is called with the
+    bytes of each finished file.
+    """
+    cfg = resolve_config(preset, num_layers, config)
+    root = Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for spec in param_list(cfg):
+        path = inside(root, spec.file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = write_param(path, spec, seed)
+        digests = file_digests(path, chunk_size)
+        entries.append(FileEntry(
+            path=spec.file, size=size, blake3=digests.blake3, chunks=digests.chunks,
+            param=spec.module, kind=spec.kind, layer=spec.layer,
+            arrays=[{"name": a.name, "dtype": a.dtype, "shape": list(a.shape)}
+                    for a in spec.arrays],
+        ))
+        if progress:
+            progress(size)
+    manifest = Manifest(
+        name=name or f"synthetic-{preset}",
+        files=entries,
+        license="Apache-2.0",
+        pinned=True,
+        config=cfg,
+        chunk_size=chunk_size,
+        notes=f"synthetic checkpoint (preset {preset}, seed {seed}) written by grokfetch synth",
+    )
+    save_manifest(manifest, root / MANIFEST_NAME)
+    return manifest
