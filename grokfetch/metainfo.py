@@ -1,0 +1,468 @@
+"""Torrent metadata: make a .torrent from a checkpoint, load and check one, pick its files.
+
+The published Grok-1 torrent is only a magnet link: its info-hash is the one
+value that vouches for the bytes, and nothing documents its root folder name
+or piece size.  So this module never assumes either:
+
+* a torrent's raw ``info`` dictionary is checked for paths that would escape
+  the destination *before* libtorrent sees it (libtorrent silently rewrites
+  ``..`` components, which would hide a hostile torrent instead of refusing it);
+* torrent files are matched to manifest entries by path suffix
+  (``<anything>/ckpt-0/tensor00026_000`` matches the manifest's
+  ``ckpt-0/tensor00026_000``), never by file index: in a v1 torrent the index
+  follows whatever directory order the creator's disk had, and v2/hybrid
+  torrents insert pad files;
+* ``--include`` globs and ``--layers`` become per-file priorities by path.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import posixpath
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libtorrent as lt
+
+from grokfetch.errors import TorrentError, UnsafePathError, UsageError
+from grokfetch.fsutil import atomic_write_bytes, safe_relpath
+
+# Piece size bounds when the caller does not choose one: about 1,000-4,000
+# pieces per torrent keeps the metadata small (the real checkpoint at 16 MiB
+# pieces is ~19,000 pieces, ~380 KB of hashes) without making small test
+# checkpoints one piece long.
+MIN_PIECE = 16 * 1024
+MAX_PIECE = 16 * 1024 * 1024
+TARGET_PIECES = 2000
+
+# The file every Grok-1 checkpoint starts with; the folder holding it is the
+# checkpoint folder (GROK1_FORMAT.md: the torrent's root name is undocumented).
+FIRST_TENSOR = "tensor00000_000"
+_TENSOR_RE = re.compile(r"^tensor\d{5}_\d{3}$")
+
+
+@dataclass(frozen=True)
+class TorrentFile:
+    index: int  # libtorrent's file index (what file priorities are keyed by)
+    path: str  # relative to the download folder, '/'-separated, torrent root name included
+    size: int
+    pad: bool  # a v2/hybrid alignment pad file: never a real file
+
+
+@dataclass(frozen=True)
+class TorrentMeta:
+    """What grokfetch needs to know about a torrent, taken from its checked metadata."""
+
+    name: str
+    info_hash: str  # v1 info-hash, hex (what magnet links and aria2c use)
+    piece_length: int
+    num_pieces: int
+    total_size: int
+    files: tuple[TorrentFile, ...]
+    web_seeds: tuple[str, ...] = ()
+    trackers: tuple[str, ...] = ()
+
+    def real_files(self) -> list[TorrentFile]:
+        return [f for f in self.files if not f.pad]
+
+
+@dataclass(frozen=True)
+class FileMap:
+    """Manifest entries matched to torrent files."""
+
+    by_manifest: dict[str, TorrentFile]  # manifest path -> torrent file
+    root: str  # folder (relative to DEST, '' = DEST itself) that holds the manifest's paths
+    extra: tuple[TorrentFile, ...]  # torrent files the manifest does not list (never fetched)
+
+
+# --------------------------------------------------------------------------- make
+
+
+def auto_piece_size(total_size: int) -> int:
+    """Smallest power of two in [16 KiB, 16 MiB] giving at most TARGET_PIECES pieces."""
+    size = MIN_PIECE
+    while size < MAX_PIECE and total_size > size * TARGET_PIECES:
+        size *= 2
+    return size
+
+
+def find_checkpoint_folder(folder: Path) -> Path:
+    """The folder holding tensor00000_000: ``folder`` itself or its ``ckpt-0`` child."""
+    folder = Path(folder)
+    for cand in (folder, folder / "ckpt-0"):
+        if (cand / FIRST_TENSOR).is_file():
+            return cand
+    try:
+        from grokfetch.checkpoint import find_ckpt_dir
+    except ImportError:  # pragma: no cover - the core module always ships
+        find_ckpt_dir = None
+    if find_ckpt_dir is not None:
+        return Path(find_ckpt_dir(folder))
+    raise UsageError(f"{folder}: no {FIRST_TENSOR} here or in {folder / 'ckpt-0'}")
+
+
+def build_torrent(
+    folder: str | Path,
+    piece_size: int | None = None,
+    web_seeds: Sequence[str] = (),
+    trackers: Sequence[str] = (),
+) -> bytes:
+    """Bencoded v1 torrent of the checkpoint folder (the one holding tensor00000_000).
+
+    v1 only: the published torrent is v1 and aria2c (the benchmark's
+    reference client) does not speak v2.  Files are listed in name order so
+    the torrent's file index equals the tensor number, though nothing in
+    grokfetch relies on that.
+    """
+    ckpt = find_checkpoint_folder(Path(folder))
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file())
+    if not files:
+        raise UsageError(f"{ckpt}: no files to put in a torrent")
+    entries = []
+    for p in files:
+        rel = p.relative_to(ckpt.parent).as_posix()
+        entries.append(lt.create_file_entry(rel, p.stat().st_size))
+    total = sum(p.stat().st_size for p in files)
+    psize = piece_size or auto_piece_size(total)
+    if psize < MIN_PIECE or psize & (psize - 1):
+        raise UsageError(f"piece size {psize} must be a power of two >= {MIN_PIECE}")
+    ct = lt.create_torrent(entries, psize, lt.create_torrent.v1_only)
+    ct.set_creator("grokfetch")
+    for tier, url in enumerate(trackers):
+        ct.add_tracker(url, tier)
+    for url in web_seeds:
+        ct.add_url_seed(url)
+    lt.set_piece_hashes(ct, str(ckpt.parent))
+    return bytes(lt.bencode(ct.generate()))
+
+
+def make_torrent(
+    folder: str | Path,
+    piece_size: int | None = None,
+    web_seeds: Sequence[str] = (),
+    trackers: Sequence[str] = (),
+    out: str | Path | None = None,
+) -> Path:
+    """Write ``<checkpoint folder name>.torrent`` beside the checkpoint folder; return its path.
+
+    ``folder`` is a checkpoint root (holding ``ckpt-0/``) or ``ckpt-0`` itself.
+    The torrent's root folder is the checkpoint folder, so a web seed URL is
+    the URL of the checkpoint root (the folder that holds ``ckpt-0/``).
+    """
+    data = build_torrent(folder, piece_size, web_seeds, trackers)
+    ckpt = find_checkpoint_folder(Path(folder))
+    path = Path(out) if out is not None else ckpt.parent / f"{ckpt.name}.torrent"
+    atomic_write_bytes(path, data)
+    return path
+
+
+# --------------------------------------------------------------------------- load / check
+
+
+def _text(b: Any) -> str:
+    if isinstance(b, bytes):
+        return b.decode("utf-8", errors="replace")
+    return str(b)
+
+
+def check_info_paths(info: dict[bytes, Any], what: str = "torrent") -> None:
+    """Refuse (UnsafePathError, exit 2) any file path in a raw info dict that could escape DEST.
+
+    Looks at ``name``, v1 ``files[].path`` (and ``path.utf-8``) and the v2
+    ``file tree`` keys, before libtorrent's own sanitising rewrites them.
+    """
+    if not isinstance(info, dict):
+        raise TorrentError(f"{what}: metadata has no info dictionary")
+    name = _text(info.get(b"name.utf-8", info.get(b"name", b"")))
+    if name == "" or "/" in name:
+        raise UnsafePathError(f"{what}: unsafe torrent name {name!r}")
+    safe_relpath(name, f"torrent name in {what}")
+
+    def check_parts(parts: list[Any]) -> None:
+        rel = "/".join(_text(p) for p in parts)
+        if any(_text(p) in ("", ".", "..") or "/" in _text(p) for p in parts):
+            raise UnsafePathError(f"{what}: unsafe file path {rel!r} in torrent")
+        safe_relpath(f"{name}/{rel}", f"file path in {what}")
+
+    for f in info.get(b"files", []) or []:
+        for key in (b"path", b"path.utf-8"):
+            if key in f:
+                check_parts(list(f[key]))
+
+    def walk(tree: dict[bytes, Any], prefix: list[Any]) -> None:
+        for k, v in tree.items():
+            if k == b"":  # leaf marker: {'': {length, pieces root}}
+                continue
+            check_parts([*prefix, k])
+            if isinstance(v, dict):
+                walk(v, [*prefix, k])
+
+    if isinstance(info.get(b"file tree"), dict):
+        walk(info[b"file tree"], [])
+
+
+def _layout(ti: Any) -> Any:
+    # torrent_info.files() is deprecated in 2.1 in favour of layout(); both
+    # return the same file_storage.
+    if hasattr(ti, "layout"):
+        return ti.layout()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ti.files()
+
+
+def meta_from_info(ti: Any) -> TorrentMeta:
+    """A TorrentMeta from a libtorrent torrent_info, after checking its raw paths."""
+    info = lt.bdecode(bytes(ti.info_section()))
+    check_info_paths(info, ti.name() or "torrent")
+    fs = _layout(ti)
+    files = tuple(
+        TorrentFile(
+            index=i,
+            path=fs.file_path(i).replace("\\", "/"),
+            size=fs.file_size(i),
+            pad=bool(fs.file_flags(i) & lt.file_storage.flag_pad_file),
+        )
+        for i in range(fs.num_files())
+    )
+    return TorrentMeta(
+        name=ti.name(),
+        info_hash=str(ti.info_hashes().v1),
+        piece_length=ti.piece_length(),
+        num_pieces=ti.num_pieces(),
+        total_size=ti.total_size(),
+        files=files,
+        web_seeds=tuple(ws.url for ws in ti.web_seeds()) if hasattr(ti, "web_seeds") else (),
+        trackers=tuple(t.url for t in ti.trackers()),
+    )
+
+
+def load_torrent_bytes(data: bytes, what: str = "torrent") -> tuple[Any, TorrentMeta]:
+    """Parse and check a .torrent; return (libtorrent torrent_info, TorrentMeta)."""
+    try:
+        decoded = lt.bdecode(data)
+    except Exception as e:  # libtorrent raises RuntimeError subclasses for bad input
+        raise TorrentError(f"{what}: not a torrent file ({e})") from None
+    if not isinstance(decoded, dict) or not isinstance(decoded.get(b"info"), dict):
+        raise TorrentError(f"{what}: not a torrent file (no info dictionary)")
+    # Check the raw paths first: torrent_info() would quietly sanitise them.
+    check_info_paths(decoded[b"info"], what)
+    try:
+        ti = lt.torrent_info(data)
+    except Exception as e:
+        raise TorrentError(f"{what}: invalid torrent ({e})") from None
+    return ti, meta_from_info(ti)
+
+
+def load_torrent(path: str | Path) -> tuple[Any, TorrentMeta]:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read torrent file ({e.strerror})") from None
+    return load_torrent_bytes(data, str(p))
+
+
+def torrent_file_bytes(ti: Any) -> bytes:
+    """A complete .torrent for metadata received from peers (info section kept byte-exact)."""
+    info = bytes(ti.info_section())
+    head: dict[bytes, Any] = {}
+    trackers = [t.url for t in ti.trackers()]
+    if trackers:
+        head[b"announce"] = trackers[0].encode()
+        head[b"announce-list"] = [[t.encode()] for t in trackers]
+    head[b"created by"] = b"grokfetch"
+    tail: dict[bytes, Any] = {}
+    seeds = [ws.url for ws in ti.web_seeds()] if hasattr(ti, "web_seeds") else []
+    if seeds:
+        tail[b"url-list"] = [s.encode() for s in seeds]
+    # Keys are sorted in bencoding: announce, announce-list, created by < info < url-list.
+    # The info section is spliced in verbatim so the info-hash cannot change.
+    return (
+        bytes(lt.bencode(head))[:-1]
+        + b"4:info"
+        + info
+        + bytes(lt.bencode(tail))[1:]
+    )
+
+
+def is_magnet(source: str) -> bool:
+    return source.startswith("magnet:?")
+
+
+@dataclass(frozen=True)
+class Magnet:
+    info_hash: str
+    name: str
+    trackers: tuple[str, ...]
+    web_seeds: tuple[str, ...]
+    peers: tuple[tuple[str, int], ...]
+
+
+def parse_magnet(uri: str) -> Magnet:
+    try:
+        atp = lt.parse_magnet_uri(uri)
+    except Exception as e:
+        raise UsageError(f"not a valid magnet link: {uri[:80]} ({e})") from None
+    ih = str(atp.info_hashes.v1)
+    if set(ih) == {"0"}:
+        raise UsageError(f"magnet link has no BitTorrent v1 info-hash: {uri[:80]}")
+    return Magnet(
+        info_hash=ih,
+        name=atp.name,
+        trackers=tuple(atp.trackers),
+        web_seeds=tuple(atp.url_seeds),
+        peers=tuple((str(h), int(p)) for h, p in atp.peers),
+    )
+
+
+def info_hash_of(uri_or_hex: str) -> str:
+    if is_magnet(uri_or_hex):
+        return parse_magnet(uri_or_hex).info_hash
+    return uri_or_hex.lower()
+
+
+# --------------------------------------------------------------------------- manifest match
+
+
+def _is_tensor(path: str) -> bool:
+    return bool(_TENSOR_RE.match(posixpath.basename(path)))
+
+
+def match_manifest(meta: TorrentMeta, entries: Iterable[Any], what: str = "torrent") -> FileMap:
+    """Match manifest entries (objects with ``.path`` and ``.size``) to torrent files.
+
+    A manifest path matches the torrent file whose path ends with it, or failing
+    that the one with the same file name.  Stops with TorrentError (exit 4)
+    naming the files when the two disagree: a manifest file missing from the
+    torrent, a size mismatch, or a tensor file the manifest does not list.
+    Other extra files (a README, say) are reported back and never fetched.
+    """
+    real = meta.real_files()
+    by_suffix: dict[str, TorrentFile] = {}
+    by_name: dict[str, list[TorrentFile]] = {}
+    for f in real:
+        by_name.setdefault(posixpath.basename(f.path), []).append(f)
+    entries = list(entries)
+    result: dict[str, TorrentFile] = {}
+    roots: set[str] = set()
+    problems: list[str] = []
+    for e in entries:
+        hit = None
+        for f in real:
+            if f.path == e.path or f.path.endswith("/" + e.path):
+                hit = f
+                roots.add(f.path[: len(f.path) - len(e.path)].rstrip("/"))
+                break
+        if hit is None:
+            same = by_name.get(posixpath.basename(e.path), [])
+            if len(same) == 1:
+                hit = same[0]
+        if hit is None:
+            problems.append(f"{e.path} is not in the torrent")
+            continue
+        if hit.size != e.size:
+            problems.append(f"{e.path} is {hit.size} bytes in the torrent, {e.size} in the manifest")
+        result[e.path] = hit
+        by_suffix[hit.path] = hit
+    extra = tuple(f for f in real if f.path not in by_suffix)
+    for f in extra:
+        if _is_tensor(f.path):
+            problems.append(f"{f.path} is in the torrent but not in the manifest")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise TorrentError(
+            f"{what} disagrees with the manifest: {'; '.join(problems[:3])}{more}"
+        )
+    root = ""
+    if len(roots) == 1:
+        root = roots.pop()
+    elif not roots and result:
+        # Matched by file name only: the checkpoint root is the folder above
+        # the one that holds the tensors.
+        first = next(iter(result.values()))
+        root = posixpath.dirname(posixpath.dirname(first.path))
+    return FileMap(by_manifest=result, root=root, extra=extra)
+
+
+def checkpoint_root_of(meta: TorrentMeta) -> str:
+    """Folder (relative to DEST) above the one holding tensor00000_000, without a manifest."""
+    for f in meta.real_files():
+        if posixpath.basename(f.path) == FIRST_TENSOR:
+            return posixpath.dirname(posixpath.dirname(f.path))
+    return ""
+
+
+def select_files(
+    meta: TorrentMeta,
+    filemap: FileMap | None,
+    include: Sequence[str] = (),
+    layer_paths: Iterable[str] | None = None,
+) -> list[TorrentFile]:
+    """The torrent files to fetch.
+
+    No selection: every manifest file (or every real torrent file without a
+    manifest).  ``include`` globs match a manifest path, a torrent path or a
+    bare file name; ``layer_paths`` are manifest paths (from
+    ``manifest_paths_for_layers``).  Both given: the union.
+    """
+    if filemap is not None:
+        candidates = {mp: f for mp, f in filemap.by_manifest.items()}
+    else:
+        candidates = {f.path: f for f in meta.real_files()}
+    if not include and layer_paths is None:
+        return sorted(candidates.values(), key=lambda f: f.index)
+    chosen: dict[int, TorrentFile] = {}
+    for pattern in include:
+        hits = [
+            f
+            for mp, f in candidates.items()
+            if fnmatch.fnmatchcase(mp, pattern)
+            or fnmatch.fnmatchcase(f.path, pattern)
+            or fnmatch.fnmatchcase(posixpath.basename(f.path), pattern)
+        ]
+        if not hits:
+            raise UsageError(f"--include {pattern!r} matches no file in the torrent")
+        for f in hits:
+            chosen[f.index] = f
+    if layer_paths is not None:
+        for mp in layer_paths:
+            f = candidates.get(mp)
+            if f is None:
+                raise UsageError(f"{mp} (selected by --layers) is not in the torrent")
+            chosen[f.index] = f
+    return sorted(chosen.values(), key=lambda f: f.index)
+
+
+def manifest_paths_for_layers(manifest: Any, spec: str) -> list[str]:
+    """Manifest paths of the files for layers ``spec`` ('0-3,10'), plus embedding and final norm.
+
+    Uses each entry's ``layer`` field (None for the embedding and the final
+    norm, which every forward pass needs).
+    """
+    from grokfetch.layout import parse_layer_spec
+
+    config = getattr(manifest, "config", None)
+    if config is None:
+        raise UsageError("--layers needs a manifest with a model config")
+    layers = set(parse_layer_spec(spec, config.num_layers))
+    return [e.path for e in manifest.files if e.layer is None or e.layer in layers]
+
+
+def priorities(meta: TorrentMeta, chosen: Iterable[TorrentFile]) -> list[int]:
+    """libtorrent file priorities: 4 (default) for chosen files, 0 (skip) for the rest."""
+    want = {f.index for f in chosen}
+    return [4 if i in want else 0 for i in range(len(meta.files))]
+
+
+def sha1_pieces(data: bytes, piece_length: int) -> bytes:
+    """Concatenated SHA-1 piece hashes of ``data`` (for hand-built test torrents)."""
+    return b"".join(
+        hashlib.sha1(data[i : i + piece_length]).digest()
+        for i in range(0, len(data), piece_length)
+    )

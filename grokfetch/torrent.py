@@ -1,0 +1,955 @@
+"""The libtorrent client behind ``grokfetch get`` and ``grokfetch seed``.
+
+A library, not a CLI: ``download()`` and ``Seeder`` report through callbacks
+(``on_progress`` gets a frozen ``Progress`` snapshot, ``on_message`` a line of
+text) and return frozen dataclasses; ``grokfetch.cli.get`` renders them.
+
+What libtorrent 2.1 does on its own and what this module adds (measured, see
+issue 4):
+
+* Completion is decided from status (``total_wanted_done == total_wanted > 0``
+  once checking is over), never from the first ``torrent_finished_alert``:
+  choosing files after a magnet's metadata arrives makes the torrent briefly
+  "finished", and libtorrent would close the seed as redundant, so
+  ``close_redundant_connections`` is off too.
+* Resume data is trusted blindly by libtorrent: it is saved periodically and
+  on every exit, and a marker file tells the next run whether this one ended
+  cleanly.  After a crash the data on disk is rechecked, which keeps every
+  good piece; ``repair=True`` rechecks on request and re-fetches bad pieces.
+* A full disk does not stop a torrent; it shows up as ``file_error_alert``
+  (ENOSPC) plus the ``upload_mode`` flag.  Both end the run with DiskError
+  after pausing and saving state; the rerun clears ``upload_mode``.
+* Magnets are added with ``default_dont_download`` so that nothing is written
+  until the metadata has been checked (paths, manifest, free space).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libtorrent as lt
+
+from grokfetch import __version__, metainfo
+from grokfetch.errors import DiskError, Interrupted, TorrentError, UsageError
+from grokfetch.fsutil import atomic_write_bytes, inside
+from grokfetch.metainfo import TorrentMeta, make_torrent
+
+__all__ = [
+    "NetOptions",
+    "Progress",
+    "DownloadResult",
+    "SeedInfo",
+    "Seeder",
+    "download",
+    "make_torrent",
+    "free_space",
+    "session_settings",
+]
+
+STATE_DIR = ".grokfetch"  # resume data and the crash marker, inside DEST
+SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick)
+REDIAL_EVERY = 5.0  # seconds between re-dialling --peer addresses while unconnected
+
+_S = lt.torrent_status.states
+_STATE_NAMES = {
+    _S.checking_files: "checking",
+    _S.checking_resume_data: "checking",
+    _S.downloading_metadata: "metadata",
+    _S.downloading: "downloading",
+    _S.finished: "downloading",  # only "finished" with what is wanted; we decide done ourselves
+    _S.seeding: "seeding",
+}
+if hasattr(_S, "allocating"):
+    _STATE_NAMES[_S.allocating] = "checking"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class NetOptions:
+    """Networking knobs (the CLI's --listen/--no-dht/--no-utp/--max-*-rate)."""
+
+    listen: str = "0.0.0.0:6881,[::]:6881"
+    dht: bool = True  # False also turns off LSD, UPnP, NAT-PMP and the public bootstrap/STUN hosts
+    utp: bool = True  # False: TCP only (uTP runs at 10-15 MB/s on loopback, TCP at 160-360)
+    max_download_rate: int = 0  # bytes/s, 0 = unlimited
+    max_upload_rate: int = 0  # bytes/s, 0 = unlimited
+
+
+def session_settings(net: NetOptions) -> dict[str, Any]:
+    """libtorrent settings for a grokfetch session."""
+    cat = lt.alert.category_t
+    s: dict[str, Any] = {
+        "listen_interfaces": net.listen,
+        "user_agent": f"grokfetch/{__version__} libtorrent/{lt.__version__}",
+        "alert_mask": (
+            cat.error_notification
+            | cat.status_notification
+            | cat.storage_notification
+            | cat.tracker_notification
+        ),
+        # A cluster (or a test) runs many peers behind one address: without this
+        # libtorrent refuses the second connection from an IP and nothing moves.
+        "allow_multiple_connections_per_ip": True,
+        # See the module docstring: a stale "finished" must not drop the seed.
+        "close_redundant_connections": False,
+        "enable_incoming_utp": net.utp,
+        "enable_outgoing_utp": net.utp,
+        "download_rate_limit": int(net.max_download_rate),
+        "upload_rate_limit": int(net.max_upload_rate),
+        "enable_dht": net.dht,
+        "enable_lsd": net.dht,
+        "enable_upnp": net.dht,
+        "enable_natpmp": net.dht,
+    }
+    if not net.dht:
+        # libtorrent 2.1 ships public defaults for both; a private run contacts nobody.
+        s["dht_bootstrap_nodes"] = ""
+        s["webtorrent_stun_server"] = ""
+    return s
+
+
+def make_session(net: NetOptions) -> Any:
+    params = lt.session_params()
+    params.settings = session_settings(net)
+    return lt.session(params)
+
+
+def parse_hostport(text: str, what: str = "--peer", allow_zero: bool = False) -> tuple[str, int]:
+    """'127.0.0.1:6881' or '[::1]:6881' -> (host, port); UsageError otherwise.
+
+    Port 0 (any free port) only where ``allow_zero`` (a listen address).
+    """
+    host, sep, port = text.rpartition(":")
+    low = 0 if allow_zero else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
+        raise UsageError(f"{what} {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def free_space(path: str | os.PathLike[str]) -> int:
+    """Bytes free for us at ``path`` (the one seam tests replace to fake a small disk)."""
+    return shutil.disk_usage(path).free
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One snapshot of a running download or seed (also the --json-progress line)."""
+
+    state: str  # metadata | checking | downloading | seeding | paused
+    wanted: int  # bytes of the selected files (0 until the metadata is known)
+    wanted_done: int  # of those, verified on disk
+    downloaded: int  # payload bytes received in this run
+    uploaded: int  # payload bytes sent in this run
+    download_rate: int  # bytes/s
+    upload_rate: int  # bytes/s
+    peers: int
+    seeds: int
+    elapsed: float
+    resume_saved_done: int  # wanted bytes covered by the last resume data written (-1: none)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    dest: Path
+    root: Path  # checkpoint root (holds ckpt-0/ and the pinned manifest)
+    torrent_path: Path  # the .torrent saved in DEST
+    info_hash: str
+    name: str
+    files: int  # number of files selected
+    wanted: int  # bytes selected
+    downloaded: int  # payload bytes received in this run
+    uploaded: int
+    failed_bytes: int  # bytes that failed the piece hash check and were fetched again
+    elapsed: float
+    rechecked: bool  # data on disk was rechecked (crash recovery or --repair)
+    complete: bool  # every file of the torrent/manifest was selected and is verified
+    manifest_path: Path | None  # pinned manifest, when pinning ran
+    magnet: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("dest", "root", "torrent_path", "manifest_path"):
+            d[k] = None if d[k] is None else str(d[k])
+        return d
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to download: exactly one of magnet / torrent bytes, plus extra sources."""
+
+    info_hash: str
+    magnet: str | None = None
+    torrent: bytes | None = None
+    what: str = ""  # for messages: the path or a short magnet
+    trackers: tuple[str, ...] = ()
+    web_seeds: tuple[str, ...] = ()
+
+
+def _manifest_mod() -> Any:
+    from grokfetch import manifest as manifest_mod
+
+    return manifest_mod
+
+
+def load_manifest_arg(manifest: Any) -> Any:
+    """A Manifest object, a path to one, or a packaged name like 'grok-1'."""
+    if manifest is None or not isinstance(manifest, (str, os.PathLike)):
+        return manifest
+    mm = _manifest_mod()
+    return mm.load_manifest(mm.resolve_manifest(str(manifest)))
+
+
+def resolve_source(source: str | os.PathLike[str] | None, manifest: Any = None) -> tuple[Source, Any]:
+    """Turn MODEL | MAGNET | TORRENT_FILE into a Source, and pick the manifest.
+
+    A model name (or a manifest path) gives both: its ``sources`` provide the
+    magnet, trackers and web seeds.  A magnet or .torrent is checked against
+    ``manifest`` when one is given, else against the packaged manifest with
+    the same info-hash, if any.
+    """
+    text = "grok-1" if source is None else str(source)
+    if metainfo.is_magnet(text):
+        mag = metainfo.parse_magnet(text)
+        src = Source(info_hash=mag.info_hash, magnet=text, what=f"magnet {mag.info_hash}")
+    elif text.endswith(".torrent") or (Path(text).is_file() and not text.endswith(".json")):
+        p = Path(text)
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise UsageError(f"{p}: cannot read torrent file ({e.strerror})") from None
+        _, meta = metainfo.load_torrent_bytes(data, str(p))
+        src = Source(info_hash=meta.info_hash, torrent=data, what=str(p))
+    else:
+        m = load_manifest_arg(text)
+        sources = getattr(m, "sources", None)
+        magnet = getattr(sources, "magnet", None) if sources is not None else None
+        if not magnet:
+            raise UsageError(f"manifest {text!r} names no magnet link in its sources")
+        mag = metainfo.parse_magnet(magnet)
+        src = Source(
+            info_hash=mag.info_hash,
+            magnet=magnet,
+            what=f"{text} ({mag.info_hash})",
+            trackers=tuple(getattr(sources, "trackers", ()) or ()),
+            web_seeds=tuple(getattr(sources, "web_seeds", ()) or ()),
+        )
+        return src, (load_manifest_arg(manifest) if manifest is not None else m)
+    if manifest is not None:
+        return src, load_manifest_arg(manifest)
+    return src, _packaged_manifest_for(src.info_hash)
+
+
+def _packaged_manifest_for(info_hash: str) -> Any:
+    """The packaged manifest whose sources carry this info-hash, or None."""
+    try:
+        mm = _manifest_mod()
+        m = mm.load_manifest(mm.resolve_manifest("grok-1"))
+    except Exception:  # no packaged manifest yet: download without a manifest check
+        return None
+    src = getattr(m, "sources", None)
+    ih = (getattr(src, "info_hash", None) or "").lower()
+    if not ih and getattr(src, "magnet", None):
+        ih = metainfo.info_hash_of(src.magnet)
+    return m if ih == info_hash.lower() else None
+
+
+def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path) -> Path | None:
+    """Pin the BLAKE3 manifest after a download (the verify stage's code, shared).
+
+    The one seam between get and verify; None when the verify stage is not
+    installed.
+    """
+    try:
+        from grokfetch import verify
+    except ImportError:
+        return None
+    pin = getattr(verify, "pin", None)
+    if pin is None:
+        return None
+    out = pin(root, base=manifest, torrent=torrent_path)
+    for attr in ("manifest_path", "path"):
+        if hasattr(out, attr):
+            return Path(getattr(out, attr))
+    return Path(out) if isinstance(out, (str, os.PathLike)) else None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _torrent_file_name(meta: TorrentMeta) -> str:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in meta.name).strip("._")
+    return f"{safe or meta.info_hash}.torrent"
+
+
+def _on_disk(path: Path, size: int) -> int:
+    """Bytes of a (possibly sparse) file already allocated on disk, at most ``size``."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0
+    return min(size, st.st_blocks * 512, st.st_size)
+
+
+def space_needed(dest: Path, chosen: Iterable[metainfo.TorrentFile]) -> int:
+    """What the selected files still need on disk (sparse files: the blocks not yet written)."""
+    return sum(max(0, f.size - _on_disk(dest / f.path, f.size)) for f in chosen)
+
+
+def check_space(dest: Path, chosen: Sequence[metainfo.TorrentFile]) -> int:
+    need = space_needed(dest, chosen)
+    free = free_space(dest)
+    if need > free:
+        raise DiskError(
+            f"{dest}: not enough free space: {_human(need)} still to download, "
+            f"{_human(free)} free (free some space, choose files with --layers/--include, "
+            f"or pass --no-space-check)"
+        )
+    return need
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _host_for_magnet(listen_host: str) -> str:
+    if listen_host not in ("", "0.0.0.0", "::"):
+        return listen_host
+    with contextlib.suppress(OSError):
+        return socket.gethostbyname(socket.gethostname())
+    return "127.0.0.1"
+
+
+def magnet_with_peer(ti: Any, host: str, port: int) -> str:
+    """The magnet link of ``ti`` with an ``x.pe`` peer hint (BEP 9), so `get` needs no --peer."""
+    uri = lt.make_magnet_uri(ti)
+    h = f"[{host}]" if ":" in host else host
+    return f"{uri}&x.pe={h}:{port}"
+
+
+# --------------------------------------------------------------------------- download
+
+
+@dataclass
+class _Run:
+    """Mutable state of one download() call (the loop's bookkeeping)."""
+
+    dest: Path
+    state_dir: Path
+    info_hash: str
+    manifest: Any
+    include: tuple[str, ...]
+    layers: str | None
+    space_check: bool
+    on_message: Callable[[str], None]
+    meta: TorrentMeta | None = None
+    filemap: metainfo.FileMap | None = None
+    chosen: list[metainfo.TorrentFile] = field(default_factory=list)
+    selected: bool = False  # priorities applied after the metadata checks
+    checked: bool = False  # a torrent_checked_alert since the last (re)check
+    torrent_path: Path | None = None
+    file_error: str | None = None
+    resume_saved_done: int = -1
+    pending_saves: int = 0
+
+
+def _resume_path(state_dir: Path, ih: str) -> Path:
+    return state_dir / f"{ih}.resume"
+
+
+def _marker_path(state_dir: Path, ih: str) -> Path:
+    return state_dir / f"{ih}.running"
+
+
+def _have_bytes(params: Any, meta: TorrentMeta | None, chosen: Sequence[Any]) -> int:
+    """Bytes of the selected files covered by the pieces a resume-data snapshot has."""
+    if meta is None:
+        return 0
+    have = params.have_pieces
+    n = sum(1 for b in have if b)
+    return min(n * meta.piece_length, sum(f.size for f in chosen))
+
+
+def download(
+    source: str | os.PathLike[str] | None,
+    dest: str | os.PathLike[str],
+    *,
+    manifest: Any = None,
+    peers: Sequence[str | tuple[str, int]] = (),
+    include: Sequence[str] = (),
+    layers: str | None = None,
+    net: NetOptions | None = None,
+    web_seeds: Sequence[str] = (),
+    trackers: Sequence[str] = (),
+    repair: bool = False,
+    space_check: bool = True,
+    pin: bool = True,
+    seed: bool = False,
+    seed_ratio: float | None = None,
+    resume_interval: float = 30.0,
+    progress_interval: float = 1.0,
+    timeout: float | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+) -> DownloadResult:
+    """Download ``source`` (model name, magnet or .torrent) into ``dest``.
+
+    Returns when every selected file is verified by its piece hashes (and,
+    with ``seed=True``, after seeding until ``seed_ratio`` or Ctrl-C).
+    Raises Interrupted on KeyboardInterrupt (state saved), DiskError on a full
+    disk or I/O error (state saved), TorrentError / UnsafePathError when the
+    torrent is unusable.  Rerunning with the same arguments continues.
+    """
+    net = net or NetOptions()
+    say = on_message or (lambda _m: None)
+    src, man = resolve_source(source, manifest)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    state_dir = dest / STATE_DIR
+    state_dir.mkdir(exist_ok=True)
+    run = _Run(
+        dest=dest,
+        state_dir=state_dir,
+        info_hash=src.info_hash,
+        manifest=man,
+        include=tuple(include),
+        layers=layers,
+        space_check=space_check,
+        on_message=say,
+    )
+    peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
+
+    resume_file = _resume_path(state_dir, src.info_hash)
+    marker = _marker_path(state_dir, src.info_hash)
+    crashed = marker.exists()
+
+    atp = None
+    if resume_file.exists():
+        try:
+            atp = lt.read_resume_data(resume_file.read_bytes())
+            if str(atp.info_hashes.v1) != src.info_hash:
+                atp = None
+        except Exception:
+            say(f"ignoring unreadable resume data {resume_file}")
+            atp = None
+    ti = None
+    if src.torrent is not None:
+        ti, meta = metainfo.load_torrent_bytes(src.torrent, src.what)
+    elif atp is not None and atp.ti is not None:
+        ti = atp.ti
+        meta = metainfo.meta_from_info(ti)
+    else:
+        meta = None
+    if atp is None:
+        if ti is not None:
+            atp = lt.add_torrent_params()
+            atp.ti = ti
+        else:
+            atp = lt.parse_magnet_uri(src.magnet)
+    elif ti is not None and atp.ti is None:
+        atp.ti = ti
+    resumed = resume_file.exists() and atp is not None
+
+    if meta is not None:
+        _prepare(run, ti, meta)  # paths, manifest, selection, free space: before any byte
+        atp.file_priorities = metainfo.priorities(meta, run.chosen)
+    atp.save_path = str(dest)
+    flags = atp.flags
+    flags &= ~lt.torrent_flags.auto_managed  # never queued or paused by the session
+    flags &= ~lt.torrent_flags.paused
+    flags &= ~lt.torrent_flags.upload_mode  # a previous disk-full run; space was freed
+    flags &= ~lt.torrent_flags.seed_mode
+    if meta is None:
+        flags |= lt.torrent_flags.default_dont_download
+    atp.flags = flags
+    atp.url_seeds = list(dict.fromkeys([*atp.url_seeds, *src.web_seeds, *web_seeds]))
+    atp.trackers = list(dict.fromkeys([*atp.trackers, *src.trackers, *trackers]))
+
+    ses = make_session(net)
+    start = time.monotonic()
+    h = None
+    rechecked = False
+    try:
+        h = ses.add_torrent(atp)
+        for addr in peer_addrs:
+            h.connect_peer(addr)
+        if resumed:
+            say(f"resuming from {resume_file.name}")
+        if crashed and resumed or repair:
+            # Resume data is trusted blindly; after a crash or on --repair the
+            # data on disk is what counts, piece by piece.
+            why = "--repair" if repair else "the last run did not exit cleanly"
+            say(f"rechecking data on disk ({why})")
+            h.force_recheck()
+            rechecked = True
+        atomic_write_bytes(marker, str(os.getpid()).encode())
+        result = _loop(
+            run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
+            timeout, on_progress, seed, seed_ratio, rechecked,
+        )
+    except KeyboardInterrupt:
+        if h is not None:
+            h.pause()
+            _save_resume(run, ses, h, flush=True)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+        raise Interrupted(
+            f"interrupted; state saved in {state_dir}: rerun the same command to continue"
+        ) from None
+    except DiskError:
+        if h is not None:
+            h.pause()
+            _save_resume(run, ses, h, flush=True)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            if h is not None:
+                ses.remove_torrent(h)
+        del ses
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
+
+    root = dest / run.filemap.root if run.filemap is not None else dest / metainfo.checkpoint_root_of(run.meta)
+    complete = _is_complete_selection(run)
+    manifest_path = None
+    if pin and complete and run.torrent_path is not None:
+        manifest_path = pin_checkpoint(root, run.manifest, run.torrent_path)
+        if manifest_path is not None:
+            say(f"pinned manifest: {manifest_path}")
+    elif pin and not complete:
+        say("partial download (--layers/--include): the manifest is not pinned")
+    return DownloadResult(
+        dest=dest,
+        root=root,
+        torrent_path=run.torrent_path or dest,
+        info_hash=src.info_hash,
+        name=run.meta.name if run.meta else "",
+        files=len(run.chosen),
+        wanted=result["wanted"],
+        downloaded=result["downloaded"],
+        uploaded=result["uploaded"],
+        failed_bytes=result["failed"],
+        elapsed=time.monotonic() - start,
+        rechecked=rechecked,
+        complete=complete,
+        manifest_path=manifest_path,
+        magnet=result["magnet"],
+    )
+
+
+def _is_complete_selection(run: _Run) -> bool:
+    if run.meta is None:
+        return False
+    if run.filemap is not None:
+        return len(run.chosen) == len(run.filemap.by_manifest)
+    return len(run.chosen) == len(run.meta.real_files())
+
+
+def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
+    """Metadata is known: check it, save the .torrent, choose files, check space."""
+    run.meta = meta
+    if run.manifest is not None:
+        run.filemap = metainfo.match_manifest(meta, run.manifest.files, meta.name)
+        for f in run.filemap.extra:
+            run.on_message(f"not in the manifest, skipped: {f.path}")
+    elif run.layers is not None:
+        raise UsageError("--layers needs a manifest (--manifest PATH or a model name)")
+    # Every file must land inside DEST (the raw paths were checked already;
+    # this also refuses symlinks planted in DEST).
+    for f in meta.real_files():
+        inside(run.dest, f.path, "torrent file path")
+    layer_paths = (
+        metainfo.manifest_paths_for_layers(run.manifest, run.layers)
+        if run.layers is not None
+        else None
+    )
+    run.chosen = metainfo.select_files(meta, run.filemap, run.include, layer_paths)
+    wanted = sum(f.size for f in run.chosen)
+    if run.torrent_path is None:
+        run.torrent_path = run.dest / _torrent_file_name(meta)
+        atomic_write_bytes(run.torrent_path, metainfo.torrent_file_bytes(ti))
+    need = space_needed(run.dest, run.chosen)
+    run.on_message(
+        f"{meta.name}: {len(run.chosen)} of {len(meta.real_files())} files, "
+        f"{_human(wanted)} of {_human(meta.total_size)} selected, "
+        f"up to {_human(need)} still to download"
+    )
+    if run.space_check:
+        check_space(run.dest, run.chosen)
+
+
+def _save_resume(run: _Run, ses: Any, h: Any, flush: bool = False, wait: float = SAVE_WAIT) -> None:
+    """Ask for resume data and write it when it arrives (waits at most ``wait`` seconds)."""
+    flags = lt.save_resume_flags_t.save_info_dict
+    if flush:
+        flags |= lt.save_resume_flags_t.flush_disk_cache
+    h.save_resume_data(flags)
+    run.pending_saves += 1
+    deadline = time.monotonic() + wait
+    while run.pending_saves > 0 and time.monotonic() < deadline:
+        ses.wait_for_alert(100)
+        for a in ses.pop_alerts():
+            _handle_alert(run, a, ses)
+
+
+def _write_resume(run: _Run, a: Any) -> None:
+    data = lt.write_resume_data_buf(a.params)
+    atomic_write_bytes(_resume_path(run.state_dir, run.info_hash), bytes(data))
+    run.resume_saved_done = _have_bytes(a.params, run.meta, run.chosen)
+
+
+def _handle_alert(run: _Run, a: Any, ses: Any) -> None:
+    if isinstance(a, lt.save_resume_data_alert):
+        _write_resume(run, a)
+        run.pending_saves = max(0, run.pending_saves - 1)
+    elif isinstance(a, lt.save_resume_data_failed_alert):
+        run.pending_saves = max(0, run.pending_saves - 1)
+    elif isinstance(a, lt.torrent_checked_alert):
+        run.checked = True
+    elif isinstance(a, lt.file_error_alert):
+        code = a.error.value() if hasattr(a.error, "value") else 0
+        what = "disk full" if code == errno.ENOSPC else a.error.message()
+        run.file_error = f"{a.filename()}: {what} (errno {code}); state saved, rerun to continue"
+    elif isinstance(a, lt.metadata_failed_alert):
+        run.file_error = None
+        raise TorrentError(f"{run.info_hash}: peers sent invalid metadata ({a.message()})")
+    elif isinstance(a, lt.listen_failed_alert):
+        raise TorrentError(f"cannot listen: {a.message()} (choose another --listen HOST:PORT)")
+    elif isinstance(a, (lt.tracker_error_alert, lt.url_seed_alert)):
+        run.on_message(a.message())
+
+
+def _loop(
+    run: _Run,
+    ses: Any,
+    h: Any,
+    src: Source,
+    peers: Sequence[tuple[str, int]],
+    start: float,
+    resume_interval: float,
+    progress_interval: float,
+    timeout: float | None,
+    on_progress: Callable[[Progress], None] | None,
+    seed: bool,
+    seed_ratio: float | None,
+    rechecking: bool,
+) -> dict[str, Any]:
+    last_progress = 0.0
+    last_save = time.monotonic()
+    last_dial = time.monotonic()
+    done_at: float | None = None
+    if rechecking:
+        run.checked = False
+    ti_known = run.meta is not None
+    while True:
+        ses.wait_for_alert(200)
+        for a in ses.pop_alerts():
+            _handle_alert(run, a, ses)
+        now = time.monotonic()
+        st = h.status()
+        if not ti_known and st.has_metadata:
+            ti = h.torrent_file()
+            meta = metainfo.meta_from_info(ti)
+            _prepare(run, ti, meta)
+            h.prioritize_files(metainfo.priorities(meta, run.chosen))
+            ti_known = True
+            run.on_message(f"metadata received from peers: {meta.num_pieces} pieces")
+            st = h.status()
+        if run.file_error or st.upload_mode:
+            msg = run.file_error or f"{run.dest}: writing failed (disk full?); state saved"
+            raise DiskError(msg)
+        if st.errc.value() if hasattr(st, "errc") else False:
+            raise TorrentError(f"{run.info_hash}: {st.errc.message()}")
+        if peers and st.num_peers == 0 and now - last_dial >= REDIAL_EVERY:
+            for addr in peers:
+                h.connect_peer(addr)
+            last_dial = now
+        done = (
+            ti_known
+            and run.checked
+            and st.state not in (_S.checking_files, _S.checking_resume_data)
+            and st.total_wanted > 0
+            and st.total_wanted_done == st.total_wanted
+        )
+        if on_progress is not None and (now - last_progress >= progress_interval or done):
+            on_progress(_progress(st, now - start, run, done))
+            last_progress = now
+        if now - last_save >= resume_interval and st.need_save_resume:
+            flags = lt.save_resume_flags_t.save_info_dict
+            h.save_resume_data(flags)
+            run.pending_saves += 1
+            last_save = now
+        if done and done_at is None:
+            done_at = now
+            _save_resume(run, ses, h, flush=True)
+            run.on_message(
+                f"complete: {len(run.chosen)} files verified by their piece hashes"
+            )
+            if not seed:
+                break
+        if done and seed:
+            ratio = st.total_payload_upload / max(1, st.total_wanted)
+            if seed_ratio is not None and ratio >= seed_ratio:
+                break
+        if timeout is not None and now - start > timeout and not done:
+            raise TorrentError(
+                f"{src.what}: not complete after {timeout:.0f} s "
+                f"({st.total_wanted_done} of {st.total_wanted} bytes); state saved, rerun"
+            )
+    st = h.status()
+    return {
+        "wanted": st.total_wanted,
+        "downloaded": st.total_payload_download,
+        "uploaded": st.total_payload_upload,
+        "failed": st.total_failed_bytes,
+        "magnet": lt.make_magnet_uri(h.torrent_file()) if h.torrent_file() else "",
+    }
+
+
+def _state_name(st: Any, done: bool) -> str:
+    if st.paused:
+        return "paused"
+    if done:
+        return "seeding"
+    return _STATE_NAMES.get(st.state, str(st.state))
+
+
+def _progress(st: Any, elapsed: float, run: _Run, done: bool) -> Progress:
+    return Progress(
+        state=_state_name(st, done),
+        wanted=st.total_wanted if run.meta is not None else 0,
+        wanted_done=st.total_wanted_done if run.meta is not None else 0,
+        downloaded=st.total_payload_download,
+        uploaded=st.total_payload_upload,
+        download_rate=st.download_payload_rate,
+        upload_rate=st.upload_payload_rate,
+        peers=st.num_peers,
+        seeds=st.num_seeds,
+        elapsed=round(elapsed, 3),
+        resume_saved_done=run.resume_saved_done,
+    )
+
+
+# --------------------------------------------------------------------------- seed
+
+
+@dataclass(frozen=True)
+class SeedInfo:
+    folder: Path  # libtorrent save path (the folder holding the torrent's root folder)
+    torrent_path: Path
+    info_hash: str
+    name: str
+    port: int
+    magnet: str  # with an x.pe peer hint pointing at this seeder
+    verified: str  # "lazy" (pinned: each piece checked when first sent) or "full"
+    total: int
+    have: int  # bytes verified on disk (== total for a complete checkpoint)
+
+
+def _find_torrent_for(folder: Path) -> tuple[Path | None, Path]:
+    """A .torrent saved by `get` (or made earlier) for ``folder``, and the save path it implies."""
+    cands = sorted(folder.glob("*.torrent")) + sorted(folder.parent.glob("*.torrent"))
+    for t in cands:
+        with contextlib.suppress(Exception):
+            _, meta = metainfo.load_torrent(t)
+            first = meta.real_files()[0]
+            for base in (folder, folder.parent, t.parent):
+                if (base / first.path).is_file():
+                    return t, base
+    return None, folder
+
+
+class Seeder:
+    """Seed a checkpoint folder from one libtorrent session.
+
+    ``start()`` checks the data (lazily when a pinned manifest vouches for it,
+    by hashing every piece otherwise) and returns a SeedInfo with the magnet;
+    ``status()`` gives a Progress; ``stop()`` closes the session.  Use it as a
+    context manager, or ``run()`` to block until Ctrl-C.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        torrent: str | os.PathLike[str] | None = None,
+        net: NetOptions | None = None,
+        web_seeds: Sequence[str] = (),
+        full_check: bool = False,
+        on_message: Callable[[str], None] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.torrent = Path(torrent) if torrent is not None else None
+        self.net = net or NetOptions()
+        self.web_seeds = tuple(web_seeds)
+        self.full_check = full_check
+        self.say = on_message or (lambda _m: None)
+        self.ses: Any = None
+        self.h: Any = None
+        self.info: SeedInfo | None = None
+        self._t0 = time.monotonic()
+
+    def start(self, check_timeout: float | None = None) -> SeedInfo:
+        if not self.folder.is_dir():
+            raise UsageError(f"{self.folder}: not a folder")
+        if self.torrent is not None:
+            tpath = self.torrent
+            _, meta = metainfo.load_torrent(tpath)
+            first = meta.real_files()[0]
+            save = next(
+                (b for b in (self.folder, self.folder.parent) if (b / first.path).is_file()),
+                self.folder,
+            )
+        else:
+            found, save = _find_torrent_for(self.folder)
+            if found is None:
+                self.say(f"making a torrent of {self.folder}")
+                found = make_torrent(self.folder, web_seeds=self.web_seeds)
+                _, save = _find_torrent_for(self.folder)
+            tpath = found
+        ti, meta = metainfo.load_torrent(tpath)
+        sizes_ok = all(
+            (save / f.path).is_file() and (save / f.path).stat().st_size == f.size
+            for f in meta.real_files()
+        )
+        if not sizes_ok:
+            raise UsageError(
+                f"{save}: files missing or of the wrong size for {tpath.name}; "
+                f"finish them with `grokfetch get {tpath} --dest {save}`"
+            )
+        pinned = self._pinned(save, meta)
+        lazy = pinned and not self.full_check
+        atp = lt.add_torrent_params()
+        atp.ti = ti
+        atp.save_path = str(save)
+        flags = atp.flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
+        if lazy:
+            # The pinned manifest vouches for the files: libtorrent checks each
+            # piece against its hash the first time it sends it.
+            flags |= lt.torrent_flags.seed_mode
+        atp.flags = flags
+        if self.web_seeds:
+            atp.url_seeds = list(self.web_seeds)
+        self.ses = make_session(self.net)
+        self.h = self.ses.add_torrent(atp)
+        deadline = None if check_timeout is None else time.monotonic() + check_timeout
+        if not lazy:
+            self.say(f"checking {_human(meta.total_size)} against the torrent's piece hashes")
+        while True:
+            st = self.h.status()
+            for a in self.ses.pop_alerts():
+                if isinstance(a, lt.listen_failed_alert):
+                    raise TorrentError(f"cannot listen: {a.message()}")
+            if st.state in (_S.seeding, _S.finished, _S.downloading) and st.has_metadata:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TorrentError(f"{save}: checking did not finish in time")
+            self.ses.wait_for_alert(100)
+        st = self.h.status()
+        if st.total_done < meta.total_size:
+            self.say(
+                f"warning: only {_human(st.total_done)} of {_human(meta.total_size)} "
+                f"verified; seeding what is good (repair with `grokfetch get --repair`)"
+            )
+        port = self.ses.listen_port()
+        host = parse_hostport(self.net.listen.split(",")[0], "--listen", allow_zero=True)[0]
+        self.info = SeedInfo(
+            folder=save,
+            torrent_path=tpath,
+            info_hash=meta.info_hash,
+            name=meta.name,
+            port=port,
+            magnet=magnet_with_peer(ti, _host_for_magnet(host), port),
+            verified="lazy" if lazy else "full",
+            total=meta.total_size,
+            have=st.total_done,
+        )
+        self._t0 = time.monotonic()
+        return self.info
+
+    @staticmethod
+    def _pinned(save: Path, meta: TorrentMeta) -> bool:
+        root = save / metainfo.checkpoint_root_of(meta)
+        for base in (root, save):
+            p = base / "grokfetch-manifest.json"
+            if p.is_file():
+                with contextlib.suppress(Exception):
+                    import json
+
+                    return bool(json.loads(p.read_text()).get("pinned"))
+        return False
+
+    def status(self) -> Progress:
+        st = self.h.status()
+        for a in self.ses.pop_alerts():
+            if isinstance(a, lt.hash_failed_alert):
+                self.say(f"piece {a.piece_index} failed its hash check on disk")
+        return Progress(
+            state=_state_name(st, True),
+            wanted=st.total_wanted,
+            wanted_done=st.total_wanted_done,
+            downloaded=st.total_payload_download,
+            uploaded=st.total_payload_upload,
+            download_rate=st.download_payload_rate,
+            upload_rate=st.upload_payload_rate,
+            peers=st.num_peers,
+            seeds=st.num_seeds,
+            elapsed=round(time.monotonic() - self._t0, 3),
+            resume_saved_done=-1,
+        )
+
+    def run(
+        self,
+        on_status: Callable[[Progress], None] | None = None,
+        interval: float = 1.0,
+        until: Callable[[Progress], bool] | None = None,
+    ) -> Progress:
+        """Seed until Ctrl-C (or ``until(progress)`` is true); return the last status."""
+        last = self.status()
+        try:
+            while until is None or not until(last):
+                self.ses.wait_for_alert(int(interval * 1000))
+                last = self.status()
+                if on_status is not None:
+                    on_status(last)
+                time.sleep(max(0.0, interval - 0.05))
+        except KeyboardInterrupt:
+            pass
+        return self.status()
+
+    def stop(self) -> None:
+        if self.ses is not None:
+            with contextlib.suppress(Exception):
+                self.h.pause()
+            self.ses = None
+            self.h = None
+
+    def __enter__(self) -> Seeder:
+        if self.info is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
