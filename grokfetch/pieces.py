@@ -1,0 +1,306 @@
+"""Torrent piece verification: check files on disk against a torrent's SHA-1 piece hashes.
+
+The torrent's info-hash (in the published magnet link) is the only published
+value that vouches for the Grok-1 bytes.  The info dictionary it hashes holds
+one SHA-1 per piece, and in a v1 torrent the pieces are cut from all files
+concatenated in torrent order, so one piece can end in one file and begin in
+the next.  This module reads each piece back from however many files it spans
+and compares its SHA-1, exactly as a BitTorrent client's recheck does - but
+without a session, without the network, and telling the caller which files and
+byte ranges each bad piece covers.
+
+libtorrent only parses the .torrent (file list, piece length, piece hashes);
+the reading and hashing happen here, in parallel, with bounded memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from grokfetch.errors import TorrentError, UnsafePathError
+from grokfetch.fsutil import safe_relpath
+from grokfetch.metainfo import TorrentFile, TorrentMeta, load_torrent
+
+# Pieces are hashed in reads of at most this many bytes, so memory stays
+# bounded (jobs x READ_BLOCK) even for torrents with very large pieces.
+READ_BLOCK = 8 << 20
+
+OnBytes = Callable[[int], object]
+
+
+@dataclass(frozen=True)
+class PieceMap:
+    """A torrent's byte stream: where each file starts, and the SHA-1 of every piece."""
+
+    source: str  # the .torrent file it was read from
+    meta: TorrentMeta
+    offsets: tuple[int, ...] = field(repr=False)  # by file index: first byte in the stream
+    piece_hashes: tuple[bytes, ...] = field(repr=False)
+
+    @property
+    def piece_length(self) -> int:
+        return self.meta.piece_length
+
+    @property
+    def num_pieces(self) -> int:
+        return len(self.piece_hashes)
+
+    @property
+    def total_size(self) -> int:
+        return self.meta.total_size
+
+    def offset(self, f: TorrentFile) -> int:
+        return self.offsets[f.index]
+
+    def piece_span(self, piece: int) -> tuple[int, int]:
+        """[start, end) of ``piece`` in the torrent's byte stream."""
+        start = piece * self.piece_length
+        return start, min(start + self.piece_length, self.total_size)
+
+    def pieces_of(self, f: TorrentFile) -> range:
+        """The pieces holding at least one byte of ``f`` (empty for empty files)."""
+        if f.size == 0:
+            return range(0)
+        start = self.offset(f)
+        return range(start // self.piece_length, (start + f.size - 1) // self.piece_length + 1)
+
+    def files_of(self, piece: int) -> list[TorrentFile]:
+        """The non-empty files (pad files included) a piece spans, in stream order."""
+        start, end = self.piece_span(piece)
+        nonempty, ends = self._stream
+        out = []
+        # first file that ends after the piece starts: bisect keeps this cheap
+        # for the real torrent's tens of thousands of pieces
+        for f in nonempty[bisect.bisect_right(ends, start) :]:
+            if self.offset(f) >= end:
+                break
+            out.append(f)
+        return out
+
+    @functools.cached_property
+    def _stream(self) -> tuple[list[TorrentFile], list[int]]:
+        nonempty = sorted((f for f in self.meta.files if f.size), key=self.offset)
+        return nonempty, [self.offset(f) + f.size for f in nonempty]
+
+
+def load_piece_map(path: str | os.PathLike[str]) -> PieceMap:
+    """Read a .torrent (paths checked by grokfetch.metainfo) with its piece hashes.
+
+    Raises TorrentError for a torrent without v1 (SHA-1) piece hashes.
+    """
+    ti, meta = load_torrent(path)
+    if not ti.info_hashes().has_v1():
+        # v2-only torrents carry per-file SHA-256 merkle trees instead of SHA-1
+        # pieces; the Grok-1 torrent is v1, so they are not supported.
+        raise TorrentError(f"{path}: torrent has no v1 (SHA-1) piece hashes")
+    fs = ti.layout() if hasattr(ti, "layout") else ti.files()
+    return PieceMap(
+        source=str(path),
+        meta=meta,
+        offsets=tuple(fs.file_offset(f.index) for f in meta.files),
+        piece_hashes=tuple(bytes(ti.hash_for_piece(i)) for i in range(ti.num_pieces())),
+    )
+
+
+def rel_path(f: TorrentFile, strip: int) -> str:
+    """The file's torrent path with ``strip`` leading components removed, checked to be safe."""
+    parts = f.path.split("/")
+    if strip >= len(parts):
+        raise UnsafePathError(f"torrent file {f.path!r} has fewer than {strip + 1} path parts")
+    return safe_relpath("/".join(parts[strip:]), "torrent file path")
+
+
+def find_strip(meta: TorrentMeta, root: str | os.PathLike[str]) -> int:
+    """How many leading path components to strip so the torrent's files land under ``root``.
+
+    A torrent's paths start with its name (``NAME/ckpt-0/...``), and nothing
+    documents the Grok-1 torrent's name, so ``root`` may be the folder that
+    holds NAME/ or NAME/ itself (or deeper).  Pick the depth at which most of
+    the torrent's files exist; when none do (nothing downloaded yet) strip the
+    torrent's name, i.e. take ``root`` to be the torrent's own folder.
+    """
+    files = [f for f in meta.real_files() if f.size]
+    if not files:
+        return 0
+    depth = min(len(f.path.split("/")) for f in files)
+    best, best_hits = (1 if depth > 1 else 0), 0
+    sample = files[:: max(1, len(files) // 64)]  # a few dozen stats are enough to decide
+    for strip in range(depth):
+        hits = sum(os.path.isfile(os.path.join(root, rel_path(f, strip))) for f in sample)
+        if hits > best_hits:
+            best, best_hits = strip, hits
+    return best
+
+
+@dataclass(frozen=True)
+class PieceCheck:
+    """The outcome of checking pieces against the torrent's SHA-1 hashes.
+
+    ``failed`` pieces were read in full and their SHA-1 did not match (a file
+    shorter than the torrent says lands here too).  ``unchecked`` pieces could
+    not be read because a file they span is missing or unreadable; the reason
+    names that file.
+    """
+
+    pm: PieceMap
+    root: str
+    strip: int
+    checked: tuple[int, ...] = field(repr=False)  # every piece looked at, good or not
+    failed: tuple[int, ...]
+    unchecked: dict[int, str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.unchecked
+
+    def have(self) -> list[bool]:
+        """One flag per piece, True when it was checked and matched (libtorrent's 'pieces')."""
+        flags = [False] * self.pm.num_pieces
+        bad = set(self.failed) | set(self.unchecked)
+        for p in self.checked:
+            flags[p] = p not in bad
+        return flags
+
+    def bad_ranges(self, f: TorrentFile) -> list[tuple[int, int]]:
+        """Byte ranges of ``f`` (first, last; file-relative) covered by failed pieces."""
+        return self._ranges(f, set(self.failed))
+
+    def unchecked_ranges(self, f: TorrentFile) -> list[tuple[int, int]]:
+        return self._ranges(f, set(self.unchecked))
+
+    def _ranges(self, f: TorrentFile, pieces: set[int]) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        base = self.pm.offset(f)
+        for p in self.pm.pieces_of(f):
+            if p not in pieces:
+                continue
+            start, end = self.pm.piece_span(p)
+            lo, hi = max(start, base) - base, min(end, base + f.size) - base - 1
+            if out and out[-1][1] + 1 == lo:
+                out[-1] = (out[-1][0], hi)  # adjacent bad pieces make one range
+            else:
+                out.append((lo, hi))
+        return out
+
+
+class _Unreadable(Exception):
+    """A file the piece spans cannot be read, so the piece cannot be checked."""
+
+
+def _piece_matches(pm: PieceMap, root: str, strip: int, piece: int) -> bool:
+    """Read ``piece`` from the files it spans and compare its SHA-1."""
+    start, end = pm.piece_span(piece)
+    h = hashlib.sha1(usedforsecurity=False)
+    for f in pm.files_of(piece):
+        base = pm.offset(f)
+        lo, hi = max(start, base) - base, min(end, base + f.size) - base
+        if f.pad:
+            h.update(bytes(hi - lo))  # pad files are zeros that exist only in the stream
+            continue
+        rel = rel_path(f, strip)
+        try:
+            fd = os.open(os.path.join(root, rel), os.O_RDONLY)
+        except FileNotFoundError:
+            raise _Unreadable(f"{rel} is missing") from None
+        except OSError as e:
+            raise _Unreadable(f"{rel}: {e.strerror or e}") from None
+        try:
+            pos = lo
+            while pos < hi:
+                try:
+                    buf = os.pread(fd, min(READ_BLOCK, hi - pos), pos)
+                except OSError as e:
+                    raise _Unreadable(f"{rel} at byte {pos}: {e.strerror or e}") from None
+                if not buf:
+                    return False  # the file is shorter than the torrent says
+                h.update(buf)
+                pos += len(buf)
+        finally:
+            os.close(fd)
+    return h.digest() == pm.piece_hashes[piece]
+
+
+def verify_pieces(
+    pm: PieceMap,
+    root: str | os.PathLike[str],
+    *,
+    strip: int | None = None,
+    pieces: Iterable[int] | None = None,
+    jobs: int | None = None,
+    on_bytes: OnBytes | None = None,
+) -> PieceCheck:
+    """Check ``pieces`` (default: all) of the torrent against the files under ``root``.
+
+    ``strip`` leading components are removed from the torrent's paths
+    (default: ``find_strip`` decides).  Pieces are hashed ``jobs`` at a time
+    (default: one per CPU), each in reads of at most READ_BLOCK bytes, so
+    memory stays bounded whatever the piece size.  ``on_bytes(n)`` is called
+    from the calling thread as pieces finish.
+    """
+    root_s = os.fspath(root)
+    if strip is None:
+        strip = find_strip(pm.meta, root_s)
+    todo: Sequence[int] = sorted(set(pieces)) if pieces is not None else range(pm.num_pieces)
+    failed: list[int] = []
+    unchecked: dict[int, str] = {}
+
+    def one(piece: int) -> tuple[int, bool | str]:
+        try:
+            return piece, _piece_matches(pm, root_s, strip, piece)
+        except _Unreadable as e:
+            return piece, str(e)
+
+    for piece, verdict in parallel_map(one, todo, jobs):
+        if verdict is False:
+            failed.append(piece)
+        elif isinstance(verdict, str):
+            unchecked[piece] = verdict
+        if on_bytes is not None:
+            start, end = pm.piece_span(piece)
+            on_bytes(end - start)
+    return PieceCheck(
+        pm=pm,
+        root=root_s,
+        strip=strip,
+        checked=tuple(todo),
+        failed=tuple(sorted(failed)),
+        unchecked=dict(sorted(unchecked.items())),
+    )
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int | None) -> Iterator[R]:
+    """``map(fn, items)`` on ``jobs`` threads, results in order, a bounded window ahead.
+
+    Submitting only a few tasks ahead keeps memory flat for long lists, and
+    an exception or Ctrl-C in the caller cancels the work not yet started.
+    The hashing libraries release the GIL, so threads use every core.
+    """
+    jobs = jobs or os.cpu_count() or 1
+    if jobs <= 1:
+        yield from map(fn, items)
+        return
+    ex = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="grokfetch-hash")
+    window: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            window.append(ex.submit(fn, item))
+            if len(window) >= 2 * jobs:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        for fut in window:
+            fut.cancel()
+        ex.shutdown(wait=True, cancel_futures=True)
