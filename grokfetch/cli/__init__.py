@@ -6,11 +6,10 @@ codes in one place, ``GrokfetchGroup.invoke`` in ``base.py``.
 
 from __future__ import annotations
 
-from grokfetch.cli.base import cli
-
 # Each import registers its command(s) on ``cli``.
 from grokfetch.cli import inspect as _inspect  # noqa: E402,F401,I001
 from grokfetch.cli import synth as _synth  # noqa: E402,F401
+from grokfetch.cli.base import cli
 
 
 def main() -> None:

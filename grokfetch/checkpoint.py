@@ -1,0 +1,257 @@
+"""A checkpoint folder: find it, name every file, check it against the layout.
+
+A checkpoint root is the folder that holds ``ckpt-0/`` (the official layout);
+every command also accepts ``ckpt-0/`` itself, or a torrent's root folder,
+whose name is not documented - so we look for the folder holding
+``tensor00000_000`` rather than assuming a name.
+
+The model config comes from, in order: an explicit config; the pinned
+manifest in the root; inference from the files themselves (file count gives
+the layers, shapes give every size; only the query/key head split is not in
+the shapes and defaults to head size 128).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from grokfetch.errors import CheckpointFormatError, GrokfetchError, UsageError
+from grokfetch.layout import CKPT_DIR, ModelConfig, ParamSpec, file_name, param_list
+from grokfetch.manifest import MANIFEST_NAME, Manifest, load_manifest
+from grokfetch.reader import ParamFile, scan
+
+_TENSOR_RE = re.compile(r"^tensor(\d{5})_(\d{3})$")
+DEFAULT_KEY_SIZE = 128
+
+
+def find_ckpt_dir(path: str | os.PathLike[str]) -> Path:
+    """The folder that holds ``tensor00000_000`` at or below ``path`` (depth <= 2)."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such file or folder")
+    if not p.is_dir():
+        raise UsageError(f"{p}: not a folder")
+    for cand in (p, p / CKPT_DIR):
+        if (cand / file_name(0)).exists():
+            return cand
+    hits = sorted(q.parent for q in p.glob(f"*/{file_name(0)}"))
+    hits += sorted(q.parent for q in p.glob(f"*/*/{file_name(0)}"))
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise UsageError(f"{p}: holds more than one checkpoint ({', '.join(map(str, hits))}); "
+                         "name one")
+    raise UsageError(f"{p}: no checkpoint here (no {file_name(0)} in it or in {CKPT_DIR}/)")
+
+
+def tensor_files(ckpt_dir: Path) -> dict[int, Path]:
+    """The ``tensorNNNNN_000`` files of a folder, by index (other files are ignored)."""
+    out = {}
+    for q in ckpt_dir.iterdir():
+        m = _TENSOR_RE.match(q.name)
+        if m and m.group(2) == "000":
+            out[int(m.group(1))] = q
+    return out
+
+
+def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfig:
+    """A config that names every file correctly, from the file count and a few shapes.
+
+    Reads the headers of the embedding, the first layer's MoE, router, query and
+    key files.  Head size is not recorded in the files; ``key_size`` (default
+    128) must divide the query and key widths, else the largest power of two
+    <= it that does is used (only RoPE and attention care; naming does not).
+    """
+    files = tensor_files(ckpt_dir)
+    n = (max(files) + 1) if files else 0
+    if n < 14 or (n - 2) % 12:
+        raise UsageError(
+            f"{ckpt_dir}: cannot infer the model from {len(files)} tensor files "
+            f"(highest index {n - 1}); a Grok-shaped checkpoint has 2 + 12 x layers files. "
+            "Pass --config or use the checkpoint's manifest"
+        )
+    num_layers = (n - 2) // 12
+
+    def shape(i: int, name: str) -> tuple[int, ...]:
+        if i not in files:
+            raise UsageError(f"{ckpt_dir}: {file_name(i)} is missing; cannot infer the config")
+        pf = scan(files[i])
+        if name not in pf.arrays:
+            raise CheckpointFormatError(files[i], None, f"expected an array {name!r}")
+        return pf.arrays[name].shape
+
+    vocab, emb = shape(0, "array")
+    # Layer 0's modules are files 2..13, in sorted order (see layout._layer_modules).
+    _e, _d, ffn = shape(2, "weight")
+    kv_width = shape(5, "weight")[1]
+    q_width = shape(7, "weight")[1]
+    experts = shape(13, "array")[1]
+    ks = key_size
+    while ks > 1 and (q_width % ks or kv_width % ks):
+        ks //= 2
+    widening = _widening_for(emb, ffn)
+    cfg = ModelConfig(vocab_size=vocab, emb_size=emb, key_size=ks, num_q_heads=q_width // ks,
+                      num_kv_heads=kv_width // ks, num_layers=num_layers, num_experts=experts,
+                      num_selected_experts=min(2, experts), widening_factor=widening)
+    return cfg
+
+
+def _widening_for(emb: int, ffn: int) -> float:
+    """A widening factor that reproduces ``ffn`` through the official ffn_size()."""
+    from grokfetch.layout import ffn_size
+
+    for wf in (8.0, 4.0, 2.0, 1.0, 16.0):
+        if ffn_size(emb, wf) == ffn:
+            return wf
+    # Any factor in the window that maps onto ffn works; pick the exact one.
+    wf = ffn * 3 / 2 / emb
+    for cand in (wf, (ffn - 7) * 3 / 2 / emb, (ffn * 3 / 2 + 1) / emb):
+        if ffn_size(emb, cand) == ffn:
+            return cand
+    raise UsageError(f"cannot find a widening factor giving ffn size {ffn} for emb {emb}")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    root: Path  # the folder that holds ckpt-0/ (where the pinned manifest lives)
+    ckpt_dir: Path
+    config: ModelConfig
+    params: list[ParamSpec]
+    config_source: str  # 'explicit', 'manifest' or 'inferred'
+    manifest: Manifest | None = None
+
+    def path_of(self, spec: ParamSpec) -> Path:
+        return self.ckpt_dir / Path(spec.file).name
+
+    def param(self, module: str) -> ParamSpec:
+        for p in self.params:
+            if p.module == module:
+                return p
+        raise KeyError(module)
+
+
+def open_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = None,
+                    key_size: int = DEFAULT_KEY_SIZE) -> Checkpoint:
+    """Locate a checkpoint and decide its config (explicit, pinned manifest, inferred)."""
+    ckpt_dir = find_ckpt_dir(path)
+    root = ckpt_dir.parent if ckpt_dir.name == CKPT_DIR else ckpt_dir
+    manifest = None
+    source = "explicit"
+    mpath = root / MANIFEST_NAME
+    if mpath.is_file():
+        manifest = load_manifest(mpath)
+    if config is None and manifest is not None and manifest.config is not None:
+        config, source = manifest.config, "manifest"
+    if config is None:
+        config, source = infer_config(ckpt_dir, key_size), "inferred"
+    return Checkpoint(root, ckpt_dir, config, param_list(config), source, manifest)
+
+
+# -- inspection ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """One file as the reader found it, matched against the layout."""
+
+    index: int | None
+    path: Path
+    spec: ParamSpec | None
+    found: ParamFile | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    root: Path | None
+    config: ModelConfig | None
+    config_source: str | None
+    files: list[FileReport]
+    missing: list[str]
+    unexpected: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and all(f.ok for f in self.files)
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"{m}: missing" for m in self.missing]
+        for f in self.files:
+            out += [f"{f.path}: {p}" for p in f.problems]
+        return out
+
+
+def compare(spec: ParamSpec, found: ParamFile) -> list[str]:
+    """How ``found`` differs from what the layout expects for ``spec`` (empty: it matches)."""
+    problems = []
+    if found.kind != spec.kind:
+        return [f"holds a {found.kind} parameter, expected {spec.kind} for {spec.module}"]
+    for a in spec.arrays:
+        got = found.arrays.get(a.name)
+        if got is None:
+            problems.append(f"has no {a.name} array (expected for {spec.module})")
+            continue
+        if got.dtype.name != a.dtype or tuple(got.shape) != a.shape:
+            problems.append(
+                f"{a.name} is {got.dtype.name} {list(got.shape)}, expected {a.dtype} "
+                f"{list(a.shape)} for {spec.module}"
+            )
+    return problems
+
+
+def inspect_file(path: str | os.PathLike[str]) -> ParamFile:
+    """Scan one file (raises CheckpointFormatError on anything malformed)."""
+    return scan(path)
+
+
+def inspect_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = None,
+                       key_size: int = DEFAULT_KEY_SIZE) -> InspectReport:
+    """Scan every file of a checkpoint and check the set and the shapes against the layout.
+
+    Unlike ``scan``, a bad file does not stop the inspection: it is reported
+    as a problem of that file, so the user sees every bad file at once.
+    """
+    ckpt = open_checkpoint(path, config, key_size)
+    present = tensor_files(ckpt.ckpt_dir)
+    reports = []
+    missing = []
+    for spec in ckpt.params:
+        idx = spec.index
+        p = present.get(idx)
+        if p is None:
+            missing.append(spec.file)
+            continue
+        try:
+            found = scan(p)
+        except GrokfetchError as e:
+            reports.append(FileReport(idx, p, spec, None, [_strip_path(str(e), p)]))
+            continue
+        reports.append(FileReport(idx, p, spec, found, compare(spec, found)))
+    expected = {s.index for s in ckpt.params}
+    unexpected = sorted(str(present[i].relative_to(ckpt.root)) for i in present
+                        if i not in expected)
+    return InspectReport(ckpt.root, ckpt.config, ckpt.config_source, reports, missing,
+                         unexpected)
+
+
+def _strip_path(msg: str, p: Path) -> str:
+    prefix = f"{p}"
+    return msg[len(prefix):].lstrip(": ") if msg.startswith(prefix) else msg
+
+
+def with_key_size(cfg: ModelConfig, key_size: int) -> ModelConfig:
+    q = cfg.num_q_heads * cfg.key_size
+    kv = cfg.num_kv_heads * cfg.key_size
+    if q % key_size or kv % key_size:
+        raise UsageError(f"key size {key_size} does not divide the query ({q}) and key ({kv}) "
+                         "widths")
+    return replace(cfg, key_size=key_size, num_q_heads=q // key_size,
+                   num_kv_heads=kv // key_size)

@@ -1,0 +1,40 @@
+"""``grokfetch synth``: write a synthetic checkpoint in exactly the real format."""
+
+from __future__ import annotations
+
+import click
+
+from grokfetch.cli.base import cli
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE
+from grokfetch.layout import param_list
+from grokfetch.pickle_writer import pickled_size
+from grokfetch.progress import bytes_bar
+from grokfetch.synth import PRESETS, param_arrays, resolve_config, synthesize
+
+
+@cli.command("synth")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="mini", show_default=True,
+              help="Model dimensions: mini (~8 MB, 12 layers), small (~40 MB), "
+                   "grok-1 (the real shapes: 318 GB unless --layers is small).")
+@click.option("--layers", "num_layers", type=click.IntRange(min=1),
+              help="Number of decoder layers (overrides the preset).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
+              show_default=True, help="Bytes per BLAKE3 chunk hash in the manifest.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+def synth_cmd(dest: str, preset: str, num_layers: int | None, seed: int, chunk_size: int,
+              quiet: bool) -> None:
+    """Write a synthetic checkpoint (random weights, real format) and its manifest to DEST."""
+    cfg = resolve_config(preset, num_layers)
+    total = sum(pickled_size(p.kind, param_arrays(p, seed)) for p in param_list(cfg))
+    bar = bytes_bar(total, "synth", enabled=None if not quiet else False)
+    try:
+        m = synthesize(dest, preset, num_layers=num_layers, seed=seed, chunk_size=chunk_size,
+                       progress=bar.update)
+    finally:
+        bar.close()
+    if not quiet:
+        click.echo(f"{dest}: {len(m.files)} files, {m.total_size:,} bytes "
+                   f"({cfg.num_layers} layers, emb {cfg.emb_size}); manifest "
+                   f"{dest}/grokfetch-manifest.json")
