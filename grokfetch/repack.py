@@ -1,0 +1,669 @@
+"""Repack a checkpoint into safetensors: per-tensor files, or SGLang-loadable shards.
+
+The source files are pickles that run code when loaded; every other stack
+wants safetensors.  ``repack`` reads the sources only through the safe
+reader (offsets and shapes, never unpickling) and writes with the streaming
+writer in ``safetensors_io`` (bytes copied from their offsets, dequantized
+in row blocks), so memory stays bounded and the int8 path runs near copy
+speed.
+
+Two layouts:
+
+* ``per-tensor`` (default): one file per parameter, named after its module
+  path (``transformer.decoder_layer_10.moe.linear.safetensors``), the layers
+  in zero-padded folders (``layer-10/``) so a listing reads in layer order.
+  ``--dtype keep`` holds ``weight`` (int8) and ``scales`` (bf16) exactly as
+  the source; ``bf16``/``f32`` hold one dequantized ``weight``, still in the
+  source's [in, out] orientation.
+* ``sglang``: bf16 shards (~5 GB) with the names, [out, in] orientation and
+  per-expert split of SGLang's Grok-1 loader, plus
+  ``model.safetensors.index.json`` and an HF-style ``config.json``.
+
+Every output goes to a temp name, is fsynced and renamed.  Each finished
+output is appended to a journal in DEST (one JSON line, fsynced), so a run
+killed at any point knows what finished; a rerun skips outputs whose BLAKE3
+still matches their record and redoes the rest.  At the end the DEST
+manifest (``grokfetch-manifest.json``: every output with its BLAKE3, chunk
+hashes and the source file + BLAKE3 it came from) replaces the journal, and
+``grokfetch verify DEST`` checks the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grokfetch import __version__
+from grokfetch.checkpoint import Checkpoint, compare, open_checkpoint
+from grokfetch.errors import CheckpointFormatError, GrokfetchError, Interrupted, UsageError
+from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
+from grokfetch.layout import ModelConfig, ParamSpec, parse_layer_spec
+from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
+from grokfetch.progress import NullBar
+from grokfetch.reader import ParamFile, scan
+from grokfetch.safetensors_io import (
+    BFLOAT16,
+    DEFAULT_ZSTD_LEVEL,
+    SourceArray,
+    Tensor,
+    write_safetensors,
+)
+
+LAYOUTS = ("per-tensor", "sglang")
+DTYPES = ("keep", "bf16", "f32")
+DEFAULT_SHARD_SIZE = 5 * 10**9  # SGLang/HF convention: shards of about 5 GB
+JOURNAL_NAME = ".grokfetch-repack-journal.jsonl"
+CONFIG_NAME = "config.json"
+INDEX_NAME = "model.safetensors.index.json"
+TOOL = f"grokfetch {__version__}"
+# Test seam: seconds to sleep after every block written, so a test can SIGKILL
+# a run part-way through.  Never set in normal use.
+_DELAY_ENV = "GROKFETCH_REPACK_TEST_DELAY"
+
+_OUT_DTYPES = {"bf16": BFLOAT16, "f32": np.dtype(np.float32)}
+
+ProgressFactory = Callable[[int, str], Any]
+
+
+def _no_progress(total: int, desc: str) -> Any:
+    return NullBar()
+
+
+@dataclass(frozen=True)
+class RepackResult:
+    """What a repack run did."""
+
+    dest: Path
+    manifest_path: Path
+    layout: str
+    dtype: str
+    compress: str | None
+    written: list[str]  # outputs (paths below dest) written by this run
+    skipped: list[str]  # outputs already finished by an earlier run (BLAKE3 matched)
+    removed_temps: int  # temp files of an interrupted run that were cleaned up
+    bytes_written: int  # tensor bytes (uncompressed) this run wrote
+    bytes_out: int  # size on disk of all outputs (written + skipped)
+    payload_total: int  # uncompressed tensor bytes of all outputs (bytes_out / this = ratio)
+    seconds: float
+
+    @property
+    def files(self) -> int:
+        return len(self.written) + len(self.skipped)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One planned output file."""
+
+    rel: str  # path below DEST
+    tensors: tuple[Tensor, ...]
+    metadata: dict[str, str]
+    source: dict[str, Any]  # {"file", "blake3"} (per-tensor) or {"files": [...]} (shard)
+    param: str | None = None  # JAX module path (per-tensor) or None (shards)
+    kind: str | None = None
+    layer: int | None = None
+
+    @property
+    def payload(self) -> int:
+        """Uncompressed tensor bytes this output holds (the progress unit)."""
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def arrays(self) -> list[dict[str, Any]]:
+        return [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape)}
+                for t in self.tensors]
+
+
+@dataclass(frozen=True)
+class Plan:
+    outputs: list[Output]
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # config.json, index
+
+
+def parse_compress(spec: str | None) -> int | None:
+    """``None`` -> None; ``'zstd'`` -> the default level; ``'zstd:19'`` -> 19."""
+    if spec is None or spec in ("", "none"):
+        return None
+    name, _, level = spec.partition(":")
+    if name != "zstd":
+        raise UsageError(f"unknown compression {spec!r} (use zstd or zstd:LEVEL)")
+    if not level:
+        return DEFAULT_ZSTD_LEVEL
+    try:
+        n = int(level)
+    except ValueError:
+        raise UsageError(f"bad zstd level {level!r}: want an integer 1-22") from None
+    if not 1 <= n <= 22:
+        raise UsageError(f"bad zstd level {n}: want 1-22")
+    return n
+
+
+def _settings(layout: str, dtype: str, level: int | None) -> dict[str, Any]:
+    """The DEST manifest's top-level ``repack`` object."""
+    return {"layout": layout, "dtype": dtype,
+            "compress": None if level is None else f"zstd:{level}"}
+
+
+# -- sources ----------------------------------------------------------------------------
+
+
+def scan_sources(ckpt: Checkpoint, params: list[ParamSpec]) -> dict[int, ParamFile]:
+    """Scan every source file before anything is written; the first bad one stops the run."""
+    found: dict[int, ParamFile] = {}
+    for spec in params:
+        path = ckpt.path_of(spec)
+        if not path.exists():
+            raise CheckpointFormatError(path, None, f"missing (expected {spec.module})")
+        pf = scan(path)
+        problems = compare(spec, pf)
+        if problems:
+            raise CheckpointFormatError(path, None, problems[0])
+        entry = ckpt.manifest.file(spec.file) if ckpt.manifest is not None else None
+        if entry is not None and entry.size != pf.size:
+            raise CheckpointFormatError(
+                path, None, f"is {pf.size:,} bytes but the checkpoint manifest says "
+                f"{entry.size:,} (truncated or the wrong file)")
+        found[spec.index] = pf
+    return found
+
+
+def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int) -> dict[int, str]:
+    """BLAKE3 of each source: from the checkpoint's manifest, hashing only what it lacks."""
+    out: dict[int, str] = {}
+    todo = []
+    for spec in params:
+        entry = ckpt.manifest.file(spec.file) if ckpt.manifest is not None else None
+        if entry is not None and entry.blake3:
+            out[spec.index] = entry.blake3
+        else:
+            todo.append(spec)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        digests = pool.map(lambda s: file_digests(ckpt.path_of(s)), todo)
+        for spec, digest in zip(todo, digests, strict=True):
+            out[spec.index] = digest.blake3
+    return out
+
+
+def _src(pf: ParamFile, name: str) -> SourceArray:
+    a = pf.arrays[name]
+    return SourceArray(pf.path, a.offset, a.dtype, tuple(a.shape))
+
+
+# -- plans ------------------------------------------------------------------------------
+
+
+def layer_folder(layer: int, num_layers: int) -> str:
+    """``layer-07``: zero-padded so a directory listing is in layer order."""
+    return f"layer-{layer:0{max(2, len(str(num_layers - 1)))}d}"
+
+
+def per_tensor_rel(spec: ParamSpec, num_layers: int, compressed: bool) -> str:
+    name = f"{spec.dotted}.safetensors" + (".zst" if compressed else "")
+    return name if spec.layer is None else f"{layer_folder(spec.layer, num_layers)}/{name}"
+
+
+def plan_per_tensor(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
+                    hashes: dict[int, str], dtype: str, level: int | None) -> Plan:
+    outputs = []
+    for spec in sorted(params, key=_numeric_order):
+        pf = found[spec.index]
+        meta = {
+            "param": spec.module,
+            "layer": "" if spec.layer is None else str(spec.layer),
+            "source_file": spec.file,
+            "source_blake3": hashes[spec.index],
+            "dtype_mode": dtype,
+            "orientation": "[in, out] as in the checkpoint (y = x @ weight)",
+            "tool": TOOL,
+        }
+        if spec.kind == "quantized":
+            w, s = _src(pf, "weight"), _src(pf, "scales")
+            g = s.shape[-2]
+            meta["quantization_groups"] = str(g)
+            if dtype == "keep":
+                tensors: tuple[Tensor, ...] = (Tensor("weight", w), Tensor("scales", s))
+                meta["dequantize"] = ("weight.reshape(..., G, K // G, N) * "
+                                      "scales[..., :, None, :] with G = quantization_groups")
+            else:
+                tensors = (Tensor("weight", w, _OUT_DTYPES[dtype], scales=s),)
+        else:
+            a = _src(pf, "array")
+            meta["quantization_groups"] = "none"
+            out = None if dtype in ("keep", "f32") else _OUT_DTYPES[dtype]
+            tensors = (Tensor("weight", a, out),)
+        outputs.append(Output(
+            rel=per_tensor_rel(spec, ckpt.config.num_layers, level is not None),
+            tensors=tensors, metadata=meta,
+            source={"file": spec.file, "blake3": hashes[spec.index]},
+            param=spec.module, kind=spec.kind, layer=spec.layer,
+        ))
+    config = json.dumps(ckpt.config.to_dict(), indent=1) + "\n"
+    return Plan(outputs, {CONFIG_NAME: config.encode()})
+
+
+def _numeric_order(spec: ParamSpec) -> tuple[int, str]:
+    """Embedding and final norm first, then layers 0, 1, 2, ... (not the file order)."""
+    return (-1 if spec.layer is None else spec.layer, spec.module)
+
+
+# JAX module (below decoder_layer_L/) -> SGLang name (below model.layers.L.).
+SGLANG_LAYER_NAMES = {
+    "rms_norm": "pre_attn_norm",
+    "rms_norm_1": "post_attn_norm",
+    "rms_norm_2": "pre_moe_norm",
+    "rms_norm_3": "post_moe_norm",
+    "multi_head_attention/query": "self_attn.q_proj",
+    "multi_head_attention/key": "self_attn.k_proj",
+    "multi_head_attention/value": "self_attn.v_proj",
+    "multi_head_attention/linear": "self_attn.o_proj",
+    "router": "block_sparse_moe.gate",
+    "moe/linear": "block_sparse_moe.experts.{e}.w1",
+    "moe/linear_v": "block_sparse_moe.experts.{e}.w3",
+    "moe/linear_1": "block_sparse_moe.experts.{e}.w2",
+}
+
+
+def sglang_tensors(spec: ParamSpec, pf: ParamFile, out: np.dtype) -> list[Tensor]:
+    """The SGLang tensors one parameter becomes (names, [out, in], experts split)."""
+    if spec.module == "language_model/in_out_embed":
+        # Raw copies: SGLang multiplies by embedding/output_multiplier_scale itself.
+        a = _src(pf, "array")
+        return [Tensor("model.embed_tokens.weight", a, out), Tensor("lm_head.weight", a, out)]
+    if spec.module == "language_model/rms_norm":
+        return [Tensor("model.norm.weight", _src(pf, "array"), out)]
+    sub = spec.short
+    base = f"model.layers.{spec.layer}.{SGLANG_LAYER_NAMES[sub]}"
+    if sub.startswith("rms_norm"):
+        return [Tensor(f"{base}.weight", _src(pf, "array"), out)]
+    if sub == "router":  # SGLang keeps the gate in float32 ([E, D] = transposed [D, E])
+        return [Tensor(f"{base}.weight", _src(pf, "array"), np.dtype(np.float32),
+                       transpose=True)]
+    w, s = _src(pf, "weight"), _src(pf, "scales")
+    if sub.startswith("moe/"):
+        return [Tensor(f"{base.format(e=e)}.weight", w, out, scales=s, expert=e, transpose=True)
+                for e in range(w.shape[0])]
+    return [Tensor(f"{base}.weight", w, out, scales=s, transpose=True)]
+
+
+def hf_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
+    """config.json for SGLang (and transformers' AutoConfig / llama.cpp's converter)."""
+    return {
+        "architectures": ["Grok1ForCausalLM"],
+        "model_type": "mixtral",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.emb_size,
+        "intermediate_size": cfg.ffn_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_q_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.key_size,
+        "num_local_experts": cfg.num_experts,
+        "num_experts_per_tok": cfg.num_selected_experts,
+        "max_position_embeddings": cfg.sequence_len,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_base,
+        "hidden_act": "gelu_pytorch_tanh",
+        "embedding_multiplier_scale": cfg.embedding_multiplier_scale,
+        "output_multiplier_scale": cfg.output_multiplier_scale,
+        "attn_logit_softcapping": cfg.attn_logit_softcap,
+        "pad_token_id": cfg.pad_token,
+        "eos_token_id": cfg.eos_token,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16" if dtype == "bf16" else "float32",
+        # SGLang defaults load_presharded_moe to true under tensor parallelism.
+        "load_presharded_moe": False,
+        "load_presharded_attn": False,
+        "load_presharded_embedding": False,
+        "load_presharded_mlp": False,
+    }
+
+
+def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
+                hashes: dict[int, str], dtype: str, shard_size: int) -> Plan:
+    out = _OUT_DTYPES[dtype]
+    # Model order: embedding, layers 0..N-1, final norm, lm_head - so shards follow the model.
+    items: list[tuple[Tensor, ParamSpec]] = []
+    head: list[tuple[Tensor, ParamSpec]] = []
+    for spec in sorted(params, key=_numeric_order):
+        for t in sglang_tensors(spec, found[spec.index], out):
+            (head if t.name in ("model.norm.weight", "lm_head.weight") else items).append(
+                (t, spec))
+    items += sorted(head, key=lambda ts: ts[0].name != "model.norm.weight")
+    shards: list[list[tuple[Tensor, ParamSpec]]] = [[]]
+    size = 0
+    for t, spec in items:
+        if shards[-1] and size + t.nbytes > shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append((t, spec))
+        size += t.nbytes
+    n = len(shards)
+    outputs = []
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards, 1):
+        rel = f"model-{i:05d}-of-{n:05d}.safetensors"
+        specs = {s.index: s for _t, s in shard}
+        sources = [{"file": s.file, "blake3": hashes[idx]} for idx, s in sorted(specs.items())]
+        meta = {
+            "format": "pt",
+            "layout": "sglang",
+            "dtype_mode": dtype,
+            "orientation": "[out, in] (PyTorch nn.Linear)",
+            "sources": json.dumps({d["file"]: d["blake3"] for d in sources}),
+            "tool": TOOL,
+        }
+        for t, _s in shard:
+            weight_map[t.name] = rel
+        outputs.append(Output(
+            rel=rel, tensors=tuple(t for t, _s in shard), metadata=meta,
+            source={"files": sources},
+        ))
+    index = {
+        "metadata": {"total_size": sum(t.nbytes for t, _s in items)},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    extra = {
+        CONFIG_NAME: (json.dumps(hf_config(ckpt.config, dtype), indent=1) + "\n").encode(),
+        INDEX_NAME: (json.dumps(index, indent=1) + "\n").encode(),
+    }
+    return Plan(outputs, extra)
+
+
+# -- records of finished outputs --------------------------------------------------------
+
+
+def _recipe(settings: dict[str, Any], source: Any, arrays: Any) -> str:
+    """What makes an output's bytes what they are: same recipe + same BLAKE3 = done."""
+    return json.dumps([settings, source, arrays], sort_keys=True)
+
+
+def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str, Any] | None]:
+    """Finished outputs known from DEST's manifest and journal: rel -> (recipe, entry).
+
+    Also returns the repack settings found there (None when DEST is fresh).
+    A line cut short by a kill is ignored: its output is simply redone.
+    """
+    records: dict[str, tuple[str, FileEntry]] = {}
+    settings = None
+    mpath = dest / MANIFEST_NAME
+    if mpath.is_file():
+        m = load_manifest(mpath)
+        if m.repack is not None:
+            settings = m.repack
+            for e in m.files:
+                if e.param is not None or e.source is not None:
+                    records[e.path] = (_recipe(m.repack, e.source, e.arrays), e)
+    jpath = dest / JOURNAL_NAME
+    if jpath.is_file():
+        for line in jpath.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                m = Manifest.from_dict({"format": "grokfetch-manifest", "format_version": 1,
+                                        "name": "journal", "files": [rec["entry"]],
+                                        "chunk_size": rec["chunk_size"]})
+            except (ValueError, KeyError, TypeError, GrokfetchError):
+                continue
+            e = m.files[0]
+            settings = rec.get("repack", settings)
+            records[e.path] = (_recipe(rec.get("repack"), e.source, e.arrays), e)
+    return records, settings
+
+
+class _Journal:
+    """Append-only record of finished outputs (one fsynced JSON line each)."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], chunk_size: int):
+        self.path = path
+        self.settings = settings
+        self.chunk_size = chunk_size
+        self.lock = threading.Lock()
+
+    def add(self, entry: FileEntry) -> None:
+        line = json.dumps({"repack": self.settings, "chunk_size": self.chunk_size,
+                           "entry": _entry_dict(entry)}) + "\n"
+        with self.lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _entry_dict(e: FileEntry) -> dict[str, Any]:
+    return {k: v for k, v in e.__dict__.items() if v is not None}
+
+
+def _still_good(path: Path, entry: FileEntry, chunk_size: int) -> bool:
+    """Is the file on disk the one the record describes (size, then BLAKE3)?"""
+    try:
+        if path.stat().st_size != entry.size:
+            return False
+    except OSError:
+        return False
+    return file_digests(path, chunk_size).blake3 == entry.blake3
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def _check_dest(dest: Path, ckpt: Checkpoint) -> None:
+    real = Path(os.path.realpath(dest))
+    for p in (ckpt.root, ckpt.ckpt_dir):
+        if real == Path(os.path.realpath(p)):
+            raise UsageError(f"{dest}: is the source checkpoint's folder; repack into a "
+                             "folder of its own")
+    if real.exists() and not real.is_dir():
+        raise UsageError(f"{dest}: exists and is not a folder")
+
+
+def repack(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    layout: str = "per-tensor",
+    dtype: str | None = None,
+    compress: str | int | None = None,
+    layers: str | list[int] | None = None,
+    jobs: int = 2,
+    force: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    config: ModelConfig | None = None,
+    progress: ProgressFactory = _no_progress,
+) -> RepackResult:
+    """Repack the checkpoint at ``src`` into safetensors files under ``dest``.
+
+    Args:
+        src: checkpoint root, its ``ckpt-0/`` or a torrent folder holding it.
+        dest: output folder (created); nothing is written outside it.
+        layout: 'per-tensor' or 'sglang'.
+        dtype: 'keep' (per-tensor default), 'bf16' (sglang default) or 'f32'.
+        compress: None, 'zstd', 'zstd:LEVEL' or a level (per-tensor only).
+        layers: '0-3,10' or a list: those layers plus embedding and final norm.
+        jobs: output files written in parallel.
+        force: redo every output even if an earlier run finished it.
+        shard_size: sglang shard size in bytes.
+        chunk_size: chunk size of the DEST manifest's chunk hashes.
+        progress: ``progress(total_bytes, desc)`` -> a bar with update(n) and close().
+
+    Raises:
+        UsageError (bad options, DEST is the source), CheckpointFormatError (a
+        source file fails the reader's checks: nothing of it is written),
+        DiskError, Interrupted.
+    """
+    t0 = time.monotonic()
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    dtype = dtype or ("bf16" if layout == "sglang" else "keep")
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    if isinstance(compress, int) and not isinstance(compress, bool):
+        level = parse_compress(f"zstd:{compress}")
+    else:
+        level = parse_compress(compress)
+    if layout == "sglang" and dtype == "keep":
+        raise UsageError("--layout sglang needs --dtype bf16 or f32: no stack loads the int8 "
+                         "weights with grouped scales as shipped")
+    if layout == "sglang" and level is not None:
+        raise UsageError("--layout sglang cannot be compressed: SGLang and llama.cpp read "
+                         "plain .safetensors shards")
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    if shard_size < 1:
+        raise UsageError(f"shard size must be positive, got {shard_size}")
+
+    ckpt = open_checkpoint(src, config)
+    dest_path = Path(dest)
+    _check_dest(dest_path, ckpt)
+    cfg = ckpt.config
+    if layers is None:
+        params = list(ckpt.params)
+    else:
+        wanted = set(parse_layer_spec(layers, cfg.num_layers) if isinstance(layers, str)
+                     else layers)
+        bad = [x for x in wanted if not 0 <= x < cfg.num_layers]
+        if bad:
+            raise UsageError(f"layers {bad} outside 0-{cfg.num_layers - 1}")
+        params = [p for p in ckpt.params if p.layer is None or p.layer in wanted]
+
+    found = scan_sources(ckpt, params)
+    hashes = source_hashes(ckpt, params, jobs)
+    settings = _settings(layout, dtype, level)
+    if layout == "sglang":
+        plan = plan_sglang(ckpt, params, found, hashes, dtype, shard_size)
+    else:
+        plan = plan_per_tensor(ckpt, params, found, hashes, dtype, level)
+
+    dest_path.mkdir(parents=True, exist_ok=True)
+    removed = len(remove_stale_temps(dest_path))
+    records, old_settings = load_records(dest_path)
+    if old_settings is not None and old_settings != settings and not force:
+        raise UsageError(
+            f"{dest_path}: holds a repack with {_describe(old_settings)}, not "
+            f"{_describe(settings)}; use --force to replace it, or another folder")
+    planned = {o.rel for o in plan.outputs}
+    if force:
+        _remove_unplanned(dest_path, records, planned)
+        records = {}
+        with contextlib.suppress(FileNotFoundError):
+            (dest_path / JOURNAL_NAME).unlink()
+
+    # Decide what is already done: same recipe and the bytes on disk still hash right.
+    done: dict[str, FileEntry] = {}
+    candidates = []
+    for o in plan.outputs:
+        rec = records.get(o.rel)
+        if rec is not None and rec[0] == _recipe(settings, o.source, o.arrays):
+            candidates.append((o, rec[1]))
+    with ThreadPoolExecutor(jobs) as pool:
+        checks = pool.map(lambda oe: _still_good(inside(dest_path, oe[0].rel), oe[1],
+                                                  chunk_size), candidates)
+        for (o, entry), good in zip(candidates, checks, strict=True):
+            if good:
+                done[o.rel] = entry
+    todo = [o for o in plan.outputs if o.rel not in done]
+
+    journal = _Journal(dest_path / JOURNAL_NAME, settings, chunk_size)
+    for entry in done.values():  # keep the journal complete if this run is killed too
+        journal.add(entry)
+    written = _write_all(dest_path, todo, level, chunk_size, jobs, journal,
+                         progress(sum(o.payload for o in todo), "repack"))
+    entries = [done.get(o.rel) or written[o.rel] for o in plan.outputs]
+
+    for name, data in plan.extra_files.items():
+        path = inside(dest_path, name)
+        atomic_write_bytes(path, data)
+        d = file_digests(path, chunk_size)
+        entries.append(FileEntry(path=name, size=len(data), blake3=d.blake3, chunks=d.chunks))
+    src_manifest = ckpt.manifest
+    manifest = Manifest(
+        name=f"{src_manifest.name if src_manifest else 'grok-1'}-{layout}-{dtype}",
+        files=entries,
+        license=(src_manifest.license if src_manifest else None) or "Apache-2.0",
+        pinned=True,
+        config=cfg,
+        chunk_size=chunk_size,
+        repack=settings,
+        notes=f"repacked by {TOOL} from {ckpt.root.name}",
+    )
+    mpath = save_manifest(manifest, dest_path / MANIFEST_NAME)
+    with contextlib.suppress(FileNotFoundError):
+        (dest_path / JOURNAL_NAME).unlink()
+    return RepackResult(
+        dest=dest_path, manifest_path=mpath, layout=layout, dtype=dtype,
+        compress=settings["compress"],
+        written=[o.rel for o in todo], skipped=[o.rel for o in plan.outputs if o.rel in done],
+        removed_temps=removed,
+        bytes_written=sum(o.payload for o in todo),
+        bytes_out=sum(e.size for e in entries[: len(plan.outputs)]),
+        payload_total=sum(o.payload for o in plan.outputs),
+        seconds=time.monotonic() - t0,
+    )
+
+
+def _describe(s: dict[str, Any]) -> str:
+    return f"layout={s.get('layout')}, dtype={s.get('dtype')}, compress={s.get('compress')}"
+
+
+def _remove_unplanned(dest: Path, records: dict[str, tuple[str, FileEntry]],
+                      planned: set[str]) -> None:
+    """--force: delete outputs an earlier run recorded that this run will not write."""
+    for rel in records:
+        if rel not in planned:
+            with contextlib.suppress(FileNotFoundError, GrokfetchError):
+                inside(dest, rel).unlink()
+
+
+def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: int, jobs: int,
+               journal: _Journal, bar: Any) -> dict[str, FileEntry]:
+    """Write ``todo`` with ``jobs`` threads, journal each as it finishes, stop at an error."""
+    stop = threading.Event()
+    delay = float(os.environ.get(_DELAY_ENV) or 0)
+    bar_lock = threading.Lock()
+
+    def on_bytes(n: int) -> None:
+        if stop.is_set():
+            raise Interrupted("repack stopped")
+        with bar_lock:
+            bar.update(n)
+        if delay:
+            time.sleep(delay)
+
+    def one(o: Output) -> FileEntry:
+        res = write_safetensors(inside(dest, o.rel), o.tensors, o.metadata,
+                                compress_level=level, chunk_size=chunk_size, on_bytes=on_bytes)
+        entry = FileEntry(path=o.rel, size=res.size, blake3=res.blake3, chunks=res.chunks,
+                          param=o.param, kind=o.kind, arrays=o.arrays, layer=o.layer,
+                          source=o.source)
+        journal.add(entry)
+        return entry
+
+    out: dict[str, FileEntry] = {}
+    pool = ThreadPoolExecutor(jobs)
+    try:
+        futures: dict[Future[FileEntry], Output] = {pool.submit(one, o): o for o in todo}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in finished:
+                out[futures[f].rel] = f.result()  # re-raises the worker's error
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        bar.close()
+    return out
