@@ -1,0 +1,93 @@
+"""The inspect and synth commands, their output and their exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from grokfetch.cli import cli
+from tests.conftest import GOLDEN
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("inspect", "synth"):
+        assert cmd in r.output
+
+
+def test_synth_then_inspect(tmp_path):
+    r = run("synth", tmp_path / "x", "--layers", "12", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run("inspect", tmp_path / "x")
+    assert r.exit_code == 0, r.output
+    assert "transformer/decoder_layer_10/moe/linear/w" in r.output
+    assert "146 files" in r.output and "OK" in r.output
+
+
+def test_inspect_golden_json_names_files():
+    r = run("inspect", GOLDEN / "ckpt-0", "--json")
+    assert r.exit_code == 0
+    d = json.loads(r.stdout)
+    assert d["ok"] and d["config_source"] == "inferred"
+    assert d["files"][26]["param"] == "transformer/decoder_layer_10/moe/linear"
+    assert d["files"][26]["arrays"][0]["shape"] == [8, 64, 344]
+
+
+def test_inspect_one_file():
+    r = run("inspect", GOLDEN / "ckpt-0" / "tensor00003_000")
+    assert r.exit_code == 0
+    assert "quantized" in r.output and "[8, 8, 64]" in r.output
+
+
+def test_inspect_bad_file_one_line_exit_3(tmp_path):
+    p = tmp_path / "tensor00000_000"
+    p.write_bytes(b"\x80\x04\x95garbage")
+    r = run("inspect", p)
+    assert r.exit_code == 3
+    assert r.stderr.startswith(f"Error: {p} at byte ")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.output
+
+
+def test_inspect_folder_reports_missing_truncated_and_mismatched(copy_ckpt):
+    root = copy_ckpt()
+    ck = root / "ckpt-0"
+    (ck / "tensor00005_000").unlink()
+    data = (ck / "tensor00002_000").read_bytes()
+    (ck / "tensor00002_000").write_bytes(data[: len(data) // 2])
+    # a file in the wrong place: router weights where layer 0's rms_norm should be
+    (ck / "tensor00009_000").write_bytes((ck / "tensor00013_000").read_bytes())
+    r = run("inspect", root)
+    assert r.exit_code == 3
+    assert "MISSING: ckpt-0/tensor00005_000" in r.output
+    assert "truncated" in r.output
+    assert "expected float32 [128] for transformer/decoder_layer_0/rms_norm" in r.output
+
+
+def test_inspect_missing_only_exits_1(copy_ckpt):
+    root = copy_ckpt()
+    (root / "ckpt-0" / "tensor00145_000").unlink()
+    r = run("inspect", root)
+    assert r.exit_code == 1
+    assert "MISSING: ckpt-0/tensor00145_000" in r.output
+
+
+def test_inspect_with_config_file(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text((GOLDEN / "layout.json").read_text())
+    r = run("inspect", GOLDEN, "--config", cfg, "--json")
+    assert r.exit_code == 0
+    d = json.loads(r.stdout)
+    assert d["config_source"] == "explicit" and d["config"]["key_size"] == 16
+
+
+def test_not_a_checkpoint_folder_exit_2(tmp_path):
+    r = run("inspect", tmp_path)
+    assert r.exit_code == 2
+    assert "no checkpoint here" in r.stderr
