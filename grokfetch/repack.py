@@ -547,6 +547,8 @@ def repack(
         plan = plan_per_tensor(ckpt, params, found, hashes, dtype, level)
 
     dest_path.mkdir(parents=True, exist_ok=True)
+    for rel in [o.rel for o in plan.outputs] + list(plan.extra_files):
+        inside(dest_path, rel, "output path")  # refuse before writing anything, not half-way
     removed = len(remove_stale_temps(dest_path))
     records, old_settings = load_records(dest_path)
     if old_settings is not None and old_settings != settings and not force:

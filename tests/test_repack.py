@@ -1,0 +1,262 @@
+"""``grokfetch repack`` per-tensor layout: every output read back with safe_open equals its source.
+
+All tests run on the session's mini checkpoint (12 layers, so the file order
+0, 1, 10, 11, 2, ... matters) and write into tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import zstandard
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from grokfetch.checkpoint import open_checkpoint
+from grokfetch.cli import cli
+from grokfetch.hashing import file_digests
+from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.reader import scan
+from grokfetch.repack import JOURNAL_NAME, parse_compress, per_tensor_rel, repack
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+CHUNK = 64 * 1024  # small chunks so the manifests' chunk lists are exercised
+
+
+def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors and the metadata of a .safetensors or .safetensors.zst file."""
+    if path.name.endswith(".zst"):
+        plain = path.with_name(path.name[:-4] + ".plain")
+        with open(path, "rb") as f, open(plain, "wb") as out:
+            zstandard.ZstdDecompressor().copy_stream(f, out)
+        path = plain
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
+
+
+def dequant(w: np.ndarray, s: np.ndarray, out: np.dtype) -> np.ndarray:
+    """The exact dequantization: W = weight * scales per row group (float32), then cast."""
+    *lead, k, n = w.shape
+    g = s.shape[-2]
+    full = w.astype(np.float32).reshape(*lead, g, k // g, n) * s.astype(np.float32)[..., :, None, :]
+    return full.reshape(w.shape).astype(out)
+
+
+def assert_manifest_verifies(dest: Path) -> None:
+    """What `grokfetch verify DEST` checks: every listed file hashes right, nothing extra."""
+    m = load_manifest(dest / MANIFEST_NAME)
+    assert m.pinned and m.repack is not None
+    for e in m.files:
+        d = file_digests(dest / e.path, m.chunk_size)
+        assert (d.blake3, d.chunks) == (e.blake3, e.chunks), e.path
+    on_disk = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
+    assert on_disk == {e.path for e in m.files} | {MANIFEST_NAME}
+    if "verify" in cli.commands:  # the verify engineer's engine, when it is registered
+        r = CliRunner().invoke(cli, ["verify", str(dest)])
+        assert r.exit_code == 0, r.output
+
+
+@pytest.fixture(scope="module")
+def keep_dest(mini_ckpt, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("keep") / "out"
+    repack(mini_ckpt, dest, chunk_size=CHUNK)
+    return dest
+
+
+def test_keep_is_lossless_for_every_parameter(mini_ckpt, keep_dest):
+    ckpt = open_checkpoint(mini_ckpt)
+    m = load_manifest(keep_dest / MANIFEST_NAME)
+    by_param = {e.param: e for e in m.files if e.param}
+    assert len(by_param) == len(ckpt.params) == 146
+    for spec in ckpt.params:
+        entry = by_param[spec.module]
+        src = scan(ckpt.path_of(spec)).load()
+        got, meta = read_tensors(keep_dest / entry.path)
+        if spec.kind == "quantized":
+            assert set(got) == {"weight", "scales"}
+            assert got["weight"].dtype == np.int8 and np.array_equal(got["weight"], src["weight"])
+            assert got["scales"].dtype == BF16
+            assert np.array_equal(got["scales"].view(np.uint16), src["scales"].view(np.uint16))
+            assert meta["quantization_groups"] == str(spec.scale_groups)
+        else:
+            assert set(got) == {"weight"}
+            assert got["weight"].dtype == np.float32
+            assert np.array_equal(got["weight"], src["array"])
+        assert meta["param"] == spec.module and meta["source_file"] == spec.file
+        assert meta["source_blake3"] == ckpt.manifest.file(spec.file).blake3
+        assert meta["tool"].startswith("grokfetch ")
+        assert entry.source == {"file": spec.file, "blake3": ckpt.manifest.file(spec.file).blake3}
+        assert entry.layer == spec.layer and entry.kind == spec.kind
+
+
+def test_layer_10_file_holds_layer_10_weights(mini_ckpt, keep_dest):
+    # File order is 0, 1, 10, 11, 2, ...: layer 10's moe/linear is file 26, not file 122.
+    got, meta = read_tensors(
+        keep_dest / "layer-10" / "transformer.decoder_layer_10.moe.linear.safetensors")
+    src26 = scan(mini_ckpt / "ckpt-0" / "tensor00026_000").load()
+    assert meta["source_file"] == "ckpt-0/tensor00026_000"
+    assert np.array_equal(got["weight"], src26["weight"])
+    layer2 = read_tensors(
+        keep_dest / "layer-02" / "transformer.decoder_layer_2.moe.linear.safetensors")[0]
+    assert not np.array_equal(layer2["weight"], src26["weight"])
+
+
+def test_dest_manifest_and_config(mini_ckpt, keep_dest):
+    m = load_manifest(keep_dest / MANIFEST_NAME)
+    assert m.repack == {"layout": "per-tensor", "dtype": "keep", "compress": None}
+    assert m.config == open_checkpoint(mini_ckpt).config
+    config = json.loads((keep_dest / "config.json").read_text())
+    assert config["num_layers"] == 12 and config["emb_size"] == 128
+    assert m.file("config.json") is not None and m.file("config.json").param is None
+    assert not (keep_dest / JOURNAL_NAME).exists()
+    assert_manifest_verifies(keep_dest)
+
+
+def test_folder_layout_is_browsable(keep_dest):
+    top = sorted(p.name for p in keep_dest.iterdir())
+    assert top[:3] == ["config.json", "grokfetch-manifest.json",
+                       "language_model.in_out_embed.safetensors"]
+    assert [p for p in top if p.startswith("layer-")] == [f"layer-{i:02d}" for i in range(12)]
+    assert len(list((keep_dest / "layer-07").iterdir())) == 12
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+def test_dequantized_outputs_are_exact(mini_ckpt, tmp_path, dtype):
+    out = BF16 if dtype == "bf16" else np.dtype(np.float32)
+    res = repack(mini_ckpt, tmp_path / dtype, dtype=dtype, chunk_size=CHUNK, jobs=2)
+    ckpt = open_checkpoint(mini_ckpt)
+    for spec in ckpt.params:
+        src = scan(ckpt.path_of(spec)).load()
+        got, meta = read_tensors(res.dest / per_tensor_rel(spec, 12, False))
+        assert set(got) == {"weight"}
+        if spec.kind == "quantized":
+            want = dequant(src["weight"], src["scales"], out)
+        else:  # plain arrays: float32 as is (f32), rounded to nearest-even (bf16)
+            want = src["array"].astype(out)
+        assert got["weight"].dtype == out and got["weight"].shape == want.shape
+        assert np.array_equal(got["weight"], want), spec.module
+        assert meta["dtype_mode"] == dtype
+    assert_manifest_verifies(res.dest)
+
+
+def test_zstd_outputs_decompress_to_the_plain_files(mini_ckpt, keep_dest, tmp_path):
+    res = repack(mini_ckpt, tmp_path / "z", compress="zstd", chunk_size=CHUNK)
+    m = load_manifest(res.dest / MANIFEST_NAME)
+    assert m.repack["compress"] == "zstd:3"
+    outputs = [e for e in m.files if e.param]
+    assert all(e.path.endswith(".safetensors.zst") for e in outputs)
+    for e in outputs[:20]:
+        raw = zstandard.ZstdDecompressor().stream_reader(open(res.dest / e.path, "rb")).read()
+        assert raw == (keep_dest / e.path[: -len(".zst")]).read_bytes()
+    keep_outputs = [e for e in load_manifest(keep_dest / MANIFEST_NAME).files if e.param]
+    assert res.payload_total == sum(e.size for e in keep_outputs) - _headers(keep_dest)
+    assert_manifest_verifies(res.dest)
+
+
+def _headers(dest: Path) -> int:
+    """Bytes of safetensors headers (8 + N) across a per-tensor DEST."""
+    total = 0
+    for p in dest.rglob("*.safetensors"):
+        with open(p, "rb") as f:
+            total += 8 + int.from_bytes(f.read(8), "little")
+    return total
+
+
+def test_layers_subset_has_those_layers_plus_embedding_and_final_norm(mini_ckpt, tmp_path):
+    res = repack(mini_ckpt, tmp_path / "l", layers="1,10-11", chunk_size=CHUNK)
+    m = load_manifest(res.dest / MANIFEST_NAME)
+    params = {e.param for e in m.files if e.param}
+    assert {"language_model/in_out_embed", "language_model/rms_norm"} <= params
+    assert {e.layer for e in m.files if e.layer is not None} == {1, 10, 11}
+    assert len(params) == 2 + 3 * 12
+    assert_manifest_verifies(res.dest)
+
+
+def test_rerun_skips_finished_files_and_force_redoes_them(mini_ckpt, tmp_path):
+    dest = tmp_path / "r"
+    first = repack(mini_ckpt, dest, chunk_size=CHUNK)
+    stats = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in dest.rglob("*.safetensors")}
+    again = repack(mini_ckpt, dest, chunk_size=CHUNK)
+    assert again.written == [] and sorted(again.skipped) == sorted(first.written)
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in stats} == stats
+    # A damaged output is redone, and only that one.
+    victim = dest / "layer-03" / "transformer.decoder_layer_3.router.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    fixed = repack(mini_ckpt, dest, chunk_size=CHUNK)
+    assert fixed.written == ["layer-03/transformer.decoder_layer_3.router.safetensors"]
+    forced = repack(mini_ckpt, dest, chunk_size=CHUNK, force=True)
+    assert len(forced.written) == 146 and forced.skipped == []
+    assert_manifest_verifies(dest)
+
+
+def test_force_replaces_a_repack_with_other_settings(mini_ckpt, tmp_path):
+    dest = tmp_path / "f"
+    repack(mini_ckpt, dest, compress="zstd:1", chunk_size=CHUNK)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["repack", str(mini_ckpt), str(dest), "-q"])
+    assert r.exit_code == 2
+    assert "holds a repack with layout=per-tensor, dtype=keep, compress=zstd:1" in r.stderr
+    r = runner.invoke(cli, ["repack", str(mini_ckpt), str(dest), "-q", "--force"])
+    assert r.exit_code == 0, r.output
+    assert not list(dest.rglob("*.zst"))  # the old outputs are gone, not left as extras
+    assert_manifest_verifies(dest)
+
+
+def test_cli_summary_and_json(mini_ckpt, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["repack", str(mini_ckpt), str(tmp_path / "c"), "--compress", "zstd"])
+    assert r.exit_code == 0, r.output
+    assert "146 files (146 written, 0 already done), layout per-tensor, dtype keep" in r.output
+    assert "zstd:3: ratio" in r.output and "grokfetch verify" in r.output
+    r = runner.invoke(cli, ["repack", str(mini_ckpt), str(tmp_path / "c"), "--compress", "zstd",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["written"] == [] and len(d["skipped"]) == 146 and d["compress"] == "zstd:3"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layout", "sglang", "--dtype", "keep"], "--layout sglang needs --dtype bf16 or f32"),
+    (["--layout", "sglang", "--compress", "zstd"], "cannot be compressed"),
+    (["--compress", "gzip"], "unknown compression 'gzip'"),
+    (["--compress", "zstd:99"], "bad zstd level 99"),
+    (["--layers", "3-40"], "outside 0-11"),
+])
+def test_cli_usage_errors(mini_ckpt, tmp_path, args, message):
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(tmp_path / "u"), *args])
+    assert r.exit_code == 2
+    assert r.stderr.startswith("Error: ") and message in r.stderr
+    assert not (tmp_path / "u").exists()
+
+
+def test_dest_cannot_be_the_source(copy_ckpt):
+    src = copy_ckpt()
+    for dest in (src, src / "ckpt-0"):
+        r = CliRunner().invoke(cli, ["repack", str(src), str(dest)])
+        assert r.exit_code == 2 and "is the source checkpoint's folder" in r.stderr
+    assert load_manifest(src / MANIFEST_NAME).repack is None
+
+
+def test_outputs_never_escape_dest_through_a_planted_symlink(mini_ckpt, tmp_path):
+    dest = tmp_path / "d"
+    outside = tmp_path / "elsewhere"
+    dest.mkdir()
+    outside.mkdir()
+    os.symlink(outside, dest / "layer-04")
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(dest), "-j", "1"])
+    assert r.exit_code == 2 and "resolves outside" in r.stderr
+    assert list(outside.iterdir()) == []
+    assert [p.name for p in dest.iterdir()] == ["layer-04"]  # refused before writing anything
+
+
+def test_parse_compress():
+    assert parse_compress(None) is None
+    assert parse_compress("zstd") == 3
+    assert parse_compress("zstd:19") == 19
