@@ -1,0 +1,191 @@
+"""Repack survives SIGKILL and refuses bad sources without leaving a partial file."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_repack import assert_manifest_verifies
+
+import grokfetch
+from grokfetch import repack as repack_mod
+from grokfetch.cli import cli
+from grokfetch.fsutil import TMP_MARK
+from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.repack import JOURNAL_NAME, repack
+
+CHUNK = 64 * 1024
+REPO = Path(grokfetch.__file__).resolve().parent.parent
+
+
+def outputs(dest: Path) -> dict[str, tuple[int, str]]:
+    """path -> (size, blake3) of every file the DEST manifest lists."""
+    return {e.path: (e.size, e.blake3) for e in load_manifest(dest / MANIFEST_NAME).files}
+
+
+def journaled(dest: Path) -> list[str]:
+    """Outputs the journal of a (killed) run records as finished."""
+    lines = (dest / JOURNAL_NAME).read_text().splitlines() if (dest / JOURNAL_NAME).exists() else []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line)["entry"]["path"])
+        except (ValueError, KeyError):
+            pass  # a line cut short by the kill
+    return out
+
+
+def test_sigkill_part_way_then_rerun_gives_the_same_result(mini_ckpt, tmp_path):
+    ref = tmp_path / "ref"
+    repack(mini_ckpt, ref, chunk_size=CHUNK)
+
+    dest = tmp_path / "dest"
+    env = dict(os.environ, GROKFETCH_REPACK_TEST_DELAY="0.02", GROKFETCH_NO_PROGRESS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # Same small chunk size as the reference run, so the two manifests compare equal.
+    code = ("import sys; from grokfetch.repack import repack; "
+            f"repack(sys.argv[1], sys.argv[2], jobs=1, chunk_size={CHUNK})")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(mini_ckpt), str(dest)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(journaled(dest)) < 15:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (dest / MANIFEST_NAME).exists()
+    finished = journaled(dest)
+    assert 15 <= len(finished) < 146
+    before = {rel: ((dest / rel).stat().st_ino, (dest / rel).stat().st_mtime_ns)
+              for rel in finished}
+
+    res = repack(mini_ckpt, dest, chunk_size=CHUNK)
+    assert set(finished) <= set(res.skipped)
+    assert len(res.written) + len(res.skipped) == 146
+    after = {rel: ((dest / rel).stat().st_ino, (dest / rel).stat().st_mtime_ns)
+             for rel in finished}
+    assert after == before  # finished files were not rewritten
+    assert outputs(dest) == outputs(ref)  # byte-identical to an uninterrupted run
+    assert not list(dest.rglob(f"{TMP_MARK}*")) and not (dest / JOURNAL_NAME).exists()
+    assert_manifest_verifies(dest)
+
+
+def test_sigkill_via_the_cli_then_rerun_via_the_cli(mini_ckpt, tmp_path):
+    """The user's view: kill `python -m grokfetch repack`, run the same command again."""
+    dest = tmp_path / "cli"
+    env = dict(os.environ, GROKFETCH_REPACK_TEST_DELAY="0.02", GROKFETCH_NO_PROGRESS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "grokfetch", "repack", str(mini_ckpt), str(dest), "-j", "2",
+           "--dtype", "bf16"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while len(journaled(dest)) < 10:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.communicate()
+    done = journaled(dest)
+    env.pop("GROKFETCH_REPACK_TEST_DELAY")
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"({146 - len(set(done))} written, {len(set(done))} already done)" in rerun.stdout
+    assert_manifest_verifies(dest)
+
+
+# -- bad sources ------------------------------------------------------------------------
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[2:6] = b"\xff\xfe\xfd\xfc"  # inside the pickle framing
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _hostile(path: Path) -> None:
+    path.write_bytes(pickle.dumps(_Evil(), protocol=4))
+
+
+def _zero_fill(path: Path) -> None:
+    path.write_bytes(b"\x00" * path.stat().st_size)
+
+
+def _remove(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_corrupt, ""),
+    (_truncate, ""),
+    (_hostile, "forbidden global"),
+    (_zero_fill, "zero bytes"),
+    (_remove, "missing"),
+])
+def test_bad_source_stops_the_run_naming_the_file(copy_ckpt, tmp_path, damage, message):
+    src = copy_ckpt()
+    bad = src / "ckpt-0" / "tensor00026_000"  # layer 10's moe/linear, mid-way in the plan
+    damage(bad)
+    dest = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["repack", str(src), str(dest), "--dtype", "bf16"])
+    assert r.exit_code == 3, r.output
+    assert r.stderr.startswith(f"Error: {bad}") and message in r.stderr
+    assert "Traceback" not in r.stderr
+    # Sources are checked before anything is written: no file at all, partial or whole.
+    assert not dest.exists() or not [p for p in dest.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("dtype", ["keep", "bf16"])
+def test_source_cut_short_during_the_run_leaves_no_partial_file(copy_ckpt, tmp_path,
+                                                                monkeypatch, dtype):
+    """A file that passed the checks and then shrank (another process truncating it)."""
+    src = copy_ckpt()
+    bad = src / "ckpt-0" / "tensor00026_000"
+    real_scan = repack_mod.scan_sources
+
+    def scan_then_truncate(*args, **kwargs):
+        found = real_scan(*args, **kwargs)
+        _truncate(bad)
+        return found
+
+    monkeypatch.setattr(repack_mod, "scan_sources", scan_then_truncate)
+    dest = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["repack", str(src), str(dest), "--dtype", dtype, "-j", "1"])
+    assert r.exit_code == 3 and str(bad) in r.stderr
+    assert not list(dest.rglob(f"{TMP_MARK}*"))
+    assert not (dest / MANIFEST_NAME).exists()
+    # What finished before the failure is journaled and whole; nothing else is there.
+    files = {str(p.relative_to(dest)) for p in dest.rglob("*.safetensors")}
+    assert files == set(journaled(dest))
+    assert "layer-10/transformer.decoder_layer_10.moe.linear.safetensors" not in files
+
+
+def test_source_size_must_match_the_pinned_manifest(copy_ckpt, tmp_path):
+    src = copy_ckpt()
+    bad = src / "ckpt-0" / "tensor00013_000"
+    with open(bad, "ab") as f:
+        f.write(b"\x00" * 10)
+    r = CliRunner().invoke(cli, ["repack", str(src), str(tmp_path / "o")])
+    assert r.exit_code == 3
+    assert str(bad) in r.stderr
