@@ -222,32 +222,18 @@ class StoredArray:
 
 
 @dataclass(frozen=True)
-class QuantizedMatrix:
-    """int8 weight [K, N] times bfloat16 scales [G, N], dequantized one block at a time."""
+class RowMatrix:
+    """A weight stored [K, N] as the original has it, read one row block at a time.
+
+    Quantized (int8 weight with float32 copies of its bf16 scales [G, N]): each
+    block is dequantized as it is read.  Already float (f32 or bf16 repack):
+    ``groups`` still cuts the blocks where the original's scale groups were,
+    so both compute the same products in the same order.
+    """
 
     name: str
-    weight: StoredArray  # int8 [K, N]
-    scales: np.ndarray  # float32 [G, N]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.weight.shape[0], self.weight.shape[1]
-
-    def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        k, n = self.shape
-        size = k // self.scales.shape[0]
-        for k0, k1 in row_blocks(k, n, self.scales.shape[0]):
-            block = self.weight.rows(k0, k1).astype(np.float32)  # (k1-k0, N)
-            block *= self.scales[k0 // size]  # exact: 8 x 8 significant bits
-            yield k0, k1, block
-
-
-@dataclass(frozen=True)
-class DenseMatrix:
-    """A stored float weight [K, N] (f32 or bf16), cut into the same blocks as the original."""
-
-    name: str
-    weight: StoredArray  # float [K, N]
+    weight: StoredArray  # int8 or float [K, N]
+    scales: np.ndarray | None  # float32 [G, N] when quantized
     groups: int | None
 
     @property
@@ -256,8 +242,12 @@ class DenseMatrix:
 
     def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
         k, n = self.shape
+        size = k // (self.groups or 1)
         for k0, k1 in row_blocks(k, n, self.groups):
-            yield k0, k1, self.weight.rows(k0, k1).astype(np.float32)  # (k1-k0, N)
+            block = self.weight.rows(k0, k1).astype(np.float32)  # (k1-k0, N)
+            if self.scales is not None:
+                block *= self.scales[k0 // size]  # exact: 8 x 8 significant bits
+            yield k0, k1, block
 
 
 @dataclass(frozen=True)
@@ -427,8 +417,9 @@ class ModelWeights:
         name = self.describe(spec) if expert is None else f"{self.describe(spec)} expert {expert}"
         if "scales" in arrays:
             scales = arrays["scales"] if expert is None else arrays["scales"].sub(expert)
-            return QuantizedMatrix(name, weight, scales.read().astype(np.float32))
-        return DenseMatrix(name, weight, spec.scale_groups)
+            s = scales.read().astype(np.float32)  # (G, N)
+            return RowMatrix(name, weight, s, s.shape[0])
+        return RowMatrix(name, weight, None, spec.scale_groups)
 
     def experts(self, spec: ParamSpec) -> ExpertStack:
         return ExpertStack(

@@ -10,10 +10,10 @@ from grokfetch.errors import EXIT_PROBLEMS, UsageError
 from grokfetch.smoke import (
     Comparison,
     SmokeReport,
-    compare,
     parse_tokens,
     save_outputs,
     smoke,
+    smoke_compare,
 )
 
 BAR_WIDTH = 30
@@ -74,6 +74,11 @@ def _print_comparison(c: Comparison) -> None:
         same = "identical" if d.identical else f"max |diff| {d.max_abs_diff:.3g}"
         click.echo(f"  {d.name:<14} {same}{extra}")
     click.echo(f"  expert choices {'identical' if c.experts_agree else 'DIFFER'}")
+    w = c.weights
+    click.echo(
+        f"  weights ({w.tensors} tensors) "
+        + ("identical" if w.identical else f"max relative difference {w.max_rel:.3g} ({w.worst})")
+    )
     verdict = "PASS" if c.passed else "FAIL"
     largest = c.largest
     click.echo(
@@ -146,9 +151,11 @@ def smoke_cmd(
         hidden=input_path,
         config=config,
     )
-    report = smoke(ckpt, **kwargs)  # type: ignore[arg-type]
-    other_report = smoke(other, **kwargs) if other else None  # type: ignore[arg-type]
-    comparison = compare(other_report, report) if other_report is not None else None
+    other_report = comparison = None
+    if other:
+        report, other_report, comparison = smoke_compare(ckpt, other, **kwargs)
+    else:
+        report = smoke(ckpt, **kwargs)  # type: ignore[arg-type]
     if save_path:
         save_outputs(report, save_path)
     ok = (
