@@ -383,9 +383,9 @@ def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, Para
 # -- records of finished outputs --------------------------------------------------------
 
 
-def _recipe(settings: dict[str, Any], source: Any, arrays: Any) -> str:
-    """What makes an output's bytes what they are: same recipe + same BLAKE3 = done."""
-    return json.dumps([settings, source, arrays], sort_keys=True)
+def _recipe(settings: Any, source: Any, arrays: Any, chunk_size: Any) -> str:
+    """What makes an output's record what it is: same recipe + same BLAKE3 on disk = done."""
+    return json.dumps([settings, source, arrays, chunk_size], sort_keys=True)
 
 
 def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str, Any] | None]:
@@ -403,7 +403,7 @@ def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str
             settings = m.repack
             for e in m.files:
                 if e.param is not None or e.source is not None:
-                    records[e.path] = (_recipe(m.repack, e.source, e.arrays), e)
+                    records[e.path] = (_recipe(m.repack, e.source, e.arrays, m.chunk_size), e)
     jpath = dest / JOURNAL_NAME
     if jpath.is_file():
         for line in jpath.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -416,7 +416,7 @@ def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str
                 continue
             e = m.files[0]
             settings = rec.get("repack", settings)
-            records[e.path] = (_recipe(rec.get("repack"), e.source, e.arrays), e)
+            records[e.path] = (_recipe(rec.get("repack"), e.source, e.arrays, m.chunk_size), e)
     return records, settings
 
 
@@ -429,9 +429,11 @@ class _Journal:
         self.chunk_size = chunk_size
         self.lock = threading.Lock()
 
-    def add(self, entry: FileEntry) -> None:
-        line = json.dumps({"repack": self.settings, "chunk_size": self.chunk_size,
-                           "entry": _entry_dict(entry)}) + "\n"
+    def add(self, *entries: FileEntry) -> None:
+        if not entries:
+            return
+        line = "".join(json.dumps({"repack": self.settings, "chunk_size": self.chunk_size,
+                                   "entry": _entry_dict(e)}) + "\n" for e in entries)
         with self.lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:
@@ -561,13 +563,14 @@ def repack(
         records = {}
         with contextlib.suppress(FileNotFoundError):
             (dest_path / JOURNAL_NAME).unlink()
+    kept = _carry_over(dest_path, layout, records, planned, chunk_size)
 
     # Decide what is already done: same recipe and the bytes on disk still hash right.
     done: dict[str, FileEntry] = {}
     candidates = []
     for o in plan.outputs:
         rec = records.get(o.rel)
-        if rec is not None and rec[0] == _recipe(settings, o.source, o.arrays):
+        if rec is not None and rec[0] == _recipe(settings, o.source, o.arrays, chunk_size):
             candidates.append((o, rec[1]))
     with ThreadPoolExecutor(jobs) as pool:
         checks = pool.map(lambda oe: _still_good(inside(dest_path, oe[0].rel), oe[1],
@@ -578,11 +581,14 @@ def repack(
     todo = [o for o in plan.outputs if o.rel not in done]
 
     journal = _Journal(dest_path / JOURNAL_NAME, settings, chunk_size)
-    for entry in done.values():  # keep the journal complete if this run is killed too
-        journal.add(entry)
+    journal.add(*done.values(), *kept.values())  # complete even if this run is killed too
     written = _write_all(dest_path, todo, level, chunk_size, jobs, journal,
                          progress(sum(o.payload for o in todo), "repack"))
     entries = [done.get(o.rel) or written[o.rel] for o in plan.outputs]
+    if kept:  # per-tensor outputs of earlier --layers runs stay listed, in model order
+        entries = sorted(entries + list(kept.values()),
+                         key=lambda e: (-1 if e.layer is None else e.layer, e.param or ""))
+    n_outputs = len(entries)
 
     for name, data in plan.extra_files.items():
         path = inside(dest_path, name)
@@ -609,7 +615,7 @@ def repack(
         written=[o.rel for o in todo], skipped=[o.rel for o in plan.outputs if o.rel in done],
         removed_temps=removed,
         bytes_written=sum(o.payload for o in todo),
-        bytes_out=sum(e.size for e in entries[: len(plan.outputs)]),
+        bytes_out=sum(e.size for e in entries[:n_outputs]),
         payload_total=sum(o.payload for o in plan.outputs),
         seconds=time.monotonic() - t0,
     )
@@ -617,6 +623,28 @@ def repack(
 
 def _describe(s: dict[str, Any]) -> str:
     return f"layout={s.get('layout')}, dtype={s.get('dtype')}, compress={s.get('compress')}"
+
+
+def _carry_over(dest: Path, layout: str, records: dict[str, tuple[str, FileEntry]],
+                planned: set[str], chunk_size: int) -> dict[str, FileEntry]:
+    """Outputs an earlier run recorded that this run does not plan.
+
+    per-tensor: another ``--layers`` selection; the files stay valid and stay
+    listed (if still there with their size), so ``--layers 0-3`` then
+    ``--layers 4-7`` adds up.  sglang: shards of another shard plan, which the
+    new index no longer names; they are deleted.
+    """
+    kept: dict[str, FileEntry] = {}
+    stale = {rel: rec for rel, rec in records.items() if rel not in planned}
+    if layout == "sglang":
+        _remove_unplanned(dest, stale, planned)
+        return kept
+    for rel, (recipe, entry) in stale.items():
+        with contextlib.suppress(OSError, GrokfetchError):
+            same_chunks = json.loads(recipe)[3] == chunk_size
+            if same_chunks and inside(dest, rel).stat().st_size == entry.size:
+                kept[rel] = entry
+    return kept
 
 
 def _remove_unplanned(dest: Path, records: dict[str, tuple[str, FileEntry]],

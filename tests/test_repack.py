@@ -260,3 +260,14 @@ def test_parse_compress():
     assert parse_compress(None) is None
     assert parse_compress("zstd") == 3
     assert parse_compress("zstd:19") == 19
+
+
+def test_layer_runs_add_up_in_one_dest(mini_ckpt, tmp_path):
+    dest = tmp_path / "parts"
+    repack(mini_ckpt, dest, layers="0-1", chunk_size=CHUNK)
+    second = repack(mini_ckpt, dest, layers="2", chunk_size=CHUNK)
+    assert len(second.skipped) == 2 and len(second.written) == 12  # embedding + norm reused
+    m = load_manifest(dest / MANIFEST_NAME)
+    assert {e.layer for e in m.files if e.layer is not None} == {0, 1, 2}
+    assert len([e for e in m.files if e.param]) == 2 + 3 * 12
+    assert_manifest_verifies(dest)

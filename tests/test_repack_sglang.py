@@ -144,3 +144,13 @@ def test_manifest_lists_shards_with_their_sources(mini_ckpt, sglang_dest):
     assert sources == {f.path: f.blake3 for f in pinned.files}
     assert {e.path for e in m.files} >= {"config.json", INDEX_NAME}
     assert_manifest_verifies(sglang_dest)
+
+
+def test_a_new_shard_plan_replaces_the_old_shards(mini_ckpt, tmp_path):
+    dest = tmp_path / "resharded"
+    repack(mini_ckpt, dest, layout="sglang", shard_size=1_000_000, chunk_size=64 * 1024)
+    res = repack(mini_ckpt, dest, layout="sglang", shard_size=4_000_000, chunk_size=64 * 1024)
+    shards = sorted(p.name for p in dest.glob("model-*.safetensors"))
+    assert len(shards) == res.files and all(s.endswith(f"-of-{len(shards):05d}.safetensors")
+                                            for s in shards)
+    assert_manifest_verifies(dest)

@@ -1,0 +1,156 @@
+"""Benchmark ``grokfetch repack`` on full-size tensors of the real Grok-1 shapes.
+
+    python bench/repack.py [--workdir /tmp/grokfetch-bench-repack] [--jobs 2] [--keep-data]
+
+Synthesizes a one-layer checkpoint with the real dimensions (~8.1 GB: the
+3.2 GB embedding, three 1.6 GB MoE tensors, attention, norms, router), then
+in one run measures:
+
+* ``repack --dtype keep`` against ``cp -r`` of the same source (ratio; the
+  target is <= 1.2x).  Repack fsyncs every output, cp does not, so cp is
+  also timed with a trailing ``sync`` (the fair comparison);
+* repack's peak RSS under ``/usr/bin/time -v`` (target < 300 MB);
+* bf16 dequantization GB/s on one 1.6 GB MoE tensor (per-tensor layout) and
+  the sglang path (dequantize + transpose + split per expert);
+* zstd at the default level on the same tensor: ratio and GB/s.
+
+Synthetic weights are uniform random int8, which zstd cannot shrink much;
+the real weights are not uniform, so their ratio will differ.  Everything is
+written under --workdir and deleted at the end (unless --keep-data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from grokfetch.layout import GROK1, param_list  # noqa: E402
+from grokfetch.reader import scan  # noqa: E402
+from grokfetch.repack import sglang_tensors  # noqa: E402
+from grokfetch.safetensors_io import BFLOAT16, SourceArray, Tensor, write_safetensors  # noqa: E402
+
+NEED_BYTES = 30 * 10**9  # source 8.1 + cp 8.1 + repack 8.1 + one 3.2 GB bf16 file, with margin
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Run a command, return its wall time in seconds (raises on failure)."""
+    t = time.monotonic()
+    subprocess.run(cmd, check=True, env=env)
+    return time.monotonic() - t
+
+
+def sync() -> float:
+    t = time.monotonic()
+    os.sync()
+    return time.monotonic() - t
+
+
+def dir_size(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def timed_write(path: Path, tensors: list[Tensor], level: int | None = None) -> tuple[float, int]:
+    """(seconds including fsync, bytes on disk) of one write_safetensors call."""
+    t = time.monotonic()
+    res = write_safetensors(path, tensors, {"bench": "1"}, compress_level=level)
+    return time.monotonic() - t, res.size
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default="/tmp/grokfetch-bench-repack")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--keep-data", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work).free
+    if free < NEED_BYTES:
+        print(f"need {NEED_BYTES / 1e9:.0f} GB free in {work}, have {free / 1e9:.1f} GB")
+        return 2
+    env = dict(os.environ, GROKFETCH_NO_PROGRESS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    src = work / "src"
+    try:
+        print(f"synthesizing a 1-layer checkpoint with the real Grok-1 shapes in {src} ...")
+        t = run([sys.executable, "-m", "grokfetch", "synth", str(src), "--preset", "grok-1",
+                 "--layers", "1", "-q"], env)
+        total = dir_size(src / "ckpt-0")
+        print(f"  {total / 1e9:.2f} GB in {t:.0f} s")
+        sync()
+
+        # -- keep vs cp ---------------------------------------------------------------
+        cp_dest = work / "cp"
+        t_cp = run(["cp", "-r", str(src / "ckpt-0"), str(cp_dest)])
+        t_cp_sync = t_cp + sync()
+        shutil.rmtree(cp_dest)
+        sync()
+
+        out = work / "keep"
+        timev = work / "time-v.txt"
+        t_rp = run(["/usr/bin/time", "-v", "-o", str(timev), sys.executable, "-m", "grokfetch",
+                    "repack", str(src), str(out), "--dtype", "keep", "-j", str(args.jobs), "-q"],
+                   env)
+        t_rp_sync = t_rp + sync()
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timev.read_text())
+        rss_mb = int(m.group(1)) / 1024 if m else float("nan")
+        out_size = dir_size(out)
+        shutil.rmtree(out)
+
+        # -- bf16 dequantization and zstd on one 1.6 GB MoE tensor --------------------
+        spec = next(p for p in param_list(_one_layer())
+                    if p.module.endswith("moe/linear"))
+        pf = scan(src / spec.file)
+        w, s = (SourceArray(pf.path, a.offset, a.dtype, tuple(a.shape))
+                for a in (pf.arrays["weight"], pf.arrays["scales"]))
+        sync()
+        t_bf, size_bf = timed_write(work / "bf16.safetensors", [Tensor("weight", w, BFLOAT16, s)])
+        os.unlink(work / "bf16.safetensors")
+        t_sg, size_sg = timed_write(work / "sglang.safetensors",
+                                    sglang_tensors(spec, pf, BFLOAT16))
+        os.unlink(work / "sglang.safetensors")
+        t_z, size_z = timed_write(work / "keep.safetensors.zst",
+                                  [Tensor("weight", w), Tensor("scales", s)], level=3)
+        os.unlink(work / "keep.safetensors.zst")
+        payload = w.nbytes + s.nbytes
+
+        print()
+        print(f"source: {total / 1e9:.2f} GB in {len(list((src / 'ckpt-0').iterdir()))} files "
+              f"(1 layer, real shapes), jobs={args.jobs}")
+        print(f"cp -r:                 {t_cp:6.2f} s  ({total / t_cp / 1e9:.2f} GB/s)")
+        print(f"cp -r + sync:          {t_cp_sync:6.2f} s  ({total / t_cp_sync / 1e9:.2f} GB/s)")
+        print(f"repack --dtype keep:   {t_rp:6.2f} s  ({total / t_rp / 1e9:.2f} GB/s; "
+              f"fsyncs every file; {out_size / 1e9:.2f} GB out)")
+        print(f"ratio repack / cp:        {t_rp / t_cp:.2f}x   (target <= 1.2x)")
+        print(f"ratio repack / (cp+sync): {t_rp_sync / t_cp_sync:.2f}x")
+        print(f"peak RSS (repack, /usr/bin/time -v): {rss_mb:.0f} MB   (target < 300 MB)")
+        print(f"bf16 dequantization ({spec.module}, 1.61 GB int8 -> "
+              f"{size_bf / 1e9:.2f} GB bf16): {t_bf:.2f} s = {w.nbytes / t_bf / 1e9:.2f} GB/s "
+              f"int8 in, {size_bf / t_bf / 1e9:.2f} GB/s bf16 out")
+        print(f"sglang (dequantize + transpose, 8 experts): {t_sg:.2f} s = "
+              f"{w.nbytes / t_sg / 1e9:.2f} GB/s int8 in, {size_sg / t_sg / 1e9:.2f} GB/s out")
+        print(f"zstd level 3 (keep, {payload / 1e9:.2f} GB): ratio {payload / size_z:.3f}, "
+              f"{t_z:.2f} s = {payload / t_z / 1e9:.2f} GB/s")
+        return 0
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _one_layer():
+    from dataclasses import replace
+
+    return replace(GROK1, num_layers=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
