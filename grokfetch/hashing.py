@@ -42,8 +42,7 @@ DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024  # 64 MiB: locates a corruption to 1/25 of
 # Bytes mapped at a time.  8-32 MiB all reach b3sum's speed here; 4 MiB is
 # measurably slower (more map/unmap calls), larger only grows the RSS.
 WINDOW = 16 * 1024 * 1024
-# Below this a file is read with one read() instead of mapped, and hashed on
-# one thread: blake3's thread pool only pays off for larger inputs.
+# Up to this size a file is read with one read() instead of mapped.
 SMALL_FILE = 1024 * 1024
 # From this size on the whole-file hash uses blake3's threads.
 THREADED_FILE = 8 * 1024 * 1024
@@ -70,6 +69,12 @@ def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
     """
     size = os.fstat(fd).st_size
     end = min(end, size)
+    if size <= SMALL_FILE:
+        # one read() is cheaper than setting up a mapping for a small file
+        data = os.pread(fd, end - start, start) if end > start else b""
+        if data:
+            yield memoryview(data)
+        return
     pos = start
     while pos < end:
         base = pos - pos % WINDOW
@@ -87,10 +92,6 @@ def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
         pos = base + length
 
 
-def _read_small(fd: int, size: int) -> bytes:
-    return os.pread(fd, size, 0)
-
-
 def _open(path: str | os.PathLike[str]) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
@@ -103,11 +104,6 @@ def blake3_file(path: str | os.PathLike[str], *, on_bytes: OnBytes | None = None
     fd = _open(path)
     try:
         size = os.fstat(fd).st_size
-        if size <= SMALL_FILE:
-            data = _read_small(fd, size)
-            if on_bytes:
-                on_bytes(len(data))
-            return blake3.blake3(data).hexdigest()
         threads = blake3.blake3.AUTO if size >= THREADED_FILE else 1
         h = blake3.blake3(max_threads=threads)
         for block in _blocks(fd, 0, size):
@@ -241,13 +237,15 @@ def file_digests(
         size = os.fstat(fd).st_size
         chunks = ChunkHasher(chunk_size)
         whole = blake3.blake3()
-        if size <= SMALL_FILE:
-            data = _read_small(fd, size)
-            whole.update(data)
-            chunks.update(data)
-            if on_bytes:
-                on_bytes(len(data))
-            return FileDigests(whole.hexdigest(), chunks.finish(), len(data))
+        if size <= SMALL_FILE:  # not worth a second thread
+            done = 0
+            for block in _blocks(fd, 0, size):
+                whole.update(block)
+                chunks.update(block)
+                done += len(block)
+                if on_bytes:
+                    on_bytes(len(block))
+            return FileDigests(whole.hexdigest(), chunks.finish(), done)
         done = 0
         with ThreadPoolExecutor(1, thread_name_prefix="grokfetch-chunks") as helper:
             for block in _blocks(fd, 0, size):

@@ -1,0 +1,264 @@
+"""grokfetch.verify on synthesized checkpoints: every kind of damage, found and located.
+
+The ``mini_ckpt`` fixture is a 146-file checkpoint in the real format with a
+pinned manifest whose chunk size is 64 KiB, so its larger files have several
+chunks and a flipped byte can be located to one of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from grokfetch import hashing
+from grokfetch.errors import ManifestError, UsageError
+from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest
+from grokfetch.verify import (
+    EXTRA,
+    FAILED,
+    MISSING,
+    OK,
+    UNREADABLE,
+    UNVERIFIED,
+    pin,
+    verify,
+)
+
+BIG = "ckpt-0/tensor00000_000"  # the embedding, 262,306 bytes: chunks 0-4 of 64 KiB
+CHUNK = 64 * 1024
+
+
+def flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
+
+
+def by_path(report) -> dict:
+    return {f.path: f for f in report.files}
+
+
+def test_a_clean_checkpoint_passes_against_its_pinned_manifest(mini_ckpt):
+    r = verify(mini_ckpt)
+    assert r.ok and r.content_proven
+    assert r.trust == "pinned" and MANIFEST_NAME in r.root_of_trust
+    assert r.summary[OK] == 146 == len(r.files)
+    assert {f.vouched_by for f in r.files} == {"blake3"}
+    assert by_path(r)[BIG].line() == f"{BIG}: OK (blake3)"
+    assert r.bytes_hashed == load_manifest(mini_ckpt / MANIFEST_NAME).total_size
+
+
+def test_the_folder_can_be_named_by_its_ckpt_0_subfolder(mini_ckpt):
+    r = verify(mini_ckpt / "ckpt-0")
+    assert r.ok and r.root == mini_ckpt
+
+
+def test_one_flipped_byte_is_located_to_its_chunk(copy_ckpt):
+    root = copy_ckpt()
+    flip(root / BIG, 150_000)  # chunk 2 = bytes 131072-196607
+    r = verify(root)
+    assert not r.ok
+    bad = by_path(r)[BIG]
+    assert bad.status == FAILED
+    assert bad.bad_ranges == [(131072, 196607)]
+    assert bad.line() == f"{BIG}: FAILED (hash mismatch in bytes 131072-196607 (chunk 2 of 5))"
+    assert r.summary == {**r.summary, OK: 145, FAILED: 1}
+
+
+def test_truncated_missing_extra_and_empty_files_are_each_reported(copy_ckpt):
+    root = copy_ckpt()
+    os.truncate(root / "ckpt-0/tensor00003_000", 1000)
+    (root / "ckpt-0/tensor00004_000").unlink()
+    (root / "ckpt-0/tensor00005_000").write_bytes(b"")
+    (root / "ckpt-0/notes.txt").write_text("not part of the checkpoint")
+    r = verify(root)
+    got = by_path(r)
+    assert got["ckpt-0/tensor00003_000"].status == FAILED
+    assert got["ckpt-0/tensor00003_000"].detail == "truncated: 1000 of 196919 bytes"
+    assert got["ckpt-0/tensor00003_000"].bad_ranges == [(1000, 196918)]
+    assert got["ckpt-0/tensor00004_000"].line() == "ckpt-0/tensor00004_000: MISSING (no such file)"
+    assert got["ckpt-0/tensor00005_000"].status == FAILED
+    assert got["ckpt-0/tensor00005_000"].detail.startswith("empty file, expected ")
+    assert got["ckpt-0/notes.txt"].status == EXTRA
+    assert r.summary[MISSING] == 1 and r.summary[EXTRA] == 1 and r.summary[FAILED] == 2
+    assert not r.ok
+
+
+def test_extra_files_are_only_a_problem_with_strict(copy_ckpt):
+    root = copy_ckpt()
+    (root / "README.md").write_text("hello")
+    assert verify(root).ok
+    strict = verify(root, strict=True)
+    assert not strict.ok and by_path(strict)["README.md"].status == EXTRA
+
+
+def test_a_folder_where_a_file_should_be_is_unreadable(copy_ckpt):
+    root = copy_ckpt()
+    target = root / "ckpt-0/tensor00006_000"
+    target.unlink()
+    target.mkdir()
+    r = verify(root)
+    assert by_path(r)["ckpt-0/tensor00006_000"].status == UNREADABLE
+    assert "folder" in by_path(r)["ckpt-0/tensor00006_000"].detail
+    assert not r.ok
+
+
+def test_an_io_error_while_reading_is_reported_as_unreadable(copy_ckpt, monkeypatch):
+    # Tests run as root, so chmod 000 cannot make a file unreadable; instead the
+    # one seam every read goes through (hashing._blocks) fails for one file.
+    root = copy_ckpt()
+    real_blocks = hashing._blocks
+
+    def failing(fd, start, end):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("tensor00000_000"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_blocks(fd, start, end)
+
+    monkeypatch.setattr(hashing, "_blocks", failing)
+    r = verify(root)
+    bad = by_path(r)[BIG]
+    assert bad.line() == f"{BIG}: UNREADABLE (Input/output error)"
+    assert r.summary[UNREADABLE] == 1 and r.summary[OK] == 145
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_a_file_without_read_permission_is_unreadable(copy_ckpt):
+    root = copy_ckpt()
+    (root / BIG).chmod(0)
+    assert by_path(verify(root))[BIG].status == UNREADABLE
+
+
+def test_a_zero_filled_file_is_called_out(copy_ckpt):
+    # An incomplete torrent download is often a preallocated file of zeros.
+    root = copy_ckpt()
+    size = (root / BIG).stat().st_size
+    (root / BIG).write_bytes(bytes(size))
+    bad = by_path(verify(root))[BIG]
+    assert bad.status == FAILED and bad.zero_filled
+    assert bad.bad_ranges == [(0, size - 1)]
+    assert "all zero" in bad.detail
+
+
+def test_quick_checks_sizes_and_a_sample_of_chunks(copy_ckpt):
+    root = copy_ckpt()
+    r = verify(root, quick=True, seed=1)
+    assert r.ok and not r.content_proven
+    assert r.bytes_hashed < load_manifest(root / MANIFEST_NAME).total_size
+    assert "quick: size and 3 of 5 chunks" in by_path(r)[BIG].detail
+    flip(root / BIG, 10)  # the first chunk is always sampled
+    assert by_path(verify(root, quick=True))[BIG].bad_ranges == [(0, CHUNK - 1)]
+
+
+def test_sha256_vouches_where_the_manifest_has_it(copy_ckpt, tmp_path):
+    root = copy_ckpt()
+    m = load_manifest(root / MANIFEST_NAME)
+    sha = hashing.sha256_file(root / BIG)
+    files = [
+        FileEntry(path=BIG, size=m.file(BIG).size, sha256=sha),  # SHA-256 only
+        FileEntry(path="ckpt-0/tensor00001_000", size=m.file("ckpt-0/tensor00001_000").size,
+                  blake3=m.file("ckpt-0/tensor00001_000").blake3,
+                  sha256=hashing.sha256_file(root / "ckpt-0/tensor00001_000")),
+    ]
+    r = verify(root, manifest=Manifest(name="two", files=files))
+    got = by_path(r)
+    assert got[BIG].line() == f"{BIG}: OK (sha256)" and got[BIG].vouched_by == "sha256"
+    assert got["ckpt-0/tensor00001_000"].line() == "ckpt-0/tensor00001_000: OK (blake3, sha256)"
+    assert r.trust == "manifest"
+    assert r.summary[EXTRA] == 144  # every other file is not in this manifest
+    flip(root / BIG, 5)
+    assert by_path(verify(root, manifest=Manifest(name="two", files=files)))[BIG].detail == (
+        "sha256 hash mismatch"
+    )
+
+
+def test_without_a_root_of_trust_structure_is_checked_and_content_said_unverified(copy_ckpt):
+    root = copy_ckpt()
+    (root / MANIFEST_NAME).unlink()
+    r = verify(root)
+    assert r.trust is None and r.ok and not r.content_proven
+    f = by_path(r)[BIG]
+    assert f.status == UNVERIFIED
+    assert f.detail == ("structure OK: language_model/in_out_embed; "
+                        "content not verified (no root of trust)")
+    assert "--torrent FILE --pin" in r.advice
+    # structure still catches a damaged header, and names zero-filled files
+    (root / "ckpt-0/tensor00002_000").write_bytes(bytes(1000))
+    bad = by_path(verify(root))["ckpt-0/tensor00002_000"]
+    assert bad.status == FAILED and "zero" in bad.detail
+
+
+def test_a_malformed_or_unsafe_manifest_is_refused(copy_ckpt, tmp_path):
+    root = copy_ckpt()
+    d = json.loads((root / MANIFEST_NAME).read_text())
+    d["files"][0]["path"] = "../../etc/passwd"
+    evil = tmp_path / "evil.json"
+    evil.write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match=r"\.\."):
+        verify(root, manifest=evil)
+    (root / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        verify(root)
+    with pytest.raises(UsageError):
+        verify(tmp_path / "nowhere")
+
+
+def test_pin_trust_on_first_use_reproduces_the_synthesized_manifest(copy_ckpt):
+    root = copy_ckpt()
+    original = load_manifest(root / MANIFEST_NAME)
+    (root / MANIFEST_NAME).unlink()
+    out = pin(root, chunk_size=CHUNK)
+    pinned = load_manifest(out)
+    assert out == root / MANIFEST_NAME and pinned.pinned
+    assert [(f.path, f.size, f.blake3, f.chunks, f.param) for f in pinned.files] == [
+        (f.path, f.size, f.blake3, f.chunks, f.param) for f in original.files
+    ]
+    assert verify(root).ok
+
+
+def test_pin_carries_the_base_manifest_and_refuses_wrong_sizes(copy_ckpt):
+    root = copy_ckpt()
+    base = load_manifest(root / MANIFEST_NAME)
+    base = base.with_files([FileEntry(path=f.path, size=f.size, sha256="ab" * 32 if i == 0
+                                      else None, param=f.param) for i, f in
+                            enumerate(base.files)], pinned=False, chunk_size=CHUNK)
+    pinned = load_manifest(pin(root, base=base))
+    assert pinned.files[0].sha256 == "ab" * 32 and pinned.files[0].blake3
+    assert pinned.config == base.config and pinned.chunk_size == CHUNK
+    os.truncate(root / BIG, 5)
+    with pytest.raises(UsageError, match="5 bytes, expected 262306"):
+        pin(root, base=base)
+
+
+def test_a_repack_style_output_folder_is_verified_by_its_manifest(tmp_path):
+    # No ckpt-0 here: the manifest lists the files, no structure checks apply.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "model.embed.safetensors").write_bytes(os.urandom(200_000))
+    base = Manifest(name="repacked", files=[
+        FileEntry(path="config.json", size=2),
+        FileEntry(path="model.embed.safetensors", size=200_000),
+    ], repack={"layout": "per-tensor", "dtype": "keep", "compress": None})
+    pin(out, base=base, chunk_size=CHUNK)
+    r = verify(out)
+    assert r.ok and r.summary[OK] == 2 and r.trust == "pinned"
+    flip(out / "model.embed.safetensors", 199_999)
+    bad = by_path(verify(out))["model.embed.safetensors"]
+    assert bad.bad_ranges == [(3 * CHUNK, 199_999)]
+
+
+def test_files_in_a_differently_named_tensor_folder_are_found(copy_ckpt, tmp_path):
+    # a torrent or mirror may call the folder something else; the manifest says ckpt-0/
+    root = copy_ckpt()
+    manifest = load_manifest(root / MANIFEST_NAME)
+    other = tmp_path / "download" / "weights"
+    shutil.copytree(root / "ckpt-0", other)
+    r = verify(other, manifest=manifest)
+    assert r.ok and r.summary[OK] == 146

@@ -1,0 +1,120 @@
+"""Verification against a torrent's SHA-1 pieces: the published root of trust for Grok-1.
+
+Each test makes a v1 torrent of a copy of the mini checkpoint with 16 KiB
+pieces (so most pieces span two or more files) and takes the pinned manifest
+away, so the torrent is the only thing that can vouch for the bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from grokfetch.errors import TorrentError
+from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.metainfo import build_torrent
+from grokfetch.pieces import load_piece_map
+from grokfetch.verify import FAILED, MISSING, OK, UNVERIFIED, pin, verify
+
+PIECE = 16 * 1024
+BIG = "ckpt-0/tensor00000_000"
+
+
+def torrent_checkpoint(copy_ckpt, tmp_path: Path, keep_manifest: bool = False):
+    root = copy_ckpt()
+    t = tmp_path / "grok-mini.torrent"
+    t.write_bytes(build_torrent(root, piece_size=PIECE))
+    if not keep_manifest:
+        (root / MANIFEST_NAME).rename(tmp_path / "pinned.json")
+    return root, t
+
+
+def flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x80]))
+
+
+def by_path(report) -> dict:
+    return {f.path: f for f in report.files}
+
+
+def test_a_clean_checkpoint_matches_every_torrent_piece(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    r = verify(root, torrent=t)
+    assert r.ok and r.content_proven and r.trust == "torrent"
+    assert r.info_hash == load_piece_map(t).meta.info_hash
+    assert r.info_hash in r.root_of_trust
+    assert {f.vouched_by for f in r.files} == {"torrent"}
+    assert by_path(r)[BIG].line() == f"{BIG}: OK (torrent)"
+
+
+def test_a_flipped_byte_is_located_to_its_chunk_and_to_its_torrent_piece(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    flip(root / BIG, 150_000)
+    pm = load_piece_map(t)
+    start = pm.offset(next(f for f in pm.meta.files if f.path.endswith(BIG)))
+    piece = (start + 150_000) // PIECE
+    lo = piece * PIECE - start
+
+    by_torrent = by_path(verify(root, torrent=t))[BIG]
+    assert by_torrent.status == FAILED
+    assert by_torrent.bad_ranges == [(lo, lo + PIECE - 1)]
+    assert lo <= 150_000 < lo + PIECE
+    assert f"(torrent piece {piece})" in by_torrent.detail
+
+    by_chunk = by_path(verify(root, manifest=tmp_path / "pinned.json"))[BIG]
+    assert by_chunk.bad_ranges == [(131072, 196607)]
+
+
+def test_a_torrent_saved_in_the_folder_is_found_without_the_option(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    t.rename(root / t.name)
+    r = verify(root)
+    assert r.trust == "torrent" and r.ok
+    assert not any(f.path.endswith(".torrent") for f in r.files)  # not an extra file
+
+
+def test_a_missing_file_leaves_its_neighbours_bytes_unchecked_not_failed(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    (root / "ckpt-0/tensor00001_000").unlink()  # the 662-byte final norm, inside one piece
+    r = verify(root, torrent=t)
+    got = by_path(r)
+    assert got["ckpt-0/tensor00001_000"].status == MISSING
+    # tensor00000 ends and tensor00002 starts inside pieces shared with the missing file
+    for neighbour in ("ckpt-0/tensor00000_000", "ckpt-0/tensor00002_000"):
+        assert got[neighbour].status == UNVERIFIED, got[neighbour].line()
+        assert "share torrent pieces" in got[neighbour].detail
+    assert r.summary[FAILED] == 0 and not r.ok
+
+
+def test_pin_after_a_torrent_verification_makes_later_checks_torrent_free(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    assert verify(root, torrent=t).content_proven
+    out = pin(root, torrent=t, chunk_size=64 * 1024)
+    m = load_manifest(out)
+    assert m.pinned and m.sources.info_hash == load_piece_map(t).meta.info_hash
+    assert m.file(BIG).param == "language_model/in_out_embed"  # from the layout
+    assert [f.blake3 for f in m.files] == [
+        f.blake3 for f in load_manifest(tmp_path / "pinned.json").files
+    ]
+    r = verify(root)
+    assert r.trust == "pinned" and r.ok and r.summary[OK] == 146
+
+
+def test_a_torrent_for_other_data_cannot_vouch_for_a_manifest(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path, keep_manifest=True)
+    m = load_manifest(root / MANIFEST_NAME)
+    other = m.with_files(m.files, sources=type(m.sources)(info_hash="0" * 40))
+    with pytest.raises(TorrentError, match="info-hash"):
+        verify(root, manifest=other, torrent=t)
+
+
+def test_quick_samples_pieces(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    r = verify(root, torrent=t, quick=True, seed=3)
+    assert r.ok and not r.content_proven
+    assert 0 < r.bytes_hashed < sum(f.size or 0 for f in r.files)
