@@ -179,15 +179,17 @@ def check_info_paths(info: dict[bytes, Any], what: str = "torrent") -> None:
     if not isinstance(info, dict):
         raise TorrentError(f"{what}: metadata has no info dictionary")
     name = _text(info.get(b"name.utf-8", info.get(b"name", b"")))
-    if name == "" or "/" in name:
+    if name in ("", ".", "..") or any(c in name for c in "/\\\x00"):
         raise UnsafePathError(f"{what}: unsafe torrent name {name!r}")
-    safe_relpath(name, f"torrent name in {what}")
 
     def check_parts(parts: list[Any]) -> None:
         rel = "/".join(_text(p) for p in parts)
-        if any(_text(p) in ("", ".", "..") or "/" in _text(p) for p in parts):
-            raise UnsafePathError(f"{what}: unsafe file path {rel!r} in torrent")
-        safe_relpath(f"{name}/{rel}", f"file path in {what}")
+        try:
+            if any(_text(p) in ("", ".", "..") or "/" in _text(p) for p in parts):
+                raise UnsafePathError(rel)
+            safe_relpath(f"{name}/{rel}")
+        except UnsafePathError:
+            raise UnsafePathError(f"{what}: unsafe file path {rel!r} in torrent") from None
 
     for f in info.get(b"files", []) or []:
         for key in (b"path", b"path.utf-8"):
@@ -237,9 +239,23 @@ def meta_from_info(ti: Any) -> TorrentMeta:
         num_pieces=ti.num_pieces(),
         total_size=ti.total_size(),
         files=files,
-        web_seeds=tuple(ws.url for ws in ti.web_seeds()) if hasattr(ti, "web_seeds") else (),
-        trackers=tuple(t.url for t in ti.trackers()),
+        web_seeds=_web_seeds(ti),
+        trackers=_trackers(ti),
     )
+
+
+# torrent_info.web_seeds()/trackers() are deprecated in 2.1 (sources belong to
+# add_torrent_params now) but are the only way to read them from a torrent_info.
+def _web_seeds(ti: Any) -> tuple[str, ...]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return tuple(ws["url"] if isinstance(ws, dict) else ws.url for ws in ti.web_seeds())
+
+
+def _trackers(ti: Any) -> tuple[str, ...]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return tuple(t.url for t in ti.trackers())
 
 
 def load_torrent_bytes(data: bytes, what: str = "torrent") -> tuple[Any, TorrentMeta]:
@@ -272,13 +288,13 @@ def torrent_file_bytes(ti: Any) -> bytes:
     """A complete .torrent for metadata received from peers (info section kept byte-exact)."""
     info = bytes(ti.info_section())
     head: dict[bytes, Any] = {}
-    trackers = [t.url for t in ti.trackers()]
+    trackers = list(_trackers(ti))
     if trackers:
         head[b"announce"] = trackers[0].encode()
         head[b"announce-list"] = [[t.encode()] for t in trackers]
     head[b"created by"] = b"grokfetch"
     tail: dict[bytes, Any] = {}
-    seeds = [ws.url for ws in ti.web_seeds()] if hasattr(ti, "web_seeds") else []
+    seeds = list(_web_seeds(ti))
     if seeds:
         tail[b"url-list"] = [s.encode() for s in seeds]
     # Keys are sorted in bencoding: announce, announce-list, created by < info < url-list.
@@ -367,7 +383,9 @@ def match_manifest(meta: TorrentMeta, entries: Iterable[Any], what: str = "torre
             problems.append(f"{e.path} is not in the torrent")
             continue
         if hit.size != e.size:
-            problems.append(f"{e.path} is {hit.size} bytes in the torrent, {e.size} in the manifest")
+            problems.append(
+                f"{e.path} is {hit.size} bytes in the torrent, {e.size} in the manifest"
+            )
         result[e.path] = hit
         by_suffix[hit.path] = hit
     extra = tuple(f for f in real if f.path not in by_suffix)

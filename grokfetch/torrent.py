@@ -122,7 +122,17 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
 def make_session(net: NetOptions) -> Any:
     params = lt.session_params()
     params.settings = session_settings(net)
-    return lt.session(params)
+    ses = lt.session(params)
+    if net.max_download_rate or net.max_upload_rate:
+        # libtorrent exempts local-network peers from rate limits (the "local"
+        # peer class).  A limit the user asks for must hold inside a cluster
+        # too, so every address is put in the global class, which the limits govern.
+        f = lt.ip_filter()
+        f.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+        f.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                   1 << lt.session.global_peer_class_id)
+        ses.set_peer_class_filter(f)
+    return ses
 
 
 def parse_hostport(text: str, what: str = "--peer", allow_zero: bool = False) -> tuple[str, int]:
@@ -150,8 +160,10 @@ class Progress:
     """One snapshot of a running download or seed (also the --json-progress line)."""
 
     state: str  # metadata | checking | downloading | seeding | paused
-    wanted: int  # bytes of the selected files (0 until the metadata is known)
-    wanted_done: int  # of those, verified on disk
+    # libtorrent's counters, in whole pieces: the pieces overlapping the selected
+    # files (0 until the metadata is known), and how many of those bytes are verified.
+    wanted: int
+    wanted_done: int
     downloaded: int  # payload bytes received in this run
     uploaded: int  # payload bytes sent in this run
     download_rate: int  # bytes/s
@@ -200,6 +212,7 @@ class Source:
     what: str = ""  # for messages: the path or a short magnet
     trackers: tuple[str, ...] = ()
     web_seeds: tuple[str, ...] = ()
+    peers: tuple[tuple[str, int], ...] = ()  # x.pe hints of a magnet
 
 
 def _manifest_mod() -> Any:
@@ -216,7 +229,9 @@ def load_manifest_arg(manifest: Any) -> Any:
     return mm.load_manifest(mm.resolve_manifest(str(manifest)))
 
 
-def resolve_source(source: str | os.PathLike[str] | None, manifest: Any = None) -> tuple[Source, Any]:
+def resolve_source(
+    source: str | os.PathLike[str] | None, manifest: Any = None
+) -> tuple[Source, Any]:
     """Turn MODEL | MAGNET | TORRENT_FILE into a Source, and pick the manifest.
 
     A model name (or a manifest path) gives both: its ``sources`` provide the
@@ -227,7 +242,10 @@ def resolve_source(source: str | os.PathLike[str] | None, manifest: Any = None) 
     text = "grok-1" if source is None else str(source)
     if metainfo.is_magnet(text):
         mag = metainfo.parse_magnet(text)
-        src = Source(info_hash=mag.info_hash, magnet=text, what=f"magnet {mag.info_hash}")
+        # The magnet's own sources are kept apart: resume data replaces the
+        # magnet on a rerun, and its peer hints must still be dialled.
+        src = Source(info_hash=mag.info_hash, magnet=text, what=f"magnet {mag.info_hash}",
+                     trackers=mag.trackers, web_seeds=mag.web_seeds, peers=mag.peers)
     elif text.endswith(".torrent") or (Path(text).is_file() and not text.endswith(".json")):
         p = Path(text)
         try:
@@ -438,37 +456,36 @@ def download(
         on_message=say,
     )
     peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
+    peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
 
     resume_file = _resume_path(state_dir, src.info_hash)
     marker = _marker_path(state_dir, src.info_hash)
-    crashed = marker.exists()
-
-    atp = None
-    if resume_file.exists():
-        try:
-            atp = lt.read_resume_data(resume_file.read_bytes())
-            if str(atp.info_hashes.v1) != src.info_hash:
-                atp = None
-        except Exception:
-            say(f"ignoring unreadable resume data {resume_file}")
-            atp = None
-    ti = None
+    saved = _read_resume(resume_file, src.info_hash, say)
+    ti = meta = None
     if src.torrent is not None:
         ti, meta = metainfo.load_torrent_bytes(src.torrent, src.what)
-    elif atp is not None and atp.ti is not None:
-        ti = atp.ti
+    elif saved is not None and saved.ti is not None:
+        ti = saved.ti  # a magnet whose metadata an earlier run received
         meta = metainfo.meta_from_info(ti)
-    else:
-        meta = None
-    if atp is None:
-        if ti is not None:
-            atp = lt.add_torrent_params()
-            atp.ti = ti
-        else:
-            atp = lt.parse_magnet_uri(src.magnet)
-    elif ti is not None and atp.ti is None:
+
+    # Resume data is trusted blindly by libtorrent.  After a crash (the marker
+    # of a run that did not exit cleanly is still there) or on --repair it is
+    # dropped: added without it, libtorrent hashes what is on disk and keeps
+    # every good piece.
+    recheck = saved is not None and (repair or marker.exists())
+    if saved is not None and not recheck:
+        atp = saved
+        say(f"resuming from {resume_file.name}")
+    elif ti is not None:
+        atp = lt.add_torrent_params()
         atp.ti = ti
-    resumed = resume_file.exists() and atp is not None
+    else:
+        atp = lt.parse_magnet_uri(src.magnet)
+    if recheck:
+        why = "--repair" if repair else "the last run did not exit cleanly"
+        say(f"rechecking the data on disk ({why})")
+    if atp.ti is None and ti is not None:
+        atp.ti = ti
 
     if meta is not None:
         _prepare(run, ti, meta)  # paths, manifest, selection, free space: before any byte
@@ -477,10 +494,10 @@ def download(
     flags = atp.flags
     flags &= ~lt.torrent_flags.auto_managed  # never queued or paused by the session
     flags &= ~lt.torrent_flags.paused
-    flags &= ~lt.torrent_flags.upload_mode  # a previous disk-full run; space was freed
+    flags &= ~lt.torrent_flags.upload_mode  # left by a disk-full run: space has been freed
     flags &= ~lt.torrent_flags.seed_mode
     if meta is None:
-        flags |= lt.torrent_flags.default_dont_download
+        flags |= lt.torrent_flags.default_dont_download  # nothing until the metadata is checked
     atp.flags = flags
     atp.url_seeds = list(dict.fromkeys([*atp.url_seeds, *src.web_seeds, *web_seeds]))
     atp.trackers = list(dict.fromkeys([*atp.trackers, *src.trackers, *trackers]))
@@ -488,40 +505,22 @@ def download(
     ses = make_session(net)
     start = time.monotonic()
     h = None
-    rechecked = False
     try:
         h = ses.add_torrent(atp)
         for addr in peer_addrs:
             h.connect_peer(addr)
-        if resumed:
-            say(f"resuming from {resume_file.name}")
-        if crashed and resumed or repair:
-            # Resume data is trusted blindly; after a crash or on --repair the
-            # data on disk is what counts, piece by piece.
-            why = "--repair" if repair else "the last run did not exit cleanly"
-            say(f"rechecking data on disk ({why})")
-            h.force_recheck()
-            rechecked = True
         atomic_write_bytes(marker, str(os.getpid()).encode())
         result = _loop(
             run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-            timeout, on_progress, seed, seed_ratio, rechecked,
+            timeout, on_progress, seed, seed_ratio,
         )
     except KeyboardInterrupt:
-        if h is not None:
-            h.pause()
-            _save_resume(run, ses, h, flush=True)
-            with contextlib.suppress(FileNotFoundError):
-                marker.unlink()
+        _stop_and_save(run, ses, h, marker)
         raise Interrupted(
             f"interrupted; state saved in {state_dir}: rerun the same command to continue"
         ) from None
     except DiskError:
-        if h is not None:
-            h.pause()
-            _save_resume(run, ses, h, flush=True)
-            with contextlib.suppress(FileNotFoundError):
-                marker.unlink()
+        _stop_and_save(run, ses, h, marker)
         raise
     finally:
         with contextlib.suppress(Exception):
@@ -531,7 +530,9 @@ def download(
     with contextlib.suppress(FileNotFoundError):
         marker.unlink()
 
-    root = dest / run.filemap.root if run.filemap is not None else dest / metainfo.checkpoint_root_of(run.meta)
+    assert run.meta is not None  # the loop only returns once the metadata is known
+    rel_root = run.filemap.root if run.filemap else metainfo.checkpoint_root_of(run.meta)
+    root = dest / rel_root
     complete = _is_complete_selection(run)
     manifest_path = None
     if pin and complete and run.torrent_path is not None:
@@ -547,16 +548,38 @@ def download(
         info_hash=src.info_hash,
         name=run.meta.name if run.meta else "",
         files=len(run.chosen),
-        wanted=result["wanted"],
+        wanted=sum(f.size for f in run.chosen),
         downloaded=result["downloaded"],
         uploaded=result["uploaded"],
         failed_bytes=result["failed"],
         elapsed=time.monotonic() - start,
-        rechecked=rechecked,
+        rechecked=recheck,
         complete=complete,
         manifest_path=manifest_path,
         magnet=result["magnet"],
     )
+
+
+def _read_resume(path: Path, info_hash: str, say: Callable[[str], None]) -> Any:
+    """add_torrent_params from our resume file, or None (missing, unreadable, other torrent)."""
+    if not path.exists():
+        return None
+    try:
+        atp = lt.read_resume_data(path.read_bytes())
+    except Exception:
+        say(f"ignoring unreadable resume data {path}")
+        return None
+    return atp if str(atp.info_hashes.v1) == info_hash else None
+
+
+def _stop_and_save(run: _Run, ses: Any, h: Any, marker: Path) -> None:
+    """Pause, write resume data, and mark the exit clean (Ctrl-C, SIGTERM, disk full)."""
+    if h is None:
+        return
+    h.pause()
+    _save_resume(run, ses, h, flush=True)
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
 
 
 def _is_complete_selection(run: _Run) -> bool:
@@ -654,14 +677,11 @@ def _loop(
     on_progress: Callable[[Progress], None] | None,
     seed: bool,
     seed_ratio: float | None,
-    rechecking: bool,
 ) -> dict[str, Any]:
     last_progress = 0.0
     last_save = time.monotonic()
     last_dial = time.monotonic()
     done_at: float | None = None
-    if rechecking:
-        run.checked = False
     ti_known = run.meta is not None
     while True:
         ses.wait_for_alert(200)

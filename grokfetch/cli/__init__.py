@@ -10,6 +10,7 @@ from __future__ import annotations
 from grokfetch.cli import inspect as _inspect  # noqa: E402,F401,I001
 from grokfetch.cli import synth as _synth  # noqa: E402,F401
 from grokfetch.cli import repack as _repack  # noqa: E402,F401
+from grokfetch.cli import get as _get  # noqa: E402,F401
 from grokfetch.cli import smoke as _smoke  # noqa: E402,F401
 from grokfetch.cli import verify as _verify  # noqa: E402,F401
 from grokfetch.cli.base import cli

@@ -1,0 +1,283 @@
+"""``grokfetch get`` and ``grokfetch seed``: the BitTorrent client's front end.
+
+Everything here is option parsing and rendering; the work is in
+``grokfetch.torrent``.  Progress goes to stderr (a tqdm bar) or, with
+``--json-progress``, to stdout as one JSON object per line:
+
+    {"event": "message", "message": "..."}        things worth saying
+    {"event": "progress", "state": ..., ...}      once a second (torrent.Progress)
+    {"event": "done", ...}                        get: the DownloadResult
+    {"event": "seeding", "magnet": ..., ...}      seed: what to give `get`
+    {"event": "stopped", ...}                     seed: last status on exit
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from grokfetch import torrent
+from grokfetch.cli.base import cli
+from grokfetch.errors import UsageError
+from grokfetch.progress import bytes_bar
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_rate(text: str | None) -> int:
+    """'0', '500K', '20M', '1G' (bytes per second, binary units) -> int."""
+    if text is None:
+        return 0
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] != "" else ""
+    num = t[: len(t) - len(unit)] if unit else t
+    try:
+        value = float(num)
+    except ValueError:
+        raise UsageError(f"rate {text!r}: expected bytes/s like 500K, 20M or 0") from None
+    if value < 0:
+        raise UsageError(f"rate {text!r} is negative")
+    return int(value * _UNITS[unit])
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C while downloading: pause, save state, exit 130."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): nothing to do
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class Renderer:
+    """Turns torrent callbacks into a tqdm bar, JSON lines, or nothing."""
+
+    def __init__(self, quiet: bool, json_progress: bool, interval: float = 1.0) -> None:
+        self.quiet = quiet
+        self.json = json_progress
+        self.interval = interval
+        self.bar: Any = None
+        self.last_json = 0.0
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        click.echo(json.dumps(obj, default=str))
+        sys.stdout.flush()
+
+    def message(self, text: str) -> None:
+        if self.json:
+            self.emit({"event": "message", "message": text})
+        elif not self.quiet:
+            if hasattr(self.bar, "write"):  # tqdm: print above the bar, not through it
+                self.bar.write(text, file=sys.stderr)
+            else:
+                click.echo(text, err=True)
+
+    def progress(self, p: torrent.Progress) -> None:
+        if self.json:
+            now = time.monotonic()
+            if now - self.last_json >= self.interval or p.state == "seeding":
+                self.emit({"event": "progress", **p.to_dict()})
+                self.last_json = now
+            return
+        if self.quiet or p.wanted <= 0:
+            return
+        if self.bar is None:
+            self.bar = bytes_bar(p.wanted, "get")
+            self.bar.update(p.wanted_done)
+        else:
+            self.bar.update(p.wanted_done - self.bar.n)
+        self.bar.set_postfix_str(f"{p.peers} peers, {p.seeds} seeds, {p.state}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _net(listen: str, no_dht: bool, no_utp: bool, down: str | None, up: str | None) -> Any:
+    for part in listen.split(","):
+        torrent.parse_hostport(part, "--listen", allow_zero=True)
+    return torrent.NetOptions(
+        listen=listen,
+        dht=not no_dht,
+        utp=not no_utp,
+        max_download_rate=parse_rate(down),
+        max_upload_rate=parse_rate(up),
+    )
+
+
+def _net_options(f: Any) -> Any:
+    opts = [
+        click.option("--listen", default="0.0.0.0:6881", show_default=True,
+                     help="HOST:PORT to accept peers on (port 0: any free port)."),
+        click.option("--no-dht", is_flag=True,
+                     help="No DHT, local peer discovery, UPnP or NAT-PMP: only the peers, "
+                          "trackers and web seeds you name (clusters, firewalls, tests)."),
+        click.option("--no-utp", is_flag=True, help="TCP only (uTP is far slower on fast links)."),
+        click.option("--max-upload-rate", metavar="RATE",
+                     help="Bytes/s, K/M/G suffixes (binary); 0 = unlimited."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@cli.command("get")
+@click.argument("source", required=False, metavar="[MODEL|MAGNET|TORRENT_FILE]")
+@click.option("--dest", required=True, type=click.Path(file_okay=False),
+              help="Folder to download into (created if missing; the .torrent is saved here).")
+@click.option("--manifest", metavar="NAME|PATH",
+              help="Check the torrent's files against this manifest (default: the model's, "
+                   "or the packaged manifest with the same info-hash).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only files whose path or name matches (repeatable).")
+@click.option("--layers", metavar="SPEC",
+              help="Only these decoder layers ('0-3,10'), plus the embedding and final norm.")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
+              help="Connect to this peer directly (repeatable), e.g. a seeder in the cluster.")
+@click.option("--web-seed", "web_seeds", multiple=True, metavar="URL",
+              help="BEP 19 HTTP source: URL of the folder holding the torrent's root folder.")
+@click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Extra tracker.")
+@click.option("--max-download-rate", metavar="RATE",
+              help="Bytes/s, K/M/G suffixes (binary); 0 = unlimited.")
+@_net_options
+@click.option("--repair", is_flag=True,
+              help="Recheck the data on disk and download only the pieces that are bad.")
+@click.option("--no-space-check", is_flag=True, help="Start even if DEST looks too small.")
+@click.option("--seed", "seed_after", is_flag=True,
+              help="Keep seeding when done (until Ctrl-C or --seed-ratio).")
+@click.option("--seed-ratio", type=click.FloatRange(min=0), help="Stop seeding at this ratio.")
+@click.option("--resume-interval", type=click.FloatRange(min=0.1), default=30.0,
+              show_default=True, help="Seconds between resume-data saves.")
+@click.option("--timeout", type=click.FloatRange(min=1), help="Give up after SECONDS (exit 4).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
+@click.option("--json-progress", is_flag=True,
+              help="One JSON object per line on stdout: messages, progress each second, result.")
+def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[str, ...],
+            layers: str | None, peers: tuple[str, ...], web_seeds: tuple[str, ...],
+            trackers: tuple[str, ...], max_download_rate: str | None, listen: str,
+            no_dht: bool, no_utp: bool, max_upload_rate: str | None, repair: bool,
+            no_space_check: bool, seed_after: bool, seed_ratio: float | None,
+            resume_interval: float, timeout: float | None, quiet: bool,
+            json_progress: bool) -> None:
+    """Download a checkpoint with BitTorrent, verify every piece, pin its manifest.
+
+    SOURCE is a model name from the packaged manifests (default grok-1), a
+    magnet link or a .torrent file.  Rerun the same command to continue after
+    Ctrl-C, a crash or a full disk: nothing good is downloaded twice.
+
+    \b
+    Exit codes: 0 done, 2 bad arguments or an unsafe path in the torrent,
+    4 torrent/network problem (metadata disagrees with the manifest, --timeout),
+    5 not enough space or a disk error (state saved), 130 interrupted (state saved).
+    """
+    if seed_ratio is not None and not seed_after:
+        raise UsageError("--seed-ratio needs --seed")
+    net = _net(listen, no_dht, no_utp, max_download_rate, max_upload_rate)
+    r = Renderer(quiet, json_progress)
+    try:
+        with sigterm_as_interrupt():
+            result = torrent.download(
+                source,
+                dest,
+                manifest=manifest,
+                peers=peers,
+                include=include,
+                layers=layers,
+                net=net,
+                web_seeds=web_seeds,
+                trackers=trackers,
+                repair=repair,
+                space_check=not no_space_check,
+                seed=seed_after,
+                seed_ratio=seed_ratio,
+                resume_interval=resume_interval,
+                timeout=timeout,
+                on_progress=r.progress,
+                on_message=r.message,
+            )
+    finally:
+        r.close()
+    if json_progress:
+        r.emit({"event": "done", **result.to_dict()})
+        return
+    if not quiet:
+        rate = result.downloaded / max(result.elapsed, 1e-6) / 1e6
+        click.echo(
+            f"{result.root}: {result.files} files, {result.wanted:,} bytes verified; "
+            f"downloaded {result.downloaded:,} bytes in {result.elapsed:.1f} s ({rate:.1f} MB/s)",
+            err=True,
+        )
+    click.echo(str(result.manifest_path) if result.manifest_path else str(result.root))
+
+
+@cli.command("seed")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--torrent", "torrent_file", type=click.Path(exists=True, dir_okay=False),
+              help="The .torrent to seed (default: the one `get` saved, else one is made).")
+@click.option("--web-seed", "web_seeds", multiple=True, metavar="URL",
+              help="Put this BEP 19 URL into a newly made torrent.")
+@_net_options
+@click.option("--full-check", is_flag=True,
+              help="Hash every piece before seeding even when a pinned manifest is present.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the magnet link.")
+@click.option("--json-progress", is_flag=True,
+              help="JSON lines on stdout: the magnet first, then status each second.")
+def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], listen: str,
+             no_dht: bool, no_utp: bool, max_upload_rate: str | None, full_check: bool,
+             quiet: bool, json_progress: bool) -> None:
+    """Verify and seed a checkpoint FOLDER; print its magnet link with this host as a peer.
+
+    With a pinned manifest each piece is checked against the torrent when it
+    is first sent; otherwise every piece is hashed before seeding starts.
+    Other nodes fetch it with `grokfetch get MAGNET --dest DIR` (the magnet
+    names this seeder) and share among themselves.  Stop with Ctrl-C or
+    SIGTERM (exit 0).
+    """
+    net = _net(listen, no_dht, no_utp, None, max_upload_rate)
+    r = Renderer(quiet, json_progress)
+    seeder = torrent.Seeder(folder, torrent=torrent_file, net=net, web_seeds=web_seeds,
+                            full_check=full_check, on_message=r.message)
+    with sigterm_as_interrupt():
+        try:
+            info = seeder.start()
+        except KeyboardInterrupt:
+            seeder.stop()
+            raise
+        if json_progress:
+            r.emit({"event": "seeding", "magnet": info.magnet, "port": info.port,
+                    "info_hash": info.info_hash, "torrent": str(info.torrent_path),
+                    "verified": info.verified, "total": info.total, "have": info.have})
+        else:
+            click.echo(info.magnet)
+            sys.stdout.flush()
+            if not quiet:
+                click.echo(f"seeding {info.folder} ({info.total:,} bytes, port {info.port}, "
+                           f"pieces checked {info.verified}); Ctrl-C to stop", err=True)
+
+        def show(p: torrent.Progress) -> None:
+            if json_progress:
+                r.emit({"event": "progress", **p.to_dict()})
+
+        last = seeder.run(on_status=show)
+    seeder.stop()
+    if json_progress:
+        r.emit({"event": "stopped", **last.to_dict()})
+    elif not quiet:
+        click.echo(f"stopped: uploaded {last.uploaded:,} bytes", err=True)

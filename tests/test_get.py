@@ -1,0 +1,280 @@
+"""`grokfetch get` against a real seeder (a libtorrent session in a subprocess) on 127.0.0.1.
+
+Each test reads as a scenario: a seeder serves the synthesized mini checkpoint
+(~8 MB, 16 KiB pieces), and `get` fetches it by magnet, by .torrent or from an
+HTTP web seed, gets interrupted, killed, corrupted, or refuses to start.
+Byte counts come from the session's own counters, reported in the JSON
+progress lines and the final result.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from lt_helpers import (
+    LOOPBACK,
+    GetProc,
+    HttpServerProc,
+    SeederProc,
+    handmade_torrent,
+    run_get,
+    tree_bytes,
+)
+
+from grokfetch import torrent
+from grokfetch.cli import cli
+from grokfetch.manifest import load_manifest
+from grokfetch.metainfo import load_torrent, make_torrent
+
+PIECE = 16 * 1024
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory, mini_ckpt: Path) -> Path:
+    """A writable copy of the mini checkpoint with its .torrent beside ckpt-0/."""
+    root = tmp_path_factory.mktemp("src") / "grok-mini"
+    shutil.copytree(mini_ckpt, root)
+    make_torrent(root, piece_size=PIECE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def seeder(source: Path):
+    """One unthrottled seeder shared by the tests that only need the bytes."""
+    with SeederProc(source) as s:
+        yield s
+
+
+def manifest_arg(source: Path) -> list[str]:
+    return ["--manifest", str(source / "grokfetch-manifest.json")]
+
+
+def ckpt_files(root: Path) -> dict[str, bytes]:
+    return tree_bytes(root / "ckpt-0")
+
+
+def test_magnet_only_download_with_peer(tmp_path: Path, source: Path, seeder: SeederProc):
+    dest = tmp_path / "dl"
+    # A bare magnet: the metadata and every byte come from the --peer.
+    g = run_get(seeder.bare_magnet, "--dest", str(dest), "--peer", seeder.peer,
+                *manifest_arg(source), "--timeout", "30")
+    assert g.proc.returncode == 0, g.stderr
+    result = g.result()
+    assert ckpt_files(dest) == ckpt_files(source)
+    assert result["complete"] is True
+    assert result["wanted"] == load_manifest(source / "grokfetch-manifest.json").total_size
+    assert result["downloaded"] >= result["wanted"]
+    # The metadata was saved into DEST as a .torrent with the same info-hash.
+    saved = Path(result["torrent_path"])
+    assert saved.parent == dest and load_torrent(saved)[1].info_hash == seeder.info_hash
+    assert any("metadata received" in m for m in g.messages())
+    assert g.progress()[-1]["state"] == "seeding"
+
+
+def test_rerun_of_finished_download_fetches_nothing(tmp_path: Path, source: Path,
+                                                     seeder: SeederProc):
+    dest = tmp_path / "dl"
+    args = [seeder.magnet, "--dest", str(dest), *manifest_arg(source), "--timeout", "30"]
+    assert run_get(*args).proc.returncode == 0
+    again = run_get(*args)
+    assert again.proc.returncode == 0, again.stderr
+    assert again.result()["downloaded"] == 0
+    assert any("resuming" in m for m in again.messages())
+
+
+def test_layers_fetches_only_expected_files(tmp_path: Path, source: Path, seeder: SeederProc):
+    dest = tmp_path / "dl"
+    man = load_manifest(source / "grokfetch-manifest.json")
+    expected = {f.path for f in man.files if f.layer in (None, 0, 3)}
+    g = run_get(seeder.magnet, "--dest", str(dest), *manifest_arg(source), "--layers", "0,3",
+                "--timeout", "30")
+    assert g.proc.returncode == 0, g.stderr
+    got = {f"ckpt-0/{name}" for name in ckpt_files(dest)}
+    assert got == expected
+    for path in expected:
+        assert (dest / path).read_bytes() == (source / path).read_bytes()
+    result = g.result()
+    assert result["files"] == len(expected)
+    assert result["wanted"] == sum(f.size for f in man.files if f.path in expected)
+    assert result["complete"] is False and result["manifest_path"] is None
+    # It said how much it would fetch before starting.
+    assert any(f"{len(expected)} of {len(man.files)} files" in m for m in g.messages())
+
+
+def test_include_glob_selects_by_path(tmp_path: Path, source: Path, seeder: SeederProc):
+    dest = tmp_path / "dl"
+    g = run_get(seeder.magnet, "--dest", str(dest), *manifest_arg(source),
+                "--include", "ckpt-0/tensor0000[0-2]_000", "--include", "tensor00010_000",
+                "--timeout", "30")
+    assert g.proc.returncode == 0, g.stderr
+    assert sorted(ckpt_files(dest)) == [
+        "tensor00000_000", "tensor00001_000", "tensor00002_000", "tensor00010_000"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigint_downloads_only_the_rest(tmp_path: Path, source: Path):
+    dest = tmp_path / "dl"
+    with SeederProc(source, "--max-upload-rate", "1M") as slow:
+        args = ["--dest", str(dest), *manifest_arg(source), "--timeout", "30"]
+        with GetProc(slow.magnet, *args) as g:
+            ev = g.wait_for(lambda e: e.get("event") == "progress"
+                            and e["wanted"] > 0 and e["wanted_done"] > e["wanted"] // 4,
+                            30, "a quarter of the data")
+            g.signal(signal.SIGINT)
+            assert g.wait(10) == 130, g.stderr
+            assert "state saved" in g.stderr
+            done_before = g.progress()[-1]["wanted_done"]
+            assert done_before >= ev["wanted_done"]
+    with SeederProc(source) as fast:
+        again = run_get(fast.magnet, *args)
+    assert again.proc.returncode == 0, again.stderr
+    result = again.result()
+    assert ckpt_files(dest) == ckpt_files(source)
+    # Next to nothing twice: what was missing, plus at most a few pieces in flight.
+    wanted = again.progress()[-1]["wanted"]  # in whole pieces, like done_before
+    assert result["downloaded"] <= wanted - done_before + 8 * PIECE
+    assert not any("rechecking" in m for m in again.messages())
+
+
+@pytest.mark.slow
+def test_rerun_after_sigkill_rechecks_and_keeps_good_pieces(tmp_path: Path, source: Path):
+    dest = tmp_path / "dl"
+    with SeederProc(source, "--max-upload-rate", "1M") as slow:
+        args = ["--dest", str(dest), *manifest_arg(source), "--timeout", "30",
+                "--resume-interval", "0.5"]
+        with GetProc(slow.magnet, *args) as g:
+            g.wait_for(lambda e: e.get("event") == "progress" and e["resume_saved_done"] > 0
+                       and e["wanted_done"] > e["wanted"] // 3, 30, "a saved third")
+            g.kill()  # SIGKILL: no chance to save anything
+            saved = max(e["resume_saved_done"] for e in g.progress())
+            assert 0 < saved < g.progress()[-1]["wanted"]
+    with SeederProc(source) as fast:
+        again = run_get(fast.magnet, *args)
+    assert again.proc.returncode == 0, again.stderr
+    assert any("rechecking" in m for m in again.messages())
+    result = again.result()
+    assert result["rechecked"] is True
+    assert ckpt_files(dest) == ckpt_files(source)
+    # No more than what had not been covered by the last resume save.
+    assert result["downloaded"] <= again.progress()[-1]["wanted"] - saved
+
+
+def test_repair_refetches_only_bad_pieces(tmp_path: Path, source: Path, seeder: SeederProc):
+    dest = tmp_path / "dl"
+    args = [str(source / "ckpt-0.torrent"), "--dest", str(dest), "--peer", seeder.peer,
+            *manifest_arg(source), "--timeout", "30"]
+    assert run_get(*args).proc.returncode == 0
+    victim = dest / "ckpt-0" / "tensor00002_000"  # a MoE weight, several pieces long
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+
+    plain = run_get(*args)  # resume data trusts the disk: the flip goes unnoticed
+    assert plain.result()["downloaded"] == 0
+
+    g = run_get(*args, "--repair")
+    assert g.proc.returncode == 0, g.stderr
+    assert victim.read_bytes() == (source / "ckpt-0" / "tensor00002_000").read_bytes()
+    result = g.result()
+    assert result["rechecked"] is True
+    assert result["downloaded"] == PIECE  # the one piece holding the flipped byte
+
+
+def test_web_seed_only_download(tmp_path: Path, source: Path):
+    dest = tmp_path / "dl"
+    # The URL names the folder holding the torrent's root folder (ckpt-0/).
+    with HttpServerProc(source) as http:
+        g = run_get(str(source / "ckpt-0.torrent"), "--dest", str(dest),
+                    "--web-seed", http.url, *manifest_arg(source), "--timeout", "30")
+    assert g.proc.returncode == 0, g.stderr
+    assert ckpt_files(dest) == ckpt_files(source)
+    result = g.result()
+    assert result["downloaded"] >= result["wanted"]
+
+
+def test_torrent_with_dotdot_path_is_refused(tmp_path: Path):
+    evil = tmp_path / "evil.torrent"
+    evil.write_bytes(handmade_torrent("ckpt-0", [(["..", "..", "escaped"], b"x" * 100)]))
+    dest = tmp_path / "dest"
+    r = CliRunner().invoke(cli, ["get", str(evil), "--dest", str(dest), *LOOPBACK])
+    assert r.exit_code == 2
+    assert "unsafe file path '../../escaped'" in r.stderr
+    assert not (tmp_path / "escaped").exists()
+    assert not list(dest.rglob("escaped"))
+
+
+def test_torrent_name_with_dotdot_is_refused(tmp_path: Path):
+    evil = tmp_path / "evil.torrent"
+    evil.write_bytes(handmade_torrent("..", [(["x"], b"x" * 100)]))
+    r = CliRunner().invoke(cli, ["get", str(evil), "--dest", str(tmp_path / "d"), *LOOPBACK])
+    assert r.exit_code == 2
+    assert "unsafe torrent name '..'" in r.stderr
+
+
+def test_insufficient_space_refused_before_any_byte(tmp_path: Path, source: Path,
+                                                    seeder: SeederProc,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torrent, "free_space", lambda path: 1_000_000)  # a 1 MB disk
+    dest = tmp_path / "dl"
+    r = CliRunner().invoke(cli, ["get", seeder.magnet, "--dest", str(dest),
+                                 *manifest_arg(source), *LOOPBACK, "--timeout", "30", "-q"])
+    assert r.exit_code == 5, r.output
+    assert "not enough free space" in r.stderr and "976.6 KiB free" in r.stderr
+    assert not (dest / "ckpt-0").exists()  # the metadata came, not one byte of data
+
+
+def test_no_space_check_overrides(tmp_path: Path, source: Path, seeder: SeederProc,
+                                  monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torrent, "free_space", lambda path: 0)
+    dest = tmp_path / "dl"
+    r = CliRunner().invoke(cli, ["get", seeder.magnet, "--dest", str(dest), "--include",
+                                 "tensor00001_000", *manifest_arg(source), *LOOPBACK,
+                                 "--timeout", "30", "-q", "--no-space-check"])
+    assert r.exit_code == 0, r.stderr
+    assert (dest / "ckpt-0" / "tensor00001_000").is_file()
+
+
+def test_torrent_that_disagrees_with_manifest_stops(tmp_path: Path, source: Path):
+    other = tmp_path / "other"
+    shutil.copytree(source / "ckpt-0", other / "ckpt-0")
+    with open(other / "ckpt-0" / "tensor00003_000", "ab") as f:
+        f.write(b"extra")
+    t = make_torrent(other, piece_size=PIECE)
+    r = CliRunner().invoke(cli, ["get", str(t), "--dest", str(tmp_path / "d"),
+                                 *manifest_arg(source), *LOOPBACK])
+    assert r.exit_code == 4
+    assert "disagrees with the manifest: ckpt-0/tensor00003_000 is" in r.stderr
+    assert not (tmp_path / "d" / "ckpt-0").exists()
+
+
+def test_layers_without_a_manifest_is_a_usage_error(tmp_path: Path, source: Path):
+    r = CliRunner().invoke(cli, ["get", str(source / "ckpt-0.torrent"), "--dest",
+                                 str(tmp_path / "d"), "--layers", "0", *LOOPBACK])
+    assert r.exit_code == 2
+    assert "--layers needs a manifest" in r.stderr
+
+
+def test_seed_ratio_needs_seed(tmp_path: Path):
+    r = CliRunner().invoke(cli, ["get", "grok-1", "--dest", str(tmp_path), "--seed-ratio", "1"])
+    assert r.exit_code == 2
+    assert "--seed-ratio needs --seed" in r.stderr
+
+
+@pytest.mark.parametrize("text,value", [("0", 0), ("500K", 512000), ("20M", 20 << 20),
+                                        ("1.5G", int(1.5 * (1 << 30))), ("20MiB", 20 << 20)])
+def test_parse_rate(text: str, value: int):
+    from grokfetch.cli.get import parse_rate
+
+    assert parse_rate(text) == value
+
+
+def test_bad_rate_and_peer_are_usage_errors(tmp_path: Path):
+    r = CliRunner().invoke(cli, ["get", "grok-1", "--dest", str(tmp_path),
+                                 "--max-download-rate", "fast"])
+    assert r.exit_code == 2 and "rate 'fast'" in r.stderr
+    r = CliRunner().invoke(cli, ["get", "grok-1", "--dest", str(tmp_path), "--peer", "nohost"])
+    assert r.exit_code == 2 and "--peer 'nohost': expected HOST:PORT" in r.stderr
