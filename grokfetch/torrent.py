@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import socket
@@ -408,6 +409,21 @@ def _have_bytes(params: Any, meta: TorrentMeta | None, chosen: Sequence[Any]) ->
     return min(n * meta.piece_length, sum(f.size for f in chosen))
 
 
+def _os_errors_as_disk_errors(fn: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
+    """An OSError escaping the run (DEST unwritable, say) becomes a one-line DiskError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> DownloadResult:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            where = e.filename or kwargs.get("dest") or (args[1] if len(args) > 1 else "")
+            raise DiskError(f"{where}: {e.strerror or e}") from None
+
+    return wrapper
+
+
+@_os_errors_as_disk_errors
 def download(
     source: str | os.PathLike[str] | None,
     dest: str | os.PathLike[str],
@@ -639,7 +655,14 @@ def _save_resume(run: _Run, ses: Any, h: Any, flush: bool = False, wait: float =
 
 def _write_resume(run: _Run, a: Any) -> None:
     data = lt.write_resume_data_buf(a.params)
-    atomic_write_bytes(_resume_path(run.state_dir, run.info_hash), bytes(data))
+    path = _resume_path(run.state_dir, run.info_hash)
+    try:
+        atomic_write_bytes(path, bytes(data))
+    except OSError as e:
+        # Typically the disk that just filled up.  The crash marker stays, so
+        # the rerun rechecks the data instead of trusting older resume data.
+        run.on_message(f"could not save resume data {path}: {e.strerror}")
+        return
     run.resume_saved_done = _have_bytes(a.params, run.meta, run.chosen)
 
 
@@ -654,7 +677,7 @@ def _handle_alert(run: _Run, a: Any, ses: Any) -> None:
     elif isinstance(a, lt.file_error_alert):
         code = a.error.value() if hasattr(a.error, "value") else 0
         what = "disk full" if code == errno.ENOSPC else a.error.message()
-        run.file_error = f"{a.filename()}: {what} (errno {code}); state saved, rerun to continue"
+        run.file_error = f"{a.filename()}: {what} (errno {code}); fix it and rerun to continue"
     elif isinstance(a, lt.metadata_failed_alert):
         run.file_error = None
         raise TorrentError(f"{run.info_hash}: peers sent invalid metadata ({a.message()})")
@@ -698,7 +721,7 @@ def _loop(
             run.on_message(f"metadata received from peers: {meta.num_pieces} pieces")
             st = h.status()
         if run.file_error or st.upload_mode:
-            msg = run.file_error or f"{run.dest}: writing failed (disk full?); state saved"
+            msg = run.file_error or f"{run.dest}: writing failed (disk full?); rerun to continue"
             raise DiskError(msg)
         if st.errc.value() if hasattr(st, "errc") else False:
             raise TorrentError(f"{run.info_hash}: {st.errc.message()}")

@@ -10,6 +10,7 @@ progress lines and the final result.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import signal
 from pathlib import Path
 
@@ -73,6 +74,13 @@ def test_magnet_only_download_with_peer(tmp_path: Path, source: Path, seeder: Se
     assert saved.parent == dest and load_torrent(saved)[1].info_hash == seeder.info_hash
     assert any("metadata received" in m for m in g.messages())
     assert g.progress()[-1]["state"] == "seeding"
+    # Done means pinned: the BLAKE3 manifest now sits in the checkpoint root.
+    assert result["manifest_path"] == str(dest / "grokfetch-manifest.json")
+    pinned = load_manifest(dest / "grokfetch-manifest.json")
+    original = load_manifest(source / "grokfetch-manifest.json")
+    assert pinned.pinned
+    assert [(f.path, f.blake3) for f in pinned.files] == [
+        (f.path, f.blake3) for f in original.files]
 
 
 def test_rerun_of_finished_download_fetches_nothing(tmp_path: Path, source: Path,
@@ -278,3 +286,37 @@ def test_bad_rate_and_peer_are_usage_errors(tmp_path: Path):
     assert r.exit_code == 2 and "rate 'fast'" in r.stderr
     r = CliRunner().invoke(cli, ["get", "grok-1", "--dest", str(tmp_path), "--peer", "nohost"])
     assert r.exit_code == 2 and "--peer 'nohost': expected HOST:PORT" in r.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs (needs root; skipped elsewhere), grown later with ``grow()``."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=32m", str(mnt)], check=True)
+
+    try:
+        yield mnt, grow
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_stops_with_path_and_rerun_continues(small_disk, source: Path,
+                                                       seeder: SeederProc):
+    mnt, grow = small_disk
+    dest = mnt / "dl"
+    args = [seeder.magnet, "--dest", str(dest), *manifest_arg(source), "--timeout", "30"]
+    full = run_get(*args, "--no-space-check")  # ~8 MB into 2 MiB
+    assert full.proc.returncode == 5, full.stderr
+    assert f"Error: {dest}/ckpt-0/tensor" in full.stderr and "disk full" in full.stderr
+    grow()  # space freed: the same command finishes the job
+    again = run_get(*args)
+    assert again.proc.returncode == 0, again.stderr
+    assert ckpt_files(dest) == ckpt_files(source)
+    assert again.result()["downloaded"] < again.result()["wanted"]  # kept what fitted
