@@ -10,8 +10,8 @@ progress lines and the final result.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
