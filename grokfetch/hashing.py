@@ -221,6 +221,37 @@ def chunk_digests(
 # -- both in one read --------------------------------------------------------------------
 
 
+def _one_read_two_hashers(
+    fd: int,
+    size: int,
+    here: Callable[[memoryview], object],
+    helper_fn: Callable[[memoryview], object],
+    on_bytes: OnBytes | None,
+) -> int:
+    """Feed every block of the file to ``here`` (this thread) and ``helper_fn`` (a helper
+    thread) at the same time, so the file is read once; return the bytes read."""
+    done = 0
+    if size <= SMALL_FILE:  # not worth a second thread
+        for block in _blocks(fd, 0, size):
+            here(block)
+            helper_fn(block)
+            done += len(block)
+            if on_bytes:
+                on_bytes(len(block))
+        return done
+    with ThreadPoolExecutor(1, thread_name_prefix="grokfetch-hash2") as helper:
+        for block in _blocks(fd, 0, size):
+            pending = helper.submit(helper_fn, block)
+            try:
+                here(block)
+            finally:
+                pending.result()  # the window must outlive both hashers' use of it
+            done += len(block)
+            if on_bytes:
+                on_bytes(len(block))
+    return done
+
+
 def file_digests(
     path: str | os.PathLike[str],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -234,30 +265,27 @@ def file_digests(
     """
     fd = _open(path)
     try:
-        size = os.fstat(fd).st_size
         chunks = ChunkHasher(chunk_size)
         whole = blake3.blake3()
-        if size <= SMALL_FILE:  # not worth a second thread
-            done = 0
-            for block in _blocks(fd, 0, size):
-                whole.update(block)
-                chunks.update(block)
-                done += len(block)
-                if on_bytes:
-                    on_bytes(len(block))
-            return FileDigests(whole.hexdigest(), chunks.finish(), done)
-        done = 0
-        with ThreadPoolExecutor(1, thread_name_prefix="grokfetch-chunks") as helper:
-            for block in _blocks(fd, 0, size):
-                pending = helper.submit(chunks.update, block)
-                try:
-                    whole.update(block)
-                finally:
-                    pending.result()  # the window must outlive both hashers' use of it
-                done += len(block)
-                if on_bytes:
-                    on_bytes(len(block))
+        done = _one_read_two_hashers(
+            fd, os.fstat(fd).st_size, whole.update, chunks.update, on_bytes
+        )
         return FileDigests(whole.hexdigest(), chunks.finish(), done)
+    finally:
+        os.close(fd)
+
+
+def blake3_and_sha256(
+    path: str | os.PathLike[str], *, on_bytes: OnBytes | None = None
+) -> tuple[str, str]:
+    """(BLAKE3, SHA-256) of the whole file in one read: for manifest entries with both."""
+    fd = _open(path)
+    try:
+        size = os.fstat(fd).st_size
+        b3 = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= THREADED_FILE else 1)
+        sha = hashlib.sha256()
+        _one_read_two_hashers(fd, size, b3.update, sha.update, on_bytes)
+        return b3.hexdigest(), sha.hexdigest()
     finally:
         os.close(fd)
 

@@ -48,6 +48,7 @@ from grokfetch.errors import (
 from grokfetch.fsutil import TMP_MARK, safe_relpath
 from grokfetch.hashing import (
     DEFAULT_CHUNK_SIZE,
+    blake3_and_sha256,
     blake3_file,
     chunk_digests,
     chunk_range,
@@ -584,7 +585,11 @@ def _check_hashed(
     matched: list[str] = []
     mismatched: list[str] = []
     whole = None
-    if x.blake3:
+    got_sha = None
+    if x.blake3 and x.sha256:  # both in one read of the file
+        whole, got_sha = blake3_and_sha256(x.disk, on_bytes=on_bytes)
+        (matched if whole == x.blake3 else mismatched).append("blake3")
+    elif x.blake3:
         whole = blake3_file(x.disk, on_bytes=on_bytes)
         (matched if whole == x.blake3 else mismatched).append("blake3")
     elif x.chunks:
@@ -594,7 +599,8 @@ def _check_hashed(
             return _chunk_failure(x, size, chunk_size, got, bad, base)
         matched.append("blake3")
     if x.sha256:
-        got_sha = sha256_file(x.disk, on_bytes=on_bytes)
+        if got_sha is None:
+            got_sha = sha256_file(x.disk, on_bytes=on_bytes)
         (matched if got_sha == x.sha256 else mismatched).append("sha256")
     if not mismatched:
         return FileResult(x.rel, OK, matched[0], hashes=tuple(matched), **base)
@@ -824,7 +830,8 @@ def verify(
         if quick:
             total += min(s, QUICK_SAMPLES * chunk_size) if x.chunks else 0
         else:
-            total += s * ((1 if (x.blake3 or x.chunks) else 0) + (1 if x.sha256 else 0))
+            # one read per file, whatever hashes it has (blake3 + sha256 share it)
+            total += s
     if trust.pm is not None:
         total += sum(trust.pm.piece_span(p)[1] - trust.pm.piece_span(p)[0] for p in pieces)
     bar = progress(total, "verify") if progress is not None else NullBar()

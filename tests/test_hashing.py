@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from grokfetch import hashing
 from grokfetch.hashing import (
     ChunkHasher,
+    blake3_and_sha256,
     blake3_file,
     chunk_digests,
     file_digests,
@@ -70,6 +71,7 @@ def test_windowed_digests_equal_one_piece_hashing(tmp_path, tiny_windows, size, 
     assert blake3_file(p) == whole
     assert chunk_digests(p, chunk_size) == dict(enumerate(chunks))
     assert sha256_file(p) == hashlib.sha256(data).hexdigest()
+    assert blake3_and_sha256(p) == (whole, hashlib.sha256(data).hexdigest())
 
 
 def test_chunk_digests_of_chosen_chunks_skip_those_past_the_end(tmp_path, tiny_windows):

@@ -17,7 +17,7 @@ import pytest
 
 from grokfetch import hashing
 from grokfetch.errors import ManifestError, UsageError
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest
+from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
 from grokfetch.verify import (
     EXTRA,
     FAILED,
@@ -262,3 +262,27 @@ def test_files_in_a_differently_named_tensor_folder_are_found(copy_ckpt, tmp_pat
     shutil.copytree(root / "ckpt-0", other)
     r = verify(other, manifest=manifest)
     assert r.ok and r.summary[OK] == 146
+
+
+def test_a_packaged_manifest_is_the_fallback_root_of_trust(copy_ckpt, tmp_path, monkeypatch):
+    # Like the grok-1 manifest: every size, a SHA-256 for some files, no BLAKE3.
+    root = copy_ckpt()
+    m = load_manifest(root / MANIFEST_NAME)
+    files = [FileEntry(path=f.path, size=f.size, param=f.param, kind=f.kind, arrays=f.arrays,
+                       sha256=hashing.sha256_file(root / f.path) if f.path == BIG else None)
+             for f in m.files]
+    packaged = tmp_path / "manifests"
+    packaged.mkdir()
+    save_manifest(Manifest(name="grok-mini", files=files, config=m.config), packaged /
+                  "grok-mini.json")
+    monkeypatch.setenv("GROKFETCH_MANIFESTS", str(packaged))
+    (root / MANIFEST_NAME).unlink()
+    os.truncate(root / "ckpt-0/tensor00007_000", 100)
+    r = verify(root)
+    got = by_path(r)
+    assert r.trust == "packaged" and "grok-mini" in r.root_of_trust
+    assert got[BIG].line() == f"{BIG}: OK (sha256)"
+    assert got["ckpt-0/tensor00007_000"].detail.startswith("truncated: 100 of ")
+    assert got["ckpt-0/tensor00001_000"].status == UNVERIFIED
+    assert "no hash for it in the manifest" in got["ckpt-0/tensor00001_000"].detail
+    assert "--torrent FILE --pin" in r.advice

@@ -118,3 +118,15 @@ def test_quick_samples_pieces(copy_ckpt, tmp_path):
     r = verify(root, torrent=t, quick=True, seed=3)
     assert r.ok and not r.content_proven
     assert 0 < r.bytes_hashed < sum(f.size or 0 for f in r.files)
+
+
+def test_with_a_manifest_the_torrent_vouches_for_the_files_it_has_no_hash_for(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    pinned = load_manifest(tmp_path / "pinned.json")
+    # like the grok-1 manifest: sizes for all, a hash for a few
+    files = [f if f.path == BIG else type(f)(path=f.path, size=f.size) for f in pinned.files]
+    r = verify(root, manifest=pinned.with_files(files, pinned=False), torrent=t)
+    got = by_path(r)
+    assert r.ok and r.content_proven and "torrent" in r.root_of_trust
+    assert got[BIG].vouched_by == "blake3"
+    assert got["ckpt-0/tensor00001_000"].line() == "ckpt-0/tensor00001_000: OK (torrent)"

@@ -1,0 +1,154 @@
+"""Benchmark: ``grokfetch verify`` against ``b3sum`` and ``sha256sum`` on the same files.
+
+Builds a file set in /tmp shaped like the real checkpoint, scaled down (two
+1.6 GB MoE-sized files and a spread of the smaller sizes the real checkpoint
+has, ~3.5 GB in all), warms the page cache, then times in one run, best of
+``--repeat``:
+
+* ``grokfetch verify`` in-process (the library call: the hashing engine's
+  throughput) and as the CLI (adds Python start-up, ~0.3 s, a fixed cost);
+* ``b3sum --check`` (Debian package b3sum) and ``sha256sum --check`` on the
+  same files - the same job: hash every file, compare with a list;
+* ``pin`` (whole-file and chunk BLAKE3 together, what ``get`` runs once);
+
+and prints GB/s, the ratio to b3sum, and the CLI's peak RSS (target: under
+200 MB).  The data is deleted afterwards.
+
+    python bench/verify.py [--dir /tmp/grokfetch-bench-verify] [--repeat 3] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from grokfetch.manifest import FileEntry, Manifest  # noqa: E402
+from grokfetch.verify import pin, verify  # noqa: E402
+
+# (count, bytes each): the real checkpoint's sizes (GROK1_FORMAT.md), fewer of each.
+SHAPE = [
+    (2, 1_611_137_347),  # MoE linear / linear_v
+    (4, 37_847_359),  # attention output
+    (4, 37_761_334),  # attention query
+    (16, 6_293_814),  # key / value
+    (16, 196_770),  # router
+    (64, 24_727),  # RMSNorm scales
+]
+
+
+def make_files(root: Path) -> list[Path]:
+    """Random-content files named like checkpoint tensors (content never parsed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ckpt = root / "ckpt-0"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    paths = []
+    i = 0
+    for count, size in SHAPE:
+        for _ in range(count):
+            p = ckpt / f"tensor{i:05d}_000"
+            with open(p, "wb") as f:
+                left = size
+                while left:
+                    n = min(left, 64 << 20)
+                    f.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+                    left -= n
+            paths.append(p)
+            i += 1
+    return paths
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KB) of one command; stdout discarded, failure raises.
+
+    The RSS comes from GNU time: a child forked from this (large) Python
+    process would inherit its high-water mark across exec.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "RSS %M", *cmd], cwd=cwd,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr[-500:]}")
+    return dt, int(proc.stderr.rsplit("RSS ", 1)[1].split()[0])
+
+
+def best(fn, repeat: int):  # type: ignore[no-untyped-def]
+    runs = [fn() for _ in range(repeat)]
+    return min(runs, key=lambda r: r[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default="/tmp/grokfetch-bench-verify")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="keep the data afterwards")
+    args = ap.parse_args()
+    root = Path(args.dir)
+    for tool in ("b3sum", "sha256sum", "/usr/bin/time"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install {tool})")
+    try:
+        print(f"writing the file set under {root} ...", flush=True)
+        paths = make_files(root)
+        total = sum(p.stat().st_size for p in paths)
+        rels = [p.relative_to(root).as_posix() for p in paths]
+        print(f"{len(paths)} files, {total / 1e9:.2f} GB; {os.cpu_count()} CPUs", flush=True)
+
+        # pin: BLAKE3 of every file and 64 MiB chunk (also warms the page cache)
+        base = Manifest(name="bench", files=[FileEntry(path=r, size=p.stat().st_size)
+                                             for r, p in zip(rels, paths, strict=True)])
+        pin(root, base=base)  # warm-up
+        t_pin = best(lambda: (_t(lambda: pin(root, base=base)), 0), args.repeat)[0]
+
+        b3 = subprocess.run(["b3sum", *rels], cwd=root, check=True, capture_output=True).stdout
+        (root / "sums.b3").write_bytes(b3)
+        sha = subprocess.run(["sha256sum", *rels], cwd=root, check=True,
+                             capture_output=True).stdout
+        (root / "sums.sha256").write_bytes(sha)
+
+        def lib() -> tuple[float, int]:
+            t0 = time.perf_counter()
+            r = verify(root, strict=False)
+            dt = time.perf_counter() - t0
+            assert r.ok and r.summary["OK"] == len(paths), r.summary
+            return dt, 0
+
+        cli = [sys.executable, "-m", "grokfetch", "verify", str(root), "--quiet"]
+        rows = [
+            ("b3sum --check", best(lambda: timed(["b3sum", "--check", "sums.b3"], root),
+                                   args.repeat)),
+            ("grokfetch verify (library)", best(lib, args.repeat)),
+            ("grokfetch verify (CLI)", best(lambda: timed(cli, REPO), args.repeat)),
+            ("sha256sum --check", best(lambda: timed(["sha256sum", "--check", "sums.sha256"],
+                                                     root), args.repeat)),
+            ("grokfetch pin (blake3 + chunks)", (t_pin, 0)),
+        ]
+        ref = rows[0][1][0]
+        print(f"\n{'tool':34s} {'seconds':>8s} {'GB/s':>7s} {'vs b3sum':>9s} {'peak RSS':>9s}")
+        for name, (secs, rss) in rows:
+            mem = f"{rss / 1024:.0f} MB" if rss else "-"
+            print(f"{name:34s} {secs:8.3f} {total / secs / 1e9:7.2f} {ref / secs:8.2f}x {mem:>9s}")
+        print(f"\n(best of {args.repeat}; hot page cache; ratio = b3sum time / tool time)")
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _t(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    main()
