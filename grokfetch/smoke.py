@@ -634,6 +634,13 @@ def compare(a: SmokeReport, b: SmokeReport, weights: WeightDiff) -> Comparison:
     return Comparison(a.path, b.path, exact, tuple(diffs), experts_agree, weights, passed, rule)
 
 
+def _shape_of(cfg: ModelConfig) -> dict[str, Any]:
+    """The config as far as the computation goes (ffn_size, not the widening factor behind it)."""
+    d = cfg.to_dict()
+    d.pop("widening_factor")
+    return d
+
+
 def smoke_compare(
     path: str | os.PathLike[str],
     other: str | os.PathLike[str],
@@ -645,6 +652,6 @@ def smoke_compare(
     with open_weights(path, config) as wb, open_weights(other, config) as wa:
         rb = run_smoke(wb, str(path), **kwargs)
         ra = run_smoke(wa, str(other), **kwargs)
-        if ra.config.to_dict() != rb.config.to_dict():
+        if _shape_of(ra.config) != _shape_of(rb.config):
             raise UsageError(f"compare: {other} and {path} have different model configs")
         return rb, ra, compare(ra, rb, compare_weights(wa, wb, rb))

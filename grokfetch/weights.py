@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ _ST_DTYPES = {
     "F64": np.dtype(np.float64),
 }
 INDEX_NAME = "model.safetensors.index.json"
+MAX_STREAMS = 16  # open files (zstd streams) kept between reads
 
 
 def row_blocks(k: int, n: int, groups: int | None) -> list[tuple[int, int]]:
@@ -96,30 +98,36 @@ class ByteSource(Protocol):
 
 
 class FileBytes:
-    """Random access to a plain file with pread (nothing stays mapped)."""
+    """Random access to a plain file with pread (nothing stays mapped).
+
+    The file is opened for each read and closed again: a whole-model run
+    touches 770 files, more than some systems let a process hold open.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            self._fd: int | None = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise CheckpointFormatError(path, None, f"cannot open: {e.strerror}") from None
 
     def read(self, offset: int, n: int) -> bytearray:
         buf = bytearray(n)
         view, done = memoryview(buf), 0
-        assert self._fd is not None
-        while done < n:
-            got = os.preadv(self._fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise CheckpointFormatError(self.path, offset + done, "file ends inside a tensor")
-            done += got
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise CheckpointFormatError(self.path, None, f"cannot open: {e.strerror}") from None
+        try:
+            while done < n:
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got <= 0:
+                    raise CheckpointFormatError(
+                        self.path, offset + done, "file ends inside a tensor"
+                    )
+                done += got
+        finally:
+            os.close(fd)
         return buf
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        pass
 
 
 class ZstdBytes:
@@ -346,7 +354,7 @@ class ModelWeights:
         self.root = root
         self.config = config
         self.params = {p.module: p for p in param_list(config)}
-        self._sources: dict[Path, ByteSource] = {}
+        self._sources: OrderedDict[Path, ByteSource] = OrderedDict()
 
     # -- what a layout provides --------------------------------------------------------
 
@@ -365,10 +373,16 @@ class ModelWeights:
     # -- helpers -----------------------------------------------------------------------
 
     def source(self, path: Path) -> ByteSource:
-        if path not in self._sources:
-            if not path.is_file():
-                raise CheckpointFormatError(path, None, "missing")
-            self._sources[path] = open_source(path)
+        """The byte source of ``path``; at most MAX_STREAMS zstd streams stay open."""
+        if path in self._sources:
+            self._sources.move_to_end(path)
+            return self._sources[path]
+        if not path.is_file():
+            raise CheckpointFormatError(path, None, "missing")
+        self._sources[path] = open_source(path)
+        if len(self._sources) > MAX_STREAMS:
+            # An evicted ZstdBytes still works if used again: it restarts its stream.
+            self._sources.popitem(last=False)[1].close()
         return self._sources[path]
 
     def close(self) -> None:
@@ -650,6 +664,9 @@ def _hf_config(d: dict[str, Any]) -> dict[str, Any]:
         ("rms_norm_eps", "rms_norm_eps"),
         ("rope_base", "rope_theta"),
         ("attn_logit_softcap", "attn_logit_softcapping"),
+        ("sequence_len", "max_position_embeddings"),
+        ("pad_token", "pad_token_id"),
+        ("eos_token", "eos_token_id"),
     ):
         if d.get(theirs) is not None:
             out[ours] = d[theirs]

@@ -11,6 +11,7 @@ tokens and top-2 expert sets.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +318,30 @@ def test_input_must_be_tokens_by_width(mini_ckpt, tmp_path):
     code, output = run(mini_ckpt, "--all", "--input", tmp_path / "h.npy")
     assert code == 2
     assert "--input feeds one layer" in output
+
+
+def test_an_sglang_folder_without_our_manifest_is_read_with_its_config_json(
+    mini_ckpt, mini_repacks, tmp_path
+):
+    bare = tmp_path / "sglang"
+    shutil.copytree(mini_repacks["sglang-f32"], bare)
+    (bare / "grokfetch-manifest.json").unlink()  # as another tool would ship it
+    code, output = run(mini_ckpt, "--all", "--compare", bare, "--json")
+    assert code == 0, output
+    assert json.loads(output)["compare"]["identical"]
+
+
+def test_zstd_streams_evicted_between_reads_restart_correctly(
+    mini_ckpt, mini_repacks, monkeypatch
+):
+    from grokfetch import weights
+
+    monkeypatch.setattr(weights, "MAX_STREAMS", 2)
+    code, output = run(mini_ckpt, "--all", "--compare", mini_repacks["per-tensor-keep-zstd:3"])
+    assert code == 0, output
+
+
+def test_copies_of_different_models_cannot_be_compared(mini_ckpt):
+    code, output = run(mini_ckpt, "--compare", GOLDEN)
+    assert code == 2
+    assert "have different model configs" in output
