@@ -108,6 +108,12 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
         "enable_outgoing_utp": net.utp,
         "download_rate_limit": int(net.max_download_rate),
         "upload_rate_limit": int(net.max_upload_rate),
+        # Deeper send buffers keep a fast link (a cluster, loopback) full: the
+        # 500 KB default starves a single connection above ~100 MB/s.
+        "send_buffer_watermark": 8 << 20,
+        "send_buffer_low_watermark": 1 << 20,
+        "send_buffer_watermark_factor": 150,
+        "max_queued_disk_bytes": 256 << 20,
         "enable_dht": net.dht,
         "enable_lsd": net.dht,
         "enable_upnp": net.dht,

@@ -1,0 +1,197 @@
+"""Benchmark `grokfetch get` against aria2c on the same torrent from the same loopback seeder.
+
+    python bench/get.py [--size-mb 1024] [--files 8] [--rounds 2] [--workdir /tmp]
+
+What it does, all on 127.0.0.1 (TCP only, no DHT/LSD/UPnP/NAT-PMP):
+
+1. writes FILES random files (SIZE_MB in all) named like checkpoint tensors
+   into a temp folder under WORKDIR, and makes a v1 torrent of them;
+2. starts one `grokfetch seed` (a libtorrent session in a subprocess) and a
+   tiny HTTP tracker that answers every announce with the seeder's address
+   (aria2c cannot be given a peer address directly);
+3. for each round, fetches the torrent with `grokfetch get --no-utp --peer
+   SEEDER` and with `aria2c --bt-tracker=TRACKER` (the order alternates per
+   round), timing each from process start to exit, and checks the bytes;
+4. times `cp -r` of the same files on this disk: the raw limit;
+5. prints MB/s (10^6 bytes/s) of each, and the ratio, then deletes everything.
+
+The target from issue 4 is at least 1.5x aria2c.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from grokfetch.metainfo import make_torrent  # noqa: E402
+
+LOOPBACK = ["--listen", "127.0.0.1:0", "--no-dht", "--no-utp"]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e["GROKFETCH_NO_PROGRESS"] = "1"
+    return e
+
+
+def write_data(folder: Path, size_mb: int, files: int) -> int:
+    ckpt = folder / "ckpt-0"
+    ckpt.mkdir(parents=True)
+    per = size_mb * 1_000_000 // files
+    block = os.urandom(1 << 20)
+    total = 0
+    for i in range(files):
+        with open(ckpt / f"tensor{i:05d}_000", "wb") as f:
+            left = per + i * 4099  # uneven sizes: pieces span file boundaries
+            while left > 0:
+                n = min(left, len(block))
+                # vary each block so no two pieces are alike
+                f.write(block[:n] if n < len(block) else block)
+                block = block[1:] + block[:1] if i % 2 else block[7:] + block[:7]
+                left -= n
+                total += n
+    return total
+
+
+class Tracker:
+    """An HTTP tracker that knows one peer: the seeder."""
+
+    def __init__(self, peer_port: int) -> None:
+        compact = bytes([127, 0, 0, 1]) + peer_port.to_bytes(2, "big")
+        body = b"d8:intervali60e5:peers6:" + compact + b"e"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/announce"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def start_seeder(folder: Path, torrent: Path) -> tuple[subprocess.Popen[str], int]:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "grokfetch", "seed", str(folder), "--torrent", str(torrent),
+         *LOOPBACK, "--json-progress", "--full-check"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env(), cwd=REPO,
+    )
+    assert p.stdout is not None
+    for line in p.stdout:
+        ev = json.loads(line)
+        if ev.get("event") == "seeding":
+            # keep draining stdout so the seeder never blocks on a full pipe
+            threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+            return p, int(ev["port"])
+    raise SystemExit("seeder did not start")
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd[0]} {cmd[1:3]} failed ({r.returncode}): {r.stderr[-1000:]}")
+    return dt
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir())
+    if names != sorted(p.name for p in b.iterdir()):
+        return False
+    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--piece-size", type=int, default=None, help="bytes (default: automatic)")
+    ap.add_argument("--workdir", default="/tmp")
+    args = ap.parse_args()
+    if shutil.which("aria2c") is None:
+        raise SystemExit("aria2c not found (apt-get install aria2)")
+
+    work = Path(tempfile.mkdtemp(prefix="grokfetch-bench-get-", dir=args.workdir))
+    seeder = None
+    tracker = None
+    try:
+        src = work / "src"
+        total = write_data(src, args.size_mb, args.files)
+        torrent = make_torrent(src, piece_size=args.piece_size, out=work / "bench.torrent")
+        seeder, port = start_seeder(src, torrent)
+        tracker = Tracker(port)
+        print(f"data: {args.files} files, {total / 1e6:.0f} MB; seeder on 127.0.0.1:{port}",
+              flush=True)
+        results: dict[str, list[float]] = {"grokfetch": [], "aria2c": []}
+        for rnd in range(args.rounds):
+            order = ["grokfetch", "aria2c"] if rnd % 2 == 0 else ["aria2c", "grokfetch"]
+            for who in order:
+                dest = work / f"{who}-{rnd}"
+                if who == "grokfetch":
+                    cmd = [sys.executable, "-m", "grokfetch", "get", str(torrent), "--dest",
+                           str(dest), "--peer", f"127.0.0.1:{port}", *LOOPBACK, "-q",
+                           "--no-space-check"]
+                else:
+                    cmd = ["aria2c", "--dir", str(dest), f"--bt-tracker={tracker.url}",
+                           "--enable-dht=false", "--enable-dht6=false",
+                           "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+                           "--seed-time=0", "--file-allocation=none", "--quiet=true",
+                           "--listen-port=51413-51499", "--summary-interval=0",
+                           str(torrent)]
+                dt = timed(cmd)
+                if not same_tree(src / "ckpt-0", dest / "ckpt-0"):
+                    raise SystemExit(f"{who}: downloaded files differ from the source")
+                results[who].append(total / dt / 1e6)
+                print(f"round {rnd + 1}: {who:9s} {dt:6.2f} s  {total / dt / 1e6:7.1f} MB/s",
+                      flush=True)
+                shutil.rmtree(dest)
+        t = time.perf_counter()
+        subprocess.run(["cp", "-r", str(src / "ckpt-0"), str(work / "cp")], check=True)
+        subprocess.run(["sync"], check=True)
+        cp_rate = total / (time.perf_counter() - t) / 1e6
+        g = max(results["grokfetch"])
+        a = max(results["aria2c"])
+        print(f"best of {args.rounds}: grokfetch get --no-utp {g:.1f} MB/s, aria2c {a:.1f} MB/s, "
+              f"ratio {g / a:.2f}x (target >= 1.5x); raw limit cp -r + sync {cp_rate:.1f} MB/s")
+    finally:
+        if tracker is not None:
+            tracker.close()
+        if seeder is not None:
+            seeder.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                seeder.wait(timeout=15)
+            if seeder.poll() is None:
+                seeder.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
