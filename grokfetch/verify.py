@@ -420,7 +420,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
                 )
             )
         if trust.pm is not None:
-            _attach_torrent(out, trust.pm, place, only_unhashed=True)
+            _attach_torrent(out, trust.pm)
         return out
     if trust.pm is not None:
         strip = _strip_for(trust.pm, place)
@@ -456,16 +456,12 @@ def _strip_for(pm: PieceMap, place: _Place) -> int:
     return find_strip(pm.meta, place.root)
 
 
-def _attach_torrent(out: list[_Expect], pm: PieceMap, place: _Place, only_unhashed: bool) -> None:
-    """Match torrent files to expected files by path suffix (the torrent's root name varies)."""
-    by_suffix = {}
-    for f in pm.meta.real_files():
-        by_suffix[f.path] = f
+def _attach_torrent(out: list[_Expect], pm: PieceMap) -> None:
+    """Match torrent files to manifest entries by path suffix (the torrent's root name varies)."""
+    files = pm.meta.real_files()
     for x in out:
-        if only_unhashed and (x.blake3 or x.sha256 or x.chunks):
-            continue
-        for tpath, f in by_suffix.items():
-            if tpath == x.rel or tpath.endswith("/" + x.rel):
+        for f in files:
+            if f.path == x.rel or f.path.endswith("/" + x.rel):
                 x.tfile = f
                 break
 
@@ -665,15 +661,20 @@ def _unverified(x: _Expect, size: int, why: str) -> FileResult:
 
 
 def _torrent_results(
-    xs: list[_Expect], check: PieceCheck, known: dict[str, FileResult], quick: bool
+    xs: list[_Expect],
+    everything: list[_Expect],
+    check: PieceCheck,
+    known: dict[str, FileResult],
+    quick: bool,
 ) -> list[FileResult]:
-    """Per-file verdicts from a piece check, blaming each bad piece on the right file.
+    """Per-file verdicts for ``xs`` from a piece check, blaming bad pieces on the right file.
 
-    A piece that spans a missing or wrong-size file cannot say anything about
-    its neighbours: their bytes in it are reported as unchecked, not as bad.
+    A piece that spans a file already known to be bad (``known``: missing,
+    wrong size, failed its manifest hash) says nothing about its neighbours:
+    their bytes in it are reported as unchecked, not as bad.
     """
     pm = check.pm
-    broken = {x.tfile.index for x in xs if x.tfile is not None and x.rel in known}
+    broken = {x.tfile.index for x in everything if x.tfile is not None and x.rel in known}
     out = []
     for x in xs:
         if x.tfile is None or x.rel in known:
@@ -868,7 +869,10 @@ def verify(
                 jobs=jobs,
                 on_bytes=counter,
             )
-            for r in _torrent_results(by_torrent, check, known, quick):
+            # a file that already failed (missing, wrong size, bad hash) takes the blame
+            # for the pieces it shares with its neighbours
+            bad = {k: r for k, r in results.items() if r.status != OK}
+            for r in _torrent_results(by_torrent, xs, check, bad, quick):
                 results[r.path] = r
     finally:
         bar.close()

@@ -130,3 +130,10 @@ def test_with_a_manifest_the_torrent_vouches_for_the_files_it_has_no_hash_for(co
     assert r.ok and r.content_proven and "torrent" in r.root_of_trust
     assert got[BIG].vouched_by == "blake3"
     assert got["ckpt-0/tensor00001_000"].line() == "ckpt-0/tensor00001_000: OK (torrent)"
+    # a byte flipped in the last, shared piece of the hashed file: the manifest's hash
+    # blames that file, so its neighbours' bytes in the piece are unchecked, not bad
+    flip(root / BIG, 262_300)
+    got = by_path(verify(root, manifest=pinned.with_files(files, pinned=False), torrent=t))
+    assert got[BIG].status == FAILED
+    assert got["ckpt-0/tensor00001_000"].status == UNVERIFIED
+    assert "share torrent pieces" in got["ckpt-0/tensor00001_000"].detail
