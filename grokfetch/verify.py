@@ -67,7 +67,15 @@ from grokfetch.manifest import (
     model_names,
     save_manifest,
 )
-from grokfetch.pieces import PieceCheck, PieceMap, load_piece_map, parallel_map, rel_path
+from grokfetch.pieces import (
+    PieceCheck,
+    PieceMap,
+    find_strip,
+    load_piece_map,
+    parallel_map,
+    rel_path,
+    verify_pieces,
+)
 from grokfetch.progress import NullBar
 from grokfetch.reader import scan
 
@@ -423,7 +431,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
             _attach_torrent(out, trust.pm)
         return out
     if trust.pm is not None:
-        strip = _strip_for(trust.pm, place)
+        strip = find_strip(trust.pm.meta, place.root)
         specs = _layout_specs(place, None)
         for f in trust.pm.meta.real_files():
             rel = rel_path(f, strip)
@@ -448,12 +456,6 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
         _Expect(f"{CKPT_DIR}/{file_name(i)}", place.ckpt_dir / file_name(i), tensor=True)
         for i in range(max(present) + 1 if present else 0)
     ]
-
-
-def _strip_for(pm: PieceMap, place: _Place) -> int:
-    from grokfetch.pieces import find_strip
-
-    return find_strip(pm.meta, place.root)
 
 
 def _attach_torrent(out: list[_Expect], pm: PieceMap) -> None:
@@ -859,12 +861,10 @@ def verify(
         for r in parallel_map(one, order, jobs or os.cpu_count() or 1):
             results[r.path] = r
         if trust.pm is not None and by_torrent:
-            from grokfetch.pieces import verify_pieces
-
             check = verify_pieces(
                 trust.pm,
                 place.root,
-                strip=_strip_for(trust.pm, place),
+                strip=find_strip(trust.pm.meta, place.root),
                 pieces=pieces,
                 jobs=jobs,
                 on_bytes=counter,
@@ -937,7 +937,7 @@ def pin(
     if base is not None:
         entries = list(base.files)
     elif pm is not None:
-        strip = _strip_for(pm, place)
+        strip = find_strip(pm.meta, place.root)
         specs = _layout_specs(place, None)
         entries = []
         for f in pm.meta.real_files():

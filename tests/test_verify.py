@@ -286,3 +286,23 @@ def test_a_packaged_manifest_is_the_fallback_root_of_trust(copy_ckpt, tmp_path, 
     assert got["ckpt-0/tensor00001_000"].status == UNVERIFIED
     assert "no hash for it in the manifest" in got["ckpt-0/tensor00001_000"].detail
     assert "--torrent FILE --pin" in r.advice
+
+
+def test_progress_counts_every_byte_hashed_into_one_bar(mini_ckpt):
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    r = verify(mini_ckpt, progress=Bar, jobs=3)
+    (bar,) = bars
+    assert bar.desc == "verify" and bar.closed
+    assert bar.total == bar.n == r.bytes_hashed == 7_743_948
