@@ -110,6 +110,7 @@ class SmokeReport:
     format: str  # 'original', 'per-tensor bf16 zstd:3', 'sglang bf16', ...
     exact: bool  # weights equal the original's (False for a bf16 copy)
     config: ModelConfig
+    config_source: str  # 'explicit' (--config), 'manifest', 'config.json' or 'inferred'
     mode: str  # 'layer' or 'all'
     layers: tuple[int, ...]
     tokens: tuple[int, ...]  # empty when the layer was fed --input
@@ -139,6 +140,7 @@ class SmokeReport:
             "router_histogram": {str(k): v for k, v in self.router_counts.items()},
             "seconds": round(self.seconds, 3),
             "config": self.config.to_dict(),
+            "config_source": self.config_source,
         }
 
 
@@ -446,6 +448,7 @@ def run_smoke(
         format=weights.format,
         exact=weights.exact,
         config=cfg,
+        config_source=weights.config_source,
         mode="all" if all_layers else "layer",
         layers=tuple(layers),
         tokens=tuple(tokens or ()),

@@ -350,9 +350,10 @@ class ModelWeights:
     layout = "original"
     exact = True
 
-    def __init__(self, root: Path, config: ModelConfig):
+    def __init__(self, root: Path, config: ModelConfig, config_source: str = "explicit"):
         self.root = root
         self.config = config
+        self.config_source = config_source  # 'explicit', 'manifest', 'config.json', 'inferred'
         self.params = {p.module: p for p in param_list(config)}
         self._sources: OrderedDict[Path, ByteSource] = OrderedDict()
 
@@ -487,8 +488,8 @@ class OriginalWeights(ModelWeights):
 
     layout = "original"
 
-    def __init__(self, root: Path, ckpt_dir: Path, config: ModelConfig):
-        super().__init__(root, config)
+    def __init__(self, root: Path, ckpt_dir: Path, config: ModelConfig, config_source: str):
+        super().__init__(root, config, config_source)
         self.ckpt_dir = ckpt_dir
 
     def path(self, spec: ParamSpec) -> Path:
@@ -522,8 +523,10 @@ class PerTensorWeights(ModelWeights):
 
     layout = "per-tensor"
 
-    def __init__(self, root: Path, config: ModelConfig, files: dict[str, str], repack: dict):
-        super().__init__(root, config)
+    def __init__(
+        self, root: Path, config: ModelConfig, source: str, files: dict[str, str], repack: dict
+    ):
+        super().__init__(root, config, source)
         self.files = files  # module path -> file relative to root
         self.repack = repack
         self.exact = repack.get("dtype", "keep") != "bf16"
@@ -575,8 +578,10 @@ class SglangWeights(ModelWeights):
 
     layout = "sglang"
 
-    def __init__(self, root: Path, config: ModelConfig, weight_map: dict[str, str], dtype: str):
-        super().__init__(root, config)
+    def __init__(
+        self, root: Path, config: ModelConfig, source: str, weight_map: dict[str, str], dtype: str
+    ):
+        super().__init__(root, config, source)
         self.weight_map = weight_map
         self.dtype = dtype
         self.exact = dtype != "bf16"
@@ -695,10 +700,12 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
     manifest = load_manifest(manifest_path) if manifest_path.is_file() else None
     if manifest is not None and manifest.repack is not None or (root / INDEX_NAME).is_file():
         repack = dict(manifest.repack or {}) if manifest is not None else {"layout": "sglang"}
-        if config is None and manifest is not None:
-            config = manifest.config
+        source = "explicit"
+        if config is None and manifest is not None and manifest.config is not None:
+            config, source = manifest.config, "manifest"
         if config is None and (root / "config.json").is_file():
             config = ModelConfig.from_dict(_hf_config(_read_json(root / "config.json")))
+            source = "config.json"
         if config is None:
             raise UsageError(
                 f"{root}: no model config in the manifest or config.json (pass --config)"
@@ -708,12 +715,13 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict):
                 raise UsageError(f"{root / INDEX_NAME}: no weight_map")
-            return SglangWeights(root, config, weight_map, str(repack.get("dtype", "bf16")))
+            dtype = str(repack.get("dtype", "bf16"))
+            return SglangWeights(root, config, source, weight_map, dtype)
         if manifest is None:  # pragma: no cover - excluded above
             raise UsageError(f"{root}: no manifest")
         files = {f.param: f.path for f in manifest.files if f.param}
-        return PerTensorWeights(root, config, files, repack)
+        return PerTensorWeights(root, config, source, files, repack)
     from grokfetch.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(root, config=config)
-    return OriginalWeights(ckpt.root, ckpt.ckpt_dir, ckpt.config)
+    return OriginalWeights(ckpt.root, ckpt.ckpt_dir, ckpt.config, ckpt.config_source)

@@ -19,15 +19,29 @@ from grokfetch.smoke import (
 BAR_WIDTH = 30
 
 
+_CONFIG_SOURCES = {
+    "explicit": "from --config",
+    "manifest": "from the manifest",
+    "config.json": "from config.json",
+}
+
+
 def _header(r: SmokeReport) -> str:
     cfg = r.config
     what = f"all {cfg.num_layers} layers" if r.mode == "all" else f"layer {r.layers[0]}"
-    feed = f"{len(r.tokens)} tokens {list(r.tokens)}" if r.tokens else "the --input states"
-    if r.mode == "layer" and "h_in" in r.outputs and not r.tokens:
+    if r.tokens:
+        feed = f"{len(r.tokens)} tokens {list(r.tokens)}"
+    else:
         feed = f"--input ({r.outputs['h_in'].shape[0]} positions)"
+    source = _CONFIG_SOURCES.get(
+        r.config_source,
+        f"inferred from the file shapes, key_size {cfg.key_size} assumed (the files do not "
+        "record it; pass --config if it is wrong)",
+    )
     return (
         f"{r.path} ({r.format}; {cfg.num_layers} layers, emb {cfg.emb_size}, "
-        f"{cfg.num_experts} experts)\n{what} on {feed}: {r.seconds:.2f} s"
+        f"{cfg.num_q_heads}x{cfg.key_size} query heads, {cfg.num_experts} experts; config "
+        f"{source})\n{what} on {feed}: {r.seconds:.2f} s"
     )
 
 
