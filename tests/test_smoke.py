@@ -134,6 +134,15 @@ def test_each_layer_fed_the_reference_input_matches_the_official_code(tmp_path):
     check_each_layer_against_golden(GOLDEN, tmp_path, "--config", GOLDEN_CONFIG)
 
 
+def test_config_takes_a_json_object_with_the_official_field_names(tmp_path):
+    official = json.loads(GOLDEN_CONFIG.read_text())["meta"]["config"]
+    (tmp_path / "config.json").write_text(json.dumps(official))
+    code, output = run(GOLDEN, "--config", tmp_path / "config.json", "--json")
+    assert code == 0, output
+    report = json.loads(output)
+    assert report["config"]["key_size"] == 16 and report["config_source"] == "explicit"
+
+
 def test_multipliers_are_the_exact_constants_not_their_bf16_roundings(tmp_path):
     # The official code effectively multiplies by bf16(78.38...) = 78.5; we use the exact
     # value (README: costs ~0.15%, well inside the tolerances checked above).
