@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +46,13 @@ import numpy as np
 
 from grokfetch import __version__
 from grokfetch.checkpoint import Checkpoint, compare, open_checkpoint
-from grokfetch.errors import CheckpointFormatError, GrokfetchError, Interrupted, UsageError
+from grokfetch.errors import (
+    CheckpointFormatError,
+    DiskError,
+    GrokfetchError,
+    Interrupted,
+    UsageError,
+)
 from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
 from grokfetch.layout import ModelConfig, ParamSpec, parse_layer_spec
@@ -579,6 +586,7 @@ def repack(
             if good:
                 done[o.rel] = entry
     todo = [o for o in plan.outputs if o.rel not in done]
+    _check_space(dest_path, todo, level)
 
     journal = _Journal(dest_path / JOURNAL_NAME, settings, chunk_size)
     journal.add(*done.values(), *kept.values())  # complete even if this run is killed too
@@ -619,6 +627,15 @@ def repack(
         payload_total=sum(o.payload for o in plan.outputs),
         seconds=time.monotonic() - t0,
     )
+
+
+def _check_space(dest: Path, todo: list[Output], level: int | None) -> None:
+    """Refuse up front rather than fill the disk half-way (compressed sizes are unknown)."""
+    need = sum(o.payload for o in todo)
+    free = shutil.disk_usage(dest).free
+    if level is None and need > free:
+        raise DiskError(f"{dest}: needs {need / 1e9:.1f} GB for {len(todo)} output files, "
+                        f"only {free / 1e9:.1f} GB free")
 
 
 def _describe(s: dict[str, Any]) -> str:

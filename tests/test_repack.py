@@ -271,3 +271,17 @@ def test_layer_runs_add_up_in_one_dest(mini_ckpt, tmp_path):
     assert {e.layer for e in m.files if e.layer is not None} == {0, 1, 2}
     assert len([e for e in m.files if e.param]) == 2 + 3 * 12
     assert_manifest_verifies(dest)
+
+
+def test_not_enough_space_is_refused_before_writing(mini_ckpt, tmp_path, monkeypatch):
+    import shutil
+
+    from grokfetch import repack as repack_mod
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(repack_mod.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=1_000_000))
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(tmp_path / "full")])
+    assert r.exit_code == 5
+    assert "needs 0.0 GB for 146 output files, only 0.0 GB free" in r.stderr
+    assert not list((tmp_path / "full").rglob("*.safetensors"))
