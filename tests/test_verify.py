@@ -151,9 +151,13 @@ def test_quick_checks_sizes_and_a_sample_of_chunks(copy_ckpt):
     r = verify(root, quick=True, seed=1)
     assert r.ok and not r.content_proven
     assert r.bytes_hashed < load_manifest(root / MANIFEST_NAME).total_size
-    assert "quick: size and 3 of 5 chunks" in by_path(r)[BIG].detail
-    flip(root / BIG, 10)  # the first chunk is always sampled
+    assert "quick: size and 2 of 5 chunks" in by_path(r)[BIG].detail
+    flip(root / BIG, 1000)  # in the payload of the first chunk, which is always sampled
     assert by_path(verify(root, quick=True))[BIG].bad_ranges == [(0, CHUNK - 1)]
+    zeroed = root / "ckpt-0/tensor00002_000"
+    zeroed.write_bytes(bytes(zeroed.stat().st_size))  # preallocated, never written
+    got = by_path(verify(root, quick=True))["ckpt-0/tensor00002_000"]
+    assert got.status == FAILED and "zero" in got.detail
 
 
 def test_sha256_vouches_where_the_manifest_has_it(copy_ckpt, tmp_path):
