@@ -87,8 +87,9 @@ def verify_cmd(
     \b
     Roots of trust, in order: --manifest; the pinned manifest in FOLDER
     (grokfetch-manifest.json); the torrent (--torrent, or the .torrent that
-    `grokfetch get` saved). Files no hash covers still get size and structure
-    checks, reported as UNVERIFIED.
+    `grokfetch get` saved); failing those, the packaged manifest of the model
+    (grok-1: every size, SHA-256 for 34 files). Files no hash covers still get
+    size and structure checks, reported as UNVERIFIED, with how to fix that.
 
     \b
     Exit codes: 0 all good, 1 problems found, 2 could not run.
