@@ -10,6 +10,7 @@ has, ~3.5 GB in all), warms the page cache, then times in one run, best of
 * ``b3sum --check`` (Debian package b3sum) and ``sha256sum --check`` on the
   same files - the same job: hash every file, compare with a list;
 * ``pin`` (whole-file and chunk BLAKE3 together, what ``get`` runs once);
+* ``verify --torrent``: SHA-1 of 16 MiB pieces across file boundaries;
 
 and prints GB/s, the ratio to b3sum, and the CLI's peak RSS (target: under
 200 MB).  The data is deleted afterwards.
@@ -30,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from grokfetch.manifest import FileEntry, Manifest  # noqa: E402
+from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest  # noqa: E402
+from grokfetch.metainfo import build_torrent  # noqa: E402
 from grokfetch.verify import pin, verify  # noqa: E402
 
 # (count, bytes each): the real checkpoint's sizes (GROK1_FORMAT.md), fewer of each.
@@ -116,6 +118,23 @@ def main() -> None:
                              capture_output=True).stdout
         (root / "sums.sha256").write_bytes(sha)
 
+        # a v1 torrent of the same files, 16 MiB pieces (pieces span file boundaries)
+        torrent = root.parent / "grokfetch-bench-verify.torrent"
+        torrent.write_bytes(build_torrent(root, piece_size=16 << 20))
+
+        def lib_torrent() -> tuple[float, int]:
+            # the pinned manifest would take precedence: move it aside meanwhile
+            aside = root.parent / "grokfetch-bench-verify.manifest.json"
+            (root / MANIFEST_NAME).rename(aside)
+            try:
+                t0 = time.perf_counter()
+                r = verify(root, torrent=torrent)
+                dt = time.perf_counter() - t0
+            finally:
+                aside.rename(root / MANIFEST_NAME)
+            assert r.summary["OK"] == len(paths), r.summary
+            return dt, 0
+
         def lib() -> tuple[float, int]:
             t0 = time.perf_counter()
             r = verify(root, strict=False)
@@ -132,6 +151,7 @@ def main() -> None:
             ("sha256sum --check", best(lambda: timed(["sha256sum", "--check", "sums.sha256"],
                                                      root), args.repeat)),
             ("grokfetch pin (blake3 + chunks)", (t_pin, 0)),
+            ("grokfetch verify --torrent (SHA-1)", best(lib_torrent, args.repeat)),
         ]
         ref = rows[0][1][0]
         print(f"\n{'tool':34s} {'seconds':>8s} {'GB/s':>7s} {'vs b3sum':>9s} {'peak RSS':>9s}")
@@ -142,6 +162,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+            (root.parent / "grokfetch-bench-verify.torrent").unlink(missing_ok=True)
 
 
 def _t(fn) -> float:  # type: ignore[no-untyped-def]
