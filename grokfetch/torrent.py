@@ -40,7 +40,7 @@ from typing import Any
 import libtorrent as lt
 
 from grokfetch import __version__, metainfo
-from grokfetch.errors import DiskError, Interrupted, TorrentError, UsageError
+from grokfetch.errors import DiskError, GrokfetchError, Interrupted, TorrentError, UsageError
 from grokfetch.fsutil import atomic_write_bytes, inside
 from grokfetch.metainfo import TorrentMeta, make_torrent
 
@@ -357,6 +357,11 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _listen_text(ses: Any, net: NetOptions) -> str:
+    host = parse_hostport(net.listen.split(",")[0], "--listen", allow_zero=True)[0]
+    return f"{host}:{ses.listen_port()}"
+
+
 def _host_for_magnet(listen_host: str) -> str:
     if listen_host not in ("", "0.0.0.0", "::"):
         return listen_host
@@ -529,6 +534,7 @@ def download(
     h = None
     try:
         h = ses.add_torrent(atp)
+        say(f"listening on {_listen_text(ses, net)}")
         for addr in peer_addrs:
             h.connect_peer(addr)
         atomic_write_bytes(marker, str(os.getpid()).encode())
@@ -541,7 +547,7 @@ def download(
         raise Interrupted(
             f"interrupted; state saved in {state_dir}: rerun the same command to continue"
         ) from None
-    except DiskError:
+    except GrokfetchError:  # disk full, --timeout, bad metadata: keep what we have
         _stop_and_save(run, ses, h, marker)
         raise
     finally:
@@ -906,12 +912,14 @@ class Seeder:
         deadline = None if check_timeout is None else time.monotonic() + check_timeout
         if not lazy:
             self.say(f"checking {_human(meta.total_size)} against the torrent's piece hashes")
-        while True:
-            st = self.h.status()
+        checked = False  # status is not to be trusted before torrent_checked_alert
+        while not checked:
             for a in self.ses.pop_alerts():
                 if isinstance(a, lt.listen_failed_alert):
                     raise TorrentError(f"cannot listen: {a.message()}")
-            if st.state in (_S.seeding, _S.finished, _S.downloading) and st.has_metadata:
+                if isinstance(a, lt.torrent_checked_alert):
+                    checked = True
+            if checked:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TorrentError(f"{save}: checking did not finish in time")

@@ -124,7 +124,8 @@ def test_include_glob_selects_by_path(tmp_path: Path, source: Path, seeder: Seed
 
 
 @pytest.mark.slow
-def test_resume_after_sigint_downloads_only_the_rest(tmp_path: Path, source: Path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_resume_after_interrupt_downloads_only_the_rest(tmp_path: Path, source: Path, sig: int):
     dest = tmp_path / "dl"
     with SeederProc(source, "--max-upload-rate", "1M") as slow:
         args = ["--dest", str(dest), *manifest_arg(source), "--timeout", "30"]
@@ -132,7 +133,7 @@ def test_resume_after_sigint_downloads_only_the_rest(tmp_path: Path, source: Pat
             ev = g.wait_for(lambda e: e.get("event") == "progress"
                             and e["wanted"] > 0 and e["wanted_done"] > e["wanted"] // 4,
                             30, "a quarter of the data")
-            g.signal(signal.SIGINT)
+            g.signal(sig)  # Ctrl-C, or a scheduler stopping the job
             assert g.wait(10) == 130, g.stderr
             assert "state saved" in g.stderr
             done_before = g.progress()[-1]["wanted_done"]

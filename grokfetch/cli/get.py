@@ -17,7 +17,6 @@ import contextlib
 import json
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,12 +67,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 class Renderer:
     """Turns torrent callbacks into a tqdm bar, JSON lines, or nothing."""
 
-    def __init__(self, quiet: bool, json_progress: bool, interval: float = 1.0) -> None:
+    def __init__(self, quiet: bool, json_progress: bool) -> None:
         self.quiet = quiet
         self.json = json_progress
-        self.interval = interval
         self.bar: Any = None
-        self.last_json = 0.0
 
     def emit(self, obj: dict[str, Any]) -> None:
         click.echo(json.dumps(obj, default=str))
@@ -89,11 +86,8 @@ class Renderer:
                 click.echo(text, err=True)
 
     def progress(self, p: torrent.Progress) -> None:
-        if self.json:
-            now = time.monotonic()
-            if now - self.last_json >= self.interval or p.state == "seeding":
-                self.emit({"event": "progress", **p.to_dict()})
-                self.last_json = now
+        if self.json:  # the library calls once a second (progress_interval)
+            self.emit({"event": "progress", **p.to_dict()})
             return
         if self.quiet or p.wanted <= 0:
             return
@@ -209,6 +203,7 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
                 seed_ratio=seed_ratio,
                 resume_interval=resume_interval,
                 timeout=timeout,
+                progress_interval=1.0 if json_progress else 0.25,
                 on_progress=r.progress,
                 on_message=r.message,
             )
