@@ -232,8 +232,11 @@ def _locate(path: str | os.PathLike[str]) -> _Place:
     if not p.is_dir():
         raise UsageError(f"{p}: not a folder")
     if (p / MANIFEST_NAME).is_file():  # a pinned checkpoint root or a repack output
-        ckpt = p / CKPT_DIR
-        return _Place(p, ckpt if ckpt.is_dir() else None)
+        if (p / CKPT_DIR).is_dir():
+            return _Place(p, p / CKPT_DIR)
+        if (p / file_name(0)).exists():  # pinned inside a tensor folder named otherwise
+            return _Place(p, p)
+        return _Place(p, None)
     if p.name == CKPT_DIR and (p.parent / MANIFEST_NAME).is_file():
         return _Place(p.parent, p)
     try:

@@ -266,6 +266,13 @@ def test_files_in_a_differently_named_tensor_folder_are_found(copy_ckpt, tmp_pat
     shutil.copytree(root / "ckpt-0", other)
     r = verify(other, manifest=manifest)
     assert r.ok and r.summary[OK] == 146
+    # pinned there, it is found there next time, under the same manifest names
+    (other / "tensor00004_000").unlink()
+    kept = [f for f in manifest.files if f.path != "ckpt-0/tensor00004_000"]
+    pin(other, base=manifest.with_files(kept))
+    assert (other / MANIFEST_NAME).is_file()
+    r = verify(other)
+    assert r.ok and r.summary[OK] == 145 and r.files[0].path == BIG
 
 
 def test_a_packaged_manifest_is_the_fallback_root_of_trust(copy_ckpt, tmp_path, monkeypatch):
