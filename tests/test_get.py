@@ -321,3 +321,24 @@ def test_disk_full_stops_with_path_and_rerun_continues(small_disk, source: Path,
     assert again.proc.returncode == 0, again.stderr
     assert ckpt_files(dest) == ckpt_files(source)
     assert again.result()["downloaded"] < again.result()["wanted"]  # kept what fitted
+
+
+def test_library_download_reports_through_callbacks(tmp_path: Path, source: Path,
+                                                    seeder: SeederProc):
+    """The API the CLI (and the demo) render: callbacks in, a frozen result out."""
+    seen: list[torrent.Progress] = []
+    said: list[str] = []
+    result = torrent.download(
+        seeder.bare_magnet, tmp_path / "dl", peers=[seeder.peer],
+        manifest=source / "grokfetch-manifest.json", include=["tensor0000[0-3]_000"],
+        net=torrent.NetOptions(listen="127.0.0.1:0", dht=False, utp=False),
+        progress_interval=0.05, timeout=30, on_progress=seen.append, on_message=said.append)
+    assert isinstance(result, torrent.DownloadResult)
+    with pytest.raises(AttributeError):
+        result.wanted = 0  # type: ignore[misc]
+    assert result.files == 4 and result.torrent_path == tmp_path / "dl" / "ckpt-0.torrent"
+    assert result.wanted == sum((source / "ckpt-0" / f"tensor0000{i}_000").stat().st_size
+                                for i in range(4))
+    assert seen[-1].state == "seeding" and seen[-1].wanted_done == seen[-1].wanted
+    assert seen[0].state in ("metadata", "downloading")
+    assert any(m.startswith("ckpt-0: 4 of ") for m in said)
