@@ -24,7 +24,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -647,14 +647,15 @@ def _shape_of(cfg: ModelConfig) -> dict[str, Any]:
 def smoke_compare(
     path: str | os.PathLike[str],
     other: str | os.PathLike[str],
+    run: Callable[[ModelWeights, str], SmokeReport],
     *,
     config: ModelConfig | None = None,
-    **kwargs: Any,
 ) -> tuple[SmokeReport, SmokeReport, Comparison]:
-    """Smoke ``path`` (the reference) and ``other`` on the same input and compare them."""
+    """``run`` (a ``run_smoke`` with its options bound) on ``path`` (the reference) and on
+    ``other``; returns both reports and their comparison."""
     with open_weights(path, config) as wb, open_weights(other, config) as wa:
-        rb = run_smoke(wb, str(path), **kwargs)
-        ra = run_smoke(wa, str(other), **kwargs)
+        rb = run(wb, str(path))
+        ra = run(wa, str(other))
         if _shape_of(ra.config) != _shape_of(rb.config):
             raise UsageError(f"compare: {other} and {path} have different model configs")
         return rb, ra, compare(ra, rb, compare_weights(wa, wb, rb))

@@ -319,7 +319,7 @@ def test_usage_errors_exit_2_with_one_line(mini_ckpt, args, message):
     assert message in output
 
 
-def test_input_must_be_tokens_by_width(mini_ckpt, tmp_path):
+def test_input_must_be_tokens_by_width_and_replaces_the_tokens(mini_ckpt, tmp_path):
     np.save(tmp_path / "h.npy", np.zeros((3, 64), np.float32))
     code, output = run(mini_ckpt, "--input", tmp_path / "h.npy")
     assert code == 2
@@ -327,6 +327,9 @@ def test_input_must_be_tokens_by_width(mini_ckpt, tmp_path):
     code, output = run(mini_ckpt, "--all", "--input", tmp_path / "h.npy")
     assert code == 2
     assert "--input feeds one layer" in output
+    code, output = run(mini_ckpt, "--tokens", "1,2,3", "--input", tmp_path / "h.npy")
+    assert code == 2
+    assert "Error: --input replaces the tokens' embeddings; drop --tokens" in output
 
 
 def test_an_sglang_folder_without_our_manifest_is_read_with_its_config_json(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from grokfetch.cli.base import cli, echo_json
@@ -11,10 +13,11 @@ from grokfetch.smoke import (
     Comparison,
     SmokeReport,
     parse_tokens,
+    run_smoke,
     save_outputs,
-    smoke,
     smoke_compare,
 )
+from grokfetch.weights import open_weights
 
 BAR_WIDTH = 30
 
@@ -156,20 +159,23 @@ def smoke_cmd(
         raise UsageError("--layer and --all exclude each other")
     if input_path and all_layers:
         raise UsageError("--input feeds one layer; it cannot be combined with --all")
+    if input_path and tokens is not None:
+        raise UsageError("--input replaces the tokens' embeddings; drop --tokens")
     config = load_config_option(config_path)
     token_list = parse_tokens(tokens) if tokens is not None else None
-    kwargs = dict(
+    run = functools.partial(
+        run_smoke,
         layer=0 if layer is None else layer,
         all_layers=all_layers,
         tokens=token_list,
         hidden=input_path,
-        config=config,
     )
     other_report = comparison = None
     if other:
-        report, other_report, comparison = smoke_compare(ckpt, other, **kwargs)
+        report, other_report, comparison = smoke_compare(ckpt, other, run, config=config)
     else:
-        report = smoke(ckpt, **kwargs)  # type: ignore[arg-type]
+        with open_weights(ckpt, config) as weights:
+            report = run(weights, ckpt)
     if save_path:
         save_outputs(report, save_path)
     ok = (
