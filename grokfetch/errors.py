@@ -14,6 +14,7 @@ EXIT_USAGE = 2  # could not run: bad arguments, unreadable or malformed manifest
 EXIT_BAD_CHECKPOINT = 3  # a checkpoint file failed the safe reader's checks
 EXIT_TORRENT = 4  # torrent / network problem (bad metadata, torrent disagrees with manifest)
 EXIT_DISK = 5  # not enough free space, disk full or I/O error while writing
+EXIT_INTERNAL = 70  # a bug: an unexpected exception (GROKFETCH_DEBUG=1 shows the traceback)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM (state saved where applicable)
 
 

@@ -13,6 +13,7 @@ from grokfetch.cli import repack as _repack  # noqa: E402,F401
 from grokfetch.cli import get as _get  # noqa: E402,F401
 from grokfetch.cli import smoke as _smoke  # noqa: E402,F401
 from grokfetch.cli import verify as _verify  # noqa: E402,F401
+from grokfetch.cli import demo as _demo  # noqa: E402,F401
 from grokfetch.cli.base import cli
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from grokfetch import __version__
-from grokfetch.errors import EXIT_INTERRUPTED, GrokfetchError
+from grokfetch.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GrokfetchError
 
 
 class GrokfetchGroup(click.Group):
@@ -35,6 +35,15 @@ class GrokfetchGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # a bug: still one line, and a way to see more
+            if os.environ.get("GROKFETCH_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"Error: internal error ({type(e).__name__}: {e}); this is a bug in "
+                       "grokfetch - rerun with GROKFETCH_DEBUG=1 for the traceback and report it",
+                       err=True)
+            ctx.exit(EXIT_INTERNAL)
 
 
 @click.group(cls=GrokfetchGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +59,7 @@ def cli() -> None:
       3    a checkpoint file failed the safe reader's checks
       4    torrent or network problem
       5    not enough disk space, disk full or I/O error
+      70   internal error (a bug in grokfetch; GROKFETCH_DEBUG=1 shows the traceback)
       130  interrupted (Ctrl-C / SIGTERM); state was saved where it applies
 
     Set GROKFETCH_DEBUG=1 to see a traceback instead of the one-line error.
