@@ -491,6 +491,7 @@ class OriginalWeights(ModelWeights):
     def __init__(self, root: Path, ckpt_dir: Path, config: ModelConfig, config_source: str):
         super().__init__(root, config, config_source)
         self.ckpt_dir = ckpt_dir
+        self._scans: dict[Path, Any] = {}
 
     def path(self, spec: ParamSpec) -> Path:
         return self.ckpt_dir / Path(spec.file).name
@@ -504,7 +505,9 @@ class OriginalWeights(ModelWeights):
         path = self.path(spec)
         if not path.is_file():
             raise CheckpointFormatError(path, None, f"missing (holds {spec.module})")
-        pf = reader.scan(path)
+        if path not in self._scans:  # the opcode walk reads only the pickle framing
+            self._scans[path] = reader.scan(path)
+        pf = self._scans[path]
         if pf.kind != spec.kind:
             raise CheckpointFormatError(
                 path, None, f"holds a {pf.kind}, {spec.module} is {spec.kind}"
