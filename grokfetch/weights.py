@@ -415,6 +415,12 @@ class ModelWeights:
         _check_shape(spec.module, arrays["weight"], want)
         if "scales" in arrays:
             _check_shape(spec.module + " scales", arrays["scales"], spec.array("scales").shape)
+            if arrays["weight"].dtype != np.int8:
+                raise CheckpointFormatError(
+                    arrays["weight"].path,
+                    None,
+                    f"{spec.module}: weight is {arrays['weight'].dtype} beside scales, not int8",
+                )
         return arrays
 
     @staticmethod
