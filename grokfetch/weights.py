@@ -252,10 +252,11 @@ class RowMatrix:
         k, n = self.shape
         size = k // (self.groups or 1)
         for k0, k1 in row_blocks(k, n, self.groups):
-            block = self.weight.rows(k0, k1).astype(np.float32)  # (k1-k0, N)
-            if self.scales is not None:
-                block *= self.scales[k0 // size]  # exact: 8 x 8 significant bits
-            yield k0, k1, block
+            rows = self.weight.rows(k0, k1)  # (k1-k0, N) as stored
+            if self.scales is None:
+                yield k0, k1, rows.astype(np.float32)
+            else:  # int8 x float32 in one pass; exact: 8 x 8 significant bits
+                yield k0, k1, np.multiply(rows, self.scales[k0 // size], dtype=np.float32)
 
 
 @dataclass(frozen=True)
