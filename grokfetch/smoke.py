@@ -13,9 +13,10 @@ some tokens, or on hidden states from elsewhere) or the whole model through
 * every expert's dequantized weights, and every other weight of the layers
   run, are finite and not all zero (read block by block; named on failure).
 
-``compare`` runs the same input through two copies (say, original and
-repacked) and reports the largest difference: exact copies must agree bit
-for bit, bf16 copies within bf16 rounding.
+``smoke_compare`` runs the same input through two copies (say, original
+and repacked), compares every weight the run used and every output, and
+reports the largest difference: exact copies must agree bit for bit, bf16
+copies within bf16 rounding.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def load_hidden(path: str | os.PathLike[str], emb_size: int) -> np.ndarray:
         h = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: not a readable .npy array: {e}") from None
+    if not isinstance(h, np.ndarray):  # an .npz archive
+        raise UsageError(f"{path}: an .npz archive; --input takes one .npy array")
     if h.ndim != 2 or h.shape[1] != emb_size or h.shape[0] == 0:
         raise UsageError(f"{path}: shape {h.shape}, expected [tokens, {emb_size}]")
     if not np.issubdtype(h.dtype, np.floating):

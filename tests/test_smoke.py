@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import GOLDEN
+from hypothesis import given
+from hypothesis import strategies as st
 
 from grokfetch import reader
 from grokfetch.checkpoint import open_checkpoint
@@ -25,6 +27,7 @@ from grokfetch.cli import cli
 from grokfetch.layout import ModelConfig
 from grokfetch.pickle_writer import ArrayData, write_param_file
 from grokfetch.repack import repack
+from grokfetch.smoke import parse_tokens
 
 GOLDEN_CONFIG = GOLDEN / "layout.json"  # meta.config: key_size 16 is not in the shapes
 TOKENS = json.loads((GOLDEN / "tokens.json").read_text())
@@ -330,6 +333,10 @@ def test_input_must_be_tokens_by_width_and_replaces_the_tokens(mini_ckpt, tmp_pa
     code, output = run(mini_ckpt, "--tokens", "1,2,3", "--input", tmp_path / "h.npy")
     assert code == 2
     assert "Error: --input replaces the tokens' embeddings; drop --tokens" in output
+    np.savez(tmp_path / "h.npz", h=np.zeros((3, 128), np.float32))
+    code, output = run(mini_ckpt, "--input", tmp_path / "h.npz")
+    assert code == 2
+    assert "an .npz archive; --input takes one .npy array" in output
 
 
 def test_an_sglang_folder_without_our_manifest_is_read_with_its_config_json(
@@ -357,3 +364,9 @@ def test_copies_of_different_models_cannot_be_compared(mini_ckpt):
     code, output = run(mini_ckpt, "--compare", GOLDEN)
     assert code == 2
     assert "have different model configs" in output
+
+
+@given(st.lists(st.integers(0, 2**40), min_size=1, max_size=20))
+def test_token_lists_round_trip(tokens):
+    assert parse_tokens(",".join(map(str, tokens))) == tokens
+    assert parse_tokens(", ".join(map(str, tokens)) + ",") == tokens
