@@ -108,15 +108,19 @@ def _print_comparison(c: Comparison) -> None:
 @click.option(
     "--layer",
     type=int,
+    metavar="N",
     default=None,
     help="Run decoder layer N alone on the scaled embeddings (default 0); needs only "
     "the embedding and that layer's files.",
 )
 @click.option("--all", "all_layers", is_flag=True, help="Run the whole model, up to the logits.")
-@click.option("--tokens", help="Comma-separated token ids (default: 8 spread-out ids).")
+@click.option(
+    "--tokens", metavar="IDS", help="Comma-separated token ids (default: 8 spread-out ids)."
+)
 @click.option(
     "--input",
     "input_path",
+    metavar="HIDDEN.npy",
     type=click.Path(exists=True, dir_okay=False),
     help="With --layer: feed these [T, emb] hidden states (.npy) to the layer.",
 )
@@ -129,12 +133,14 @@ def _print_comparison(c: Comparison) -> None:
 @click.option(
     "--save",
     "save_path",
+    metavar="OUT.npz",
     type=click.Path(dir_okay=False),
     help="Write the inputs and outputs to an .npz (the golden set's key names).",
 )
 @click.option(
     "--compare",
     "other",
+    metavar="OTHER",
     type=click.Path(exists=True),
     help="Also run OTHER (e.g. a repack) on the same input and report the largest difference.",
 )
