@@ -24,11 +24,14 @@ then of the compressed bytes, i.e. of the file on disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import mmap
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
@@ -65,6 +68,8 @@ _DTYPE_NAMES = {
 }
 
 COPY_BLOCK = 8 << 20  # raw copies: 8 MiB reads beat copy_file_range here (and we must hash)
+HASH_LAG = 2  # blocks the hashing thread may lag behind the writes (0: hash inline)
+WRITEBACK_WINDOW = 64 << 20  # start writeback every this many bytes (0: leave it to the kernel)
 # Dequantization block: 1 Mi values (4 MiB of float32 scratch) measured fastest here -
 # small enough that the cast, multiply and round passes run from cache.
 BLOCK_ELEMENTS = 1 << 20
@@ -246,30 +251,72 @@ class StreamDigest:
 
 
 class _HashingSink:
-    """A write-only file object that hashes what passes through it (zstd writes here)."""
+    """A write-only file object that hashes what passes through it (zstd writes here).
+
+    Hashing runs on a helper thread (BLAKE3 releases the GIL) while this
+    thread reads and writes the next blocks, at most HASH_LAG blocks behind:
+    callers may reuse a block's buffer once HASH_LAG + 1 more blocks were
+    written (``_copy_blocks`` keeps a ring of HASH_LAG + 2 buffers).
+
+    Every WRITEBACK_WINDOW bytes it also asks the kernel to start writing the
+    data out and to drop what is already on disk from the page cache
+    (POSIX_FADV_DONTNEED), so the final fsync has little left to wait for and
+    hundreds of GB of output do not push the source out of the cache.
+    """
 
     def __init__(self, f: IO[bytes], digest: StreamDigest):
         self.f = f
         self.digest = digest
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hash") if HASH_LAG else None
+        self.pending: deque[Future[None]] = deque()
+        self.pos = 0
+        self.advised = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        self.digest.update(data)
         self.f.write(data)
-        return len(data)
+        n = len(data)
+        self.pos += n
+        if self.pool is None:
+            self.digest.update(data)
+        else:
+            self.pending.append(self.pool.submit(self.digest.update, data))
+            while len(self.pending) > HASH_LAG:
+                self.pending.popleft().result()
+        if WRITEBACK_WINDOW and self.pos - self.advised >= WRITEBACK_WINDOW:
+            self.f.flush()
+            start = max(0, self.advised - WRITEBACK_WINDOW)  # the previous window is clean now
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(self.f.fileno(), start, self.pos - start,
+                                 os.POSIX_FADV_DONTNEED)
+            self.advised = self.pos
+        return n
 
     def flush(self) -> None:
         self.f.flush()
 
+    def finish(self) -> None:
+        """Wait for the hashing to catch up (raises its error, if any) and stop the helper."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
 
 def _copy_blocks(src: SourceArray, begin: int, nbytes: int) -> Iterator[memoryview]:
     """The raw bytes [begin, begin + nbytes) of the source file, in COPY_BLOCK pieces."""
-    buf = bytearray(min(COPY_BLOCK, max(nbytes, 1)))
-    view = memoryview(buf)
+    size = min(COPY_BLOCK, max(nbytes, 1))
+    # A ring of buffers: the sink may still be hashing the last HASH_LAG blocks.
+    ring = [memoryview(bytearray(size)) for _ in range(min(HASH_LAG + 2, -(-nbytes // size) or 1))]
     fd = os.open(src.path, os.O_RDONLY)
     try:
         done = 0
+        i = 0
         while done < nbytes:
-            want = min(len(buf), nbytes - done)
+            view = ring[i % len(ring)]
+            i += 1
+            want = min(size, nbytes - done)
             got = os.preadv(fd, [view[:want]], begin + done)
             if got <= 0:
                 raise CheckpointFormatError(src.path, begin + done, "file ends inside a tensor")
@@ -454,17 +501,17 @@ def write_safetensors(
     digest = StreamDigest(chunk_size)
     payload = 0
     try:
-        with atomic_write(path, "wb") as f:
+        with atomic_write(path, "wb") as f, contextlib.ExitStack() as stack:
+            hashing = _HashingSink(f, digest)
+            stack.callback(hashing.finish)
             if compress_level is None:
-                sink: Any = _HashingSink(f, digest)
+                sink: Any = hashing
                 cctx_writer = None
             else:
                 import zstandard
 
                 cctx = zstandard.ZstdCompressor(level=compress_level, threads=-1)
-                cctx_writer = cctx.stream_writer(
-                    _HashingSink(f, digest), closefd=False, write_return_read=True
-                )
+                cctx_writer = cctx.stream_writer(hashing, closefd=False, write_return_read=True)
                 sink = cctx_writer
             sink.write(head)
             for t in ordered:
@@ -482,6 +529,7 @@ def write_safetensors(
                 payload += written
             if cctx_writer is not None:
                 cctx_writer.close()  # ends the frame; closefd=False keeps f for the fsync
+            stack.close()  # all bytes hashed before the file is renamed into place
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
             raise DiskError(f"{path}: {e.strerror}") from e
