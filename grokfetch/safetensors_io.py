@@ -229,8 +229,16 @@ class StreamDigest:
         self.chunks: list[str] = []
 
     def update(self, data: bytes | memoryview) -> None:
+        self.update_whole(data)
+        self.update_chunks(data)
+
+    def update_whole(self, data: bytes | memoryview) -> None:
+        """The whole-file half of ``update`` (the halves may run on two threads, in order)."""
+        self._whole.update(data)
+
+    def update_chunks(self, data: bytes | memoryview) -> None:
+        """The per-chunk half of ``update``."""
         mv = memoryview(data).cast("B")
-        self._whole.update(mv)
         self.size += len(mv)
         while len(mv):
             take = min(len(mv), self.chunk_size - self._in_chunk)
@@ -267,8 +275,10 @@ class _HashingSink:
     def __init__(self, f: IO[bytes], digest: StreamDigest):
         self.f = f
         self.digest = digest
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hash") if HASH_LAG else None
-        self.pending: deque[Future[None]] = deque()
+        # One thread per hash (whole file, chunks): each sees the blocks in order.
+        self.pools = ([ThreadPoolExecutor(1, thread_name_prefix="hash") for _ in range(2)]
+                      if HASH_LAG else [])
+        self.pending: deque[tuple[Future[None], Future[None]]] = deque()
         self.pos = 0
         self.advised = 0
 
@@ -276,12 +286,14 @@ class _HashingSink:
         self.f.write(data)
         n = len(data)
         self.pos += n
-        if self.pool is None:
+        if not self.pools:
             self.digest.update(data)
         else:
-            self.pending.append(self.pool.submit(self.digest.update, data))
+            self.pending.append((self.pools[0].submit(self.digest.update_whole, data),
+                                 self.pools[1].submit(self.digest.update_chunks, data)))
             while len(self.pending) > HASH_LAG:
-                self.pending.popleft().result()
+                for fut in self.pending.popleft():
+                    fut.result()
         if WRITEBACK_WINDOW and self.pos - self.advised >= WRITEBACK_WINDOW:
             self.f.flush()
             start = max(0, self.advised - WRITEBACK_WINDOW)  # the previous window is clean now
@@ -298,10 +310,11 @@ class _HashingSink:
         """Wait for the hashing to catch up (raises its error, if any) and stop the helper."""
         try:
             while self.pending:
-                self.pending.popleft().result()
+                for fut in self.pending.popleft():
+                    fut.result()
         finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+            for pool in self.pools:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _copy_blocks(src: SourceArray, begin: int, nbytes: int) -> Iterator[memoryview]:
