@@ -58,6 +58,7 @@ __all__ = [
 
 STATE_DIR = ".grokfetch"  # resume data and the crash marker, inside DEST
 SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick)
+FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
 REDIAL_EVERY = 5.0  # seconds between re-dialling --peer addresses while unconnected
 
 _S = lt.torrent_status.states
@@ -395,7 +396,6 @@ class _Run:
     meta: TorrentMeta | None = None
     filemap: metainfo.FileMap | None = None
     chosen: list[metainfo.TorrentFile] = field(default_factory=list)
-    selected: bool = False  # priorities applied after the metadata checks
     checked: bool = False  # a torrent_checked_alert since the last (re)check
     torrent_path: Path | None = None
     file_error: str | None = None
@@ -411,13 +411,16 @@ def _marker_path(state_dir: Path, ih: str) -> Path:
     return state_dir / f"{ih}.running"
 
 
-def _have_bytes(params: Any, meta: TorrentMeta | None, chosen: Sequence[Any]) -> int:
-    """Bytes of the selected files covered by the pieces a resume-data snapshot has."""
+def _have_bytes(params: Any, meta: TorrentMeta | None) -> int:
+    """Bytes in the pieces a resume-data snapshot has (comparable to Progress.wanted_done)."""
     if meta is None:
         return 0
-    have = params.have_pieces
-    n = sum(1 for b in have if b)
-    return min(n * meta.piece_length, sum(f.size for f in chosen))
+    have = list(params.have_pieces)
+    total = sum(meta.piece_length for b in have if b)
+    last = meta.num_pieces - 1
+    if len(have) > last >= 0 and have[last]:  # the last piece is usually short
+        total -= meta.piece_length * meta.num_pieces - meta.total_size
+    return total
 
 
 def _os_errors_as_disk_errors(fn: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
@@ -538,10 +541,17 @@ def download(
         for addr in peer_addrs:
             h.connect_peer(addr)
         atomic_write_bytes(marker, str(os.getpid()).encode())
-        result = _loop(
-            run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-            timeout, on_progress, seed, seed_ratio,
-        )
+        _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
+              timeout, on_progress)
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
+        # over 318 GB takes a while, and --seed should not wait for it.
+        root, complete, manifest_path = _finish(run, pin and run.torrent_path is not None)
+        if seed:
+            _seed_on(run, ses, h, start, seed_ratio, progress_interval, on_progress)
+        st = h.status()
+        magnet = lt.make_magnet_uri(h.torrent_file())
     except KeyboardInterrupt:
         _stop_and_save(run, ses, h, marker)
         raise Interrupted(
@@ -555,37 +565,71 @@ def download(
             if h is not None:
                 ses.remove_torrent(h)
         del ses
-    with contextlib.suppress(FileNotFoundError):
-        marker.unlink()
 
-    assert run.meta is not None  # the loop only returns once the metadata is known
+    assert run.meta is not None and run.torrent_path is not None  # set once metadata is known
+    return DownloadResult(
+        dest=dest,
+        root=root,
+        torrent_path=run.torrent_path,
+        info_hash=src.info_hash,
+        name=run.meta.name,
+        files=len(run.chosen),
+        wanted=sum(f.size for f in run.chosen),
+        downloaded=st.total_payload_download,
+        uploaded=st.total_payload_upload,
+        failed_bytes=st.total_failed_bytes,
+        elapsed=time.monotonic() - start,
+        rechecked=recheck,
+        complete=complete,
+        manifest_path=manifest_path,
+        magnet=magnet,
+    )
+
+
+def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
+    """Checkpoint root, whether everything was fetched, and the pinned manifest (if pinned)."""
+    assert run.meta is not None
     rel_root = run.filemap.root if run.filemap else metainfo.checkpoint_root_of(run.meta)
-    root = dest / rel_root
+    root = run.dest / rel_root
     complete = _is_complete_selection(run)
     manifest_path = None
     if pin and complete and run.torrent_path is not None:
         manifest_path = pin_checkpoint(root, run.manifest, run.torrent_path)
         if manifest_path is not None:
-            say(f"pinned manifest: {manifest_path}")
-    elif pin and not complete:
-        say("partial download (--layers/--include): the manifest is not pinned")
-    return DownloadResult(
-        dest=dest,
-        root=root,
-        torrent_path=run.torrent_path or dest,
-        info_hash=src.info_hash,
-        name=run.meta.name if run.meta else "",
-        files=len(run.chosen),
-        wanted=sum(f.size for f in run.chosen),
-        downloaded=result["downloaded"],
-        uploaded=result["uploaded"],
-        failed_bytes=result["failed"],
-        elapsed=time.monotonic() - start,
-        rechecked=recheck,
-        complete=complete,
-        manifest_path=manifest_path,
-        magnet=result["magnet"],
+            run.on_message(f"pinned manifest: {manifest_path}")
+    elif pin:
+        run.on_message("partial download (--layers/--include): the manifest is not pinned")
+    return root, complete, manifest_path
+
+
+def _seed_on(
+    run: _Run,
+    ses: Any,
+    h: Any,
+    start: float,
+    seed_ratio: float | None,
+    progress_interval: float,
+    on_progress: Callable[[Progress], None] | None,
+) -> None:
+    """Keep seeding after the download, until ``seed_ratio`` or Ctrl-C (a normal end here)."""
+    run.on_message(
+        "seeding until "
+        + (f"upload ratio {seed_ratio:g}" if seed_ratio is not None else "Ctrl-C")
     )
+    try:
+        while True:
+            ses.wait_for_alert(int(progress_interval * 1000))
+            for a in ses.pop_alerts():
+                _handle_alert(run, a, ses)
+            st = h.status()
+            if on_progress is not None:
+                on_progress(_progress(st, time.monotonic() - start, run, True))
+            if seed_ratio is not None and st.total_payload_upload >= seed_ratio * max(
+                1, st.total_wanted
+            ):
+                return
+    except KeyboardInterrupt:
+        return
 
 
 def _read_resume(path: Path, info_hash: str, say: Callable[[str], None]) -> Any:
@@ -665,6 +709,24 @@ def _save_resume(run: _Run, ses: Any, h: Any, flush: bool = False, wait: float =
             _handle_alert(run, a, ses)
 
 
+def _flush(run: _Run, ses: Any, h: Any, wait: float = FLUSH_WAIT) -> None:
+    """Wait until every verified block is written to its file.
+
+    A piece passes its hash check from libtorrent's store buffer, before the
+    disk thread has written it: "complete" does not yet mean "on disk", and
+    pinning (which reads the files) must not start before this returns.
+    """
+    h.flush_cache()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        ses.wait_for_alert(100)
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.cache_flushed_alert):
+                return
+            _handle_alert(run, a, ses)
+    raise DiskError(f"{run.dest}: data not written to disk after {wait:.0f} s")
+
+
 def _write_resume(run: _Run, a: Any) -> None:
     data = lt.write_resume_data_buf(a.params)
     path = _resume_path(run.state_dir, run.info_hash)
@@ -675,7 +737,7 @@ def _write_resume(run: _Run, a: Any) -> None:
         # the rerun rechecks the data instead of trusting older resume data.
         run.on_message(f"could not save resume data {path}: {e.strerror}")
         return
-    run.resume_saved_done = _have_bytes(a.params, run.meta, run.chosen)
+    run.resume_saved_done = _have_bytes(a.params, run.meta)
 
 
 def _handle_alert(run: _Run, a: Any, ses: Any) -> None:
@@ -710,13 +772,11 @@ def _loop(
     progress_interval: float,
     timeout: float | None,
     on_progress: Callable[[Progress], None] | None,
-    seed: bool,
-    seed_ratio: float | None,
-) -> dict[str, Any]:
+) -> None:
+    """Run until every selected piece is verified; raise on errors, timeout or Ctrl-C."""
     last_progress = 0.0
     last_save = time.monotonic()
     last_dial = time.monotonic()
-    done_at: float | None = None
     ti_known = run.meta is not None
     while True:
         ses.wait_for_alert(200)
@@ -735,7 +795,7 @@ def _loop(
         if run.file_error or st.upload_mode:
             msg = run.file_error or f"{run.dest}: writing failed (disk full?); rerun to continue"
             raise DiskError(msg)
-        if st.errc.value() if hasattr(st, "errc") else False:
+        if st.errc.value():  # libtorrent stopped the torrent (file errors are caught above)
             raise TorrentError(f"{run.info_hash}: {st.errc.message()}")
         if peers and st.num_peers == 0 and now - last_dial >= REDIAL_EVERY:
             for addr in peers:
@@ -756,31 +816,16 @@ def _loop(
             h.save_resume_data(flags)
             run.pending_saves += 1
             last_save = now
-        if done and done_at is None:
-            done_at = now
+        if done:
+            _flush(run, ses, h)
             _save_resume(run, ses, h, flush=True)
-            run.on_message(
-                f"complete: {len(run.chosen)} files verified by their piece hashes"
-            )
-            if not seed:
-                break
-        if done and seed:
-            ratio = st.total_payload_upload / max(1, st.total_wanted)
-            if seed_ratio is not None and ratio >= seed_ratio:
-                break
+            run.on_message(f"complete: {len(run.chosen)} files verified by their piece hashes")
+            return
         if timeout is not None and now - start > timeout and not done:
             raise TorrentError(
                 f"{src.what}: not complete after {timeout:.0f} s "
                 f"({st.total_wanted_done} of {st.total_wanted} bytes); state saved, rerun"
             )
-    st = h.status()
-    return {
-        "wanted": st.total_wanted,
-        "downloaded": st.total_payload_download,
-        "uploaded": st.total_payload_upload,
-        "failed": st.total_failed_bytes,
-        "magnet": lt.make_magnet_uri(h.torrent_file()) if h.torrent_file() else "",
-    }
 
 
 def _state_name(st: Any, done: bool) -> str:

@@ -176,7 +176,8 @@ def test_repair_refetches_only_bad_pieces(tmp_path: Path, source: Path, seeder: 
     dest = tmp_path / "dl"
     args = [str(source / "ckpt-0.torrent"), "--dest", str(dest), "--peer", seeder.peer,
             *manifest_arg(source), "--timeout", "30"]
-    assert run_get(*args).proc.returncode == 0
+    first = run_get(*args)
+    assert first.proc.returncode == 0, first.stderr
     victim = dest / "ckpt-0" / "tensor00002_000"  # a MoE weight, several pieces long
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
