@@ -26,6 +26,7 @@ import filecmp
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,14 +174,20 @@ def main() -> None:
                 print(f"round {rnd + 1}: {who:9s} {dt:6.2f} s  {total / dt / 1e6:7.1f} MB/s",
                       flush=True)
                 shutil.rmtree(dest)
+        subprocess.run(["sync"], check=True)  # start the copy with no dirty pages pending
         t = time.perf_counter()
         subprocess.run(["cp", "-r", str(src / "ckpt-0"), str(work / "cp")], check=True)
-        subprocess.run(["sync"], check=True)
         cp_rate = total / (time.perf_counter() - t) / 1e6
-        g = max(results["grokfetch"])
-        a = max(results["aria2c"])
-        print(f"best of {args.rounds}: grokfetch get --no-utp {g:.1f} MB/s, aria2c {a:.1f} MB/s, "
-              f"ratio {g / a:.2f}x (target >= 1.5x); raw limit cp -r + sync {cp_rate:.1f} MB/s")
+        subprocess.run(["sync"], check=True)
+        cp_sync_rate = total / (time.perf_counter() - t) / 1e6
+        for label, pick in (("best", max), ("median", statistics.median)):
+            g = pick(results["grokfetch"])
+            a = pick(results["aria2c"])
+            print(f"{label} of {args.rounds}: grokfetch get --no-utp {g:.1f} MB/s, "
+                  f"aria2c {a:.1f} MB/s, ratio {g / a:.2f}x (target >= 1.5x)")
+        print(f"raw limit, copying the same files: cp -r {cp_rate:.1f} MB/s (into the page "
+              f"cache, as the downloads write), cp -r + sync {cp_sync_rate:.1f} MB/s (to disk)")
+        print("(grokfetch's time includes pinning: a BLAKE3 pass over the downloaded files)")
     finally:
         if tracker is not None:
             tracker.close()
