@@ -21,6 +21,10 @@ issue 4):
   after pausing and saving state; the rerun clears ``upload_mode``.
 * Magnets are added with ``default_dont_download`` so that nothing is written
   until the metadata has been checked (paths, manifest, free space).
+* A piece passes its hash check while still in libtorrent's store buffer:
+  the disk cache is flushed before the files are read back for pinning.
+* Local-network peers are exempt from rate limits by default; a limit the
+  user sets applies to every peer (tests throttle a loopback seeder with it).
 """
 
 from __future__ import annotations
@@ -521,6 +525,10 @@ def download(
         _prepare(run, ti, meta)  # paths, manifest, selection, free space: before any byte
         atp.file_priorities = metainfo.priorities(meta, run.chosen)
     atp.save_path = str(dest)
+    # Pieces shared with unselected files land in libtorrent's part file; keep
+    # it with our state, not among the checkpoint files where verify would
+    # report it as an extra file.
+    atp.part_file_dir = STATE_DIR  # relative to save_path
     flags = atp.flags
     flags &= ~lt.torrent_flags.auto_managed  # never queued or paused by the session
     flags &= ~lt.torrent_flags.paused

@@ -103,6 +103,9 @@ def test_layers_fetches_only_expected_files(tmp_path: Path, source: Path, seeder
     assert g.proc.returncode == 0, g.stderr
     got = {f"ckpt-0/{name}" for name in ckpt_files(dest)}
     assert got == expected
+    # Nothing else beside them: libtorrent's part file sits with our state.
+    assert sorted(p.name for p in dest.iterdir()) == [".grokfetch", "ckpt-0", "ckpt-0.torrent"]
+    assert list((dest / ".grokfetch").glob("*.parts"))
     for path in expected:
         assert (dest / path).read_bytes() == (source / path).read_bytes()
     result = g.result()
