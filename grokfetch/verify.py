@@ -382,7 +382,7 @@ def _choose_trust(
             None,
             advice,
         )
-    return _Trust(None, "none (structure and sizes only)", None, None, advice)
+    return _Trust(None, "none (presence and structure only)", None, None, advice)
 
 
 def _torrent_words(pm: PieceMap) -> str:
