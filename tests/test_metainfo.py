@@ -230,3 +230,13 @@ def test_libtorrent_would_have_sanitised_what_we_refuse():
     data = handmade_torrent("root", [(["..", "x"], b"x" * 10)])
     fs = lt.torrent_info(lt.bdecode(data)).layout()
     assert ".." not in fs.file_path(0).split("/")
+
+
+def test_metadata_from_peers_is_checked_from_its_raw_bytes():
+    # A magnet's metadata reaches us as a torrent_info libtorrent already
+    # sanitised; meta_from_info re-reads the raw info section and refuses it.
+    from grokfetch.metainfo import meta_from_info
+
+    ti = lt.torrent_info(lt.bdecode(handmade_torrent("root", [(["..", "x"], b"x" * 10)])))
+    with pytest.raises(UnsafePathError, match="unsafe file path '../x'"):
+        meta_from_info(ti)
