@@ -405,6 +405,7 @@ class _Run:
     file_error: str | None = None
     resume_saved_done: int = -1
     pending_saves: int = 0
+    last_save_ok: bool = False
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -561,10 +562,9 @@ def download(
         st = h.status()
         magnet = lt.make_magnet_uri(h.torrent_file())
     except KeyboardInterrupt:
-        _stop_and_save(run, ses, h, marker)
-        raise Interrupted(
-            f"interrupted; state saved in {state_dir}: rerun the same command to continue"
-        ) from None
+        saved = _stop_and_save(run, ses, h, marker)
+        what = f"state saved in {state_dir}" if saved else "state not saved (the rerun rechecks)"
+        raise Interrupted(f"interrupted; {what}: rerun the same command to continue") from None
     except GrokfetchError:  # disk full, --timeout, bad metadata: keep what we have
         _stop_and_save(run, ses, h, marker)
         raise
@@ -652,14 +652,20 @@ def _read_resume(path: Path, info_hash: str, say: Callable[[str], None]) -> Any:
     return atp if str(atp.info_hashes.v1) == info_hash else None
 
 
-def _stop_and_save(run: _Run, ses: Any, h: Any, marker: Path) -> None:
-    """Pause, write resume data, and mark the exit clean (Ctrl-C, SIGTERM, disk full)."""
+def _stop_and_save(run: _Run, ses: Any, h: Any, marker: Path) -> bool:
+    """Pause and write resume data (Ctrl-C, SIGTERM, disk full); True when saved.
+
+    Only a save that made it to disk marks the exit clean: otherwise the
+    crash marker stays and the rerun rechecks instead of trusting older data.
+    """
     if h is None:
-        return
+        return True
     h.pause()
-    _save_resume(run, ses, h, flush=True)
+    if not _save_resume(run, ses, h, flush=True):
+        return False
     with contextlib.suppress(FileNotFoundError):
         marker.unlink()
+    return True
 
 
 def _is_complete_selection(run: _Run) -> bool:
@@ -703,18 +709,24 @@ def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
         check_space(run.dest, run.chosen)
 
 
-def _save_resume(run: _Run, ses: Any, h: Any, flush: bool = False, wait: float = SAVE_WAIT) -> None:
-    """Ask for resume data and write it when it arrives (waits at most ``wait`` seconds)."""
+def _save_resume(run: _Run, ses: Any, h: Any, flush: bool = False, wait: float = SAVE_WAIT) -> bool:
+    """Ask for resume data and write it when it arrives (waits at most ``wait`` seconds).
+
+    True when it was written; False when it did not arrive in time or could
+    not be written.
+    """
     flags = lt.save_resume_flags_t.save_info_dict
     if flush:
         flags |= lt.save_resume_flags_t.flush_disk_cache
     h.save_resume_data(flags)
     run.pending_saves += 1
+    run.last_save_ok = False
     deadline = time.monotonic() + wait
     while run.pending_saves > 0 and time.monotonic() < deadline:
         ses.wait_for_alert(100)
         for a in ses.pop_alerts():
             _handle_alert(run, a, ses)
+    return run.pending_saves == 0 and run.last_save_ok
 
 
 def _flush(run: _Run, ses: Any, h: Any, wait: float = FLUSH_WAIT) -> None:
@@ -745,6 +757,7 @@ def _write_resume(run: _Run, a: Any) -> None:
         # the rerun rechecks the data instead of trusting older resume data.
         run.on_message(f"could not save resume data {path}: {e.strerror}")
         return
+    run.last_save_ok = True
     run.resume_saved_done = _have_bytes(a.params, run.meta)
 
 
