@@ -516,6 +516,9 @@ def download(
         atp.ti = ti
     else:
         atp = lt.parse_magnet_uri(src.magnet)
+    if ti is None and (web_seeds or src.web_seeds) and not peer_addrs:
+        say("note: a web seed cannot supply a magnet's metadata; waiting for peers "
+            "(pass the .torrent instead to fetch from the web seed alone)")
     if recheck:
         why = "--repair" if repair else "the last run did not exit cleanly"
         say(f"rechecking the data on disk ({why})")

@@ -346,3 +346,34 @@ def test_library_download_reports_through_callbacks(tmp_path: Path, source: Path
     assert seen[-1].state == "seeding" and seen[-1].wanted_done == seen[-1].wanted
     assert seen[0].state in ("metadata", "downloading")
     assert any(m.startswith("ckpt-0: 4 of ") for m in said)
+
+
+def test_progress_bar_counts_wanted_bytes_and_shows_peers_and_state(monkeypatch):
+    from grokfetch.cli import get as get_cli
+
+    class Bar:
+        def __init__(self, total: int, desc: str) -> None:
+            self.total, self.n, self.postfix = total, 0, ""
+
+        def update(self, n: int) -> None:
+            self.n += n
+
+        def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+            self.postfix = s
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(get_cli, "bytes_bar", Bar)
+    r = get_cli.Renderer(quiet=False, json_progress=False)
+    base = dict(downloaded=0, uploaded=0, download_rate=0, upload_rate=0, elapsed=1.0,
+                resume_saved_done=-1)
+    r.progress(torrent.Progress(state="metadata", wanted=0, wanted_done=0, peers=1, seeds=1,
+                                **base))
+    assert r.bar is None  # nothing to count before the metadata
+    r.progress(torrent.Progress(state="downloading", wanted=1000, wanted_done=250, peers=3,
+                                seeds=1, **base))
+    r.progress(torrent.Progress(state="downloading", wanted=1000, wanted_done=600, peers=4,
+                                seeds=2, **base))
+    assert (r.bar.total, r.bar.n) == (1000, 600)
+    assert r.bar.postfix == "4 peers, 2 seeds, downloading"
