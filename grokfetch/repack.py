@@ -406,7 +406,10 @@ def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str
     mpath = dest / MANIFEST_NAME
     if mpath.is_file():
         m = load_manifest(mpath)
-        if m.repack is not None:
+        if m.repack is None:  # e.g. a checkpoint's pinned manifest: never overwrite it
+            raise UsageError(f"{dest}: holds a grokfetch manifest that is not a repack's "
+                             f"({m.name}); repack into a folder of its own")
+        else:
             settings = m.repack
             for e in m.files:
                 if e.param is not None or e.source is not None:
@@ -558,12 +561,12 @@ def repack(
     dest_path.mkdir(parents=True, exist_ok=True)
     for rel in [o.rel for o in plan.outputs] + list(plan.extra_files):
         inside(dest_path, rel, "output path")  # refuse before writing anything, not half-way
-    removed = len(remove_stale_temps(dest_path))
-    records, old_settings = load_records(dest_path)
+    records, old_settings = load_records(dest_path)  # refuses a folder that is not a repack's
     if old_settings is not None and old_settings != settings and not force:
         raise UsageError(
             f"{dest_path}: holds a repack with {_describe(old_settings)}, not "
             f"{_describe(settings)}; use --force to replace it, or another folder")
+    removed = len(remove_stale_temps(dest_path))
     planned = {o.rel for o in plan.outputs}
     if force:
         _remove_unplanned(dest_path, records, planned)

@@ -285,3 +285,12 @@ def test_not_enough_space_is_refused_before_writing(mini_ckpt, tmp_path, monkeyp
     assert r.exit_code == 5
     assert "needs 0.0 GB for 146 output files, only 0.0 GB free" in r.stderr
     assert not list((tmp_path / "full").rglob("*.safetensors"))
+
+
+def test_dest_holding_another_checkpoint_is_refused(mini_ckpt, copy_ckpt):
+    other = copy_ckpt("other")
+    before = (other / MANIFEST_NAME).read_bytes()
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(other)])
+    assert r.exit_code == 2 and "holds a grokfetch manifest that is not a repack's" in r.stderr
+    assert (other / MANIFEST_NAME).read_bytes() == before
+    assert not list(other.glob("*.safetensors"))
