@@ -43,6 +43,7 @@ import numpy as np
 
 from grokfetch.errors import CheckpointFormatError, DiskError, UsageError
 from grokfetch.fsutil import atomic_write
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE, ChunkHasher
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -76,7 +77,6 @@ BLOCK_ELEMENTS = 1 << 20
 # Transposed blocks gather source columns (strided); wider blocks amortise that.
 TRANSPOSE_BLOCK_ELEMENTS = 4 << 20
 TILE = 128  # transpose tile edge: a 128 x 128 tile of both sides stays in L1/L2
-DEFAULT_CHUNK_SIZE = 64 << 20  # same as grokfetch.manifest.DEFAULT_CHUNK_SIZE
 DEFAULT_ZSTD_LEVEL = 3
 
 
@@ -215,18 +215,15 @@ class StreamDigest:
     """BLAKE3 of a byte stream and of each ``chunk_size`` slice of it, fed incrementally.
 
     Produces exactly what ``grokfetch.hashing.file_digests`` computes from the
-    finished file, without reading it back.
+    finished file (its ``ChunkHasher`` cuts the chunks), without reading it back.
     """
 
     def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE):
         if chunk_size <= 0:
             raise UsageError(f"chunk size must be positive, got {chunk_size}")
-        self.chunk_size = chunk_size
         self.size = 0
         self._whole = blake3.blake3()
-        self._chunk = blake3.blake3()
-        self._in_chunk = 0
-        self.chunks: list[str] = []
+        self._chunks = ChunkHasher(chunk_size)
 
     def update(self, data: bytes | memoryview) -> None:
         self.update_whole(data)
@@ -240,22 +237,11 @@ class StreamDigest:
         """The per-chunk half of ``update``."""
         mv = memoryview(data).cast("B")
         self.size += len(mv)
-        while len(mv):
-            take = min(len(mv), self.chunk_size - self._in_chunk)
-            self._chunk.update(mv[:take])
-            self._in_chunk += take
-            mv = mv[take:]
-            if self._in_chunk == self.chunk_size:
-                self.chunks.append(self._chunk.hexdigest())
-                self._chunk = blake3.blake3()
-                self._in_chunk = 0
+        self._chunks.update(mv)
 
     def finish(self) -> tuple[str, list[str]]:
-        """(whole-file hex digest, chunk digests); an empty stream has no chunks."""
-        chunks = list(self.chunks)
-        if self._in_chunk:
-            chunks.append(self._chunk.hexdigest())
-        return self._whole.hexdigest(), chunks
+        """(whole-stream hex digest, chunk digests); an empty stream has no chunks."""
+        return self._whole.hexdigest(), self._chunks.finish()
 
 
 class _HashingSink:

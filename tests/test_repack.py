@@ -16,6 +16,7 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 from safetensors import safe_open
+from test_safetensors_io import dequant
 
 from grokfetch.checkpoint import open_checkpoint
 from grokfetch.cli import cli
@@ -37,14 +38,6 @@ def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         path = plain
     with safe_open(str(path), framework="numpy") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
-
-
-def dequant(w: np.ndarray, s: np.ndarray, out: np.dtype) -> np.ndarray:
-    """The exact dequantization: W = weight * scales per row group (float32), then cast."""
-    *lead, k, n = w.shape
-    g = s.shape[-2]
-    full = w.astype(np.float32).reshape(*lead, g, k // g, n) * s.astype(np.float32)[..., :, None, :]
-    return full.reshape(w.shape).astype(out)
 
 
 def assert_manifest_verifies(dest: Path) -> None:

@@ -9,7 +9,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from safetensors import safe_open
-from test_repack import assert_manifest_verifies, dequant
+from test_repack import assert_manifest_verifies
+from test_safetensors_io import dequant
 
 from grokfetch.checkpoint import open_checkpoint
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
