@@ -287,3 +287,15 @@ def test_dest_holding_another_checkpoint_is_refused(mini_ckpt, copy_ckpt):
     assert r.exit_code == 2 and "holds a grokfetch manifest that is not a repack's" in r.stderr
     assert (other / MANIFEST_NAME).read_bytes() == before
     assert not list(other.glob("*.safetensors"))
+
+
+def test_sources_without_a_manifest_are_hashed(copy_ckpt, tmp_path):
+    src = copy_ckpt()
+    pinned = load_manifest(src / MANIFEST_NAME)
+    (src / MANIFEST_NAME).unlink()  # config inferred from the files, hashes computed
+    res = repack(src, tmp_path / "h", layers="10", chunk_size=CHUNK)
+    m = load_manifest(res.dest / MANIFEST_NAME)
+    for e in m.files:
+        if e.source:
+            assert e.source["blake3"] == pinned.file(e.source["file"]).blake3
+    assert_manifest_verifies(res.dest)
