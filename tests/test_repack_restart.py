@@ -97,11 +97,18 @@ def test_sigkill_via_the_cli_then_rerun_via_the_cli(mini_ckpt, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.communicate()
-    done = journaled(dest)
+    done = set(journaled(dest))
+    before = {rel: ((dest / rel).stat().st_ino, (dest / rel).stat().st_mtime_ns) for rel in done}
     env.pop("GROKFETCH_REPACK_TEST_DELAY")
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"({146 - len(set(done))} written, {len(set(done))} already done)" in rerun.stdout
+    assert f"({146 - len(done)} written, {len(done)} already done)" in rerun.stdout
+    assert {rel: ((dest / rel).stat().st_ino, (dest / rel).stat().st_mtime_ns)
+            for rel in done} == before
+    ref = tmp_path / "ref"
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(ref), "--dtype", "bf16", "-q"])
+    assert r.exit_code == 0
+    assert outputs(dest) == outputs(ref)
     assert_manifest_verifies(dest)
 
 
