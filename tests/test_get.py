@@ -377,3 +377,29 @@ def test_progress_bar_counts_wanted_bytes_and_shows_peers_and_state(monkeypatch)
                                 seeds=2, **base))
     assert (r.bar.total, r.bar.n) == (1000, 600)
     assert r.bar.postfix == "4 peers, 2 seeds, downloading"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_download_survives_the_seeder_going_away_and_coming_back(tmp_path: Path,
+                                                                  source: Path):
+    port = _free_port()
+    listen = ["--listen", f"127.0.0.1:{port}"]
+    dest = tmp_path / "dl"
+    with SeederProc(source, *listen, "--max-upload-rate", "1M") as first, \
+            GetProc(first.bare_magnet, "--peer", first.peer, "--dest", str(dest),
+                    *manifest_arg(source), "--timeout", "60") as g:
+        g.wait_for(lambda e: e.get("event") == "progress" and e["wanted"] > 0
+                   and e["wanted_done"] > e["wanted"] // 4, 30, "a quarter of the data")
+        first.stop()
+        g.wait_for(lambda e: e.get("event") == "progress" and e["peers"] == 0, 15, "a stall")
+        with SeederProc(source, *listen):  # back, same address: get redials it
+            assert g.wait(30) == 0, g.stderr
+    assert ckpt_files(dest) == ckpt_files(source)
