@@ -33,9 +33,11 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import blake3
 
@@ -307,3 +309,36 @@ def zero_digest(length: int) -> str:
         h.update(memoryview(block)[:n])
         left -= n
     return h.hexdigest()
+
+
+# -- many at once ------------------------------------------------------------------------
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int | None) -> Iterator[R]:
+    """``map(fn, items)`` on ``jobs`` threads, results in order, a bounded window ahead.
+
+    Submitting only a few tasks ahead keeps memory flat for long lists, and
+    an exception or Ctrl-C in the caller cancels the work not yet started.
+    The hashing libraries release the GIL, so threads use every core.
+    """
+    jobs = jobs or os.cpu_count() or 1
+    if jobs <= 1:
+        yield from map(fn, items)
+        return
+    ex = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="grokfetch-hash")
+    window: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            window.append(ex.submit(fn, item))
+            if len(window) >= 2 * jobs:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        for fut in window:
+            fut.cancel()
+        ex.shutdown(wait=True, cancel_futures=True)

@@ -19,14 +19,12 @@ import bisect
 import functools
 import hashlib
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from grokfetch.errors import TorrentError, UnsafePathError
 from grokfetch.fsutil import safe_relpath
+from grokfetch.hashing import parallel_map
 from grokfetch.metainfo import TorrentFile, TorrentMeta, load_torrent
 
 # Pieces are hashed in reads of at most this many bytes, so memory stays
@@ -274,33 +272,3 @@ def verify_pieces(
         failed=tuple(sorted(failed)),
         unchecked=dict(sorted(unchecked.items())),
     )
-
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int | None) -> Iterator[R]:
-    """``map(fn, items)`` on ``jobs`` threads, results in order, a bounded window ahead.
-
-    Submitting only a few tasks ahead keeps memory flat for long lists, and
-    an exception or Ctrl-C in the caller cancels the work not yet started.
-    The hashing libraries release the GIL, so threads use every core.
-    """
-    jobs = jobs or os.cpu_count() or 1
-    if jobs <= 1:
-        yield from map(fn, items)
-        return
-    ex = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="grokfetch-hash")
-    window: deque[Future[R]] = deque()
-    try:
-        for item in items:
-            window.append(ex.submit(fn, item))
-            if len(window) >= 2 * jobs:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-    finally:
-        for fut in window:
-            fut.cancel()
-        ex.shutdown(wait=True, cancel_futures=True)

@@ -35,9 +35,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from grokfetch.checkpoint import compare, find_ckpt_dir, infer_config, tensor_files
 from grokfetch.errors import (
     CheckpointFormatError,
     GrokfetchError,
@@ -54,6 +53,7 @@ from grokfetch.hashing import (
     chunk_range,
     file_digests,
     num_chunks,
+    parallel_map,
     sha256_file,
     zero_digest,
 )
@@ -67,17 +67,13 @@ from grokfetch.manifest import (
     model_names,
     save_manifest,
 )
-from grokfetch.pieces import (
-    PieceCheck,
-    PieceMap,
-    find_strip,
-    load_piece_map,
-    parallel_map,
-    rel_path,
-    verify_pieces,
-)
 from grokfetch.progress import NullBar
-from grokfetch.reader import scan
+
+# The reader (numpy, ml_dtypes) and the torrent code (libtorrent) take ~0.3 s
+# to import; verifying against a pinned manifest needs neither, so they are
+# imported where used.
+if TYPE_CHECKING:
+    from grokfetch.pieces import PieceCheck, PieceMap
 
 # File statuses, as printed.  OK: the content matched a hash (or, with
 # --quick, the size and the sampled chunks did).  FAILED: size, hash or
@@ -239,6 +235,8 @@ def _locate(path: str | os.PathLike[str]) -> _Place:
         return _Place(p, None)
     if p.name == CKPT_DIR and (p.parent / MANIFEST_NAME).is_file():
         return _Place(p.parent, p)
+    from grokfetch.checkpoint import find_ckpt_dir
+
     try:
         ckpt = find_ckpt_dir(p)
     except UsageError:
@@ -299,16 +297,22 @@ def _spec_from_entry(e: FileEntry, index: int) -> ParamSpec | None:
     )
 
 
+def _inferred_config(place: _Place) -> ModelConfig | None:
+    """The model config inferred from the files (None when they are too damaged to tell)."""
+    if place.ckpt_dir is None:
+        return None
+    from grokfetch.checkpoint import infer_config
+
+    try:
+        return infer_config(place.ckpt_dir)
+    except GrokfetchError:
+        return None
+
+
 def _layout_specs(place: _Place, config: ModelConfig | None) -> dict[str, ParamSpec]:
     """Layout specs by manifest path, from ``config`` or inferred from the files."""
-    if place.ckpt_dir is None:
-        return {}
-    if config is None:
-        try:
-            config = infer_config(place.ckpt_dir)
-        except GrokfetchError:
-            return {}
-    return {s.file: s for s in param_list(config)}
+    config = config or _inferred_config(place)
+    return {s.file: s for s in param_list(config)} if config is not None else {}
 
 
 @dataclass(frozen=True)
@@ -350,7 +354,7 @@ def _choose_trust(
     manifest: Manifest | str | os.PathLike[str] | None,
     torrent: str | os.PathLike[str] | None,
 ) -> _Trust:
-    pm = load_piece_map(torrent) if torrent is not None else None
+    pm = _piece_map(torrent) if torrent is not None else None
     if manifest is not None:
         m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         what = f"manifest {m.name}" if isinstance(manifest, Manifest) else f"manifest {manifest}"
@@ -365,7 +369,7 @@ def _choose_trust(
         return _Trust("pinned", f"pinned manifest {pinned}", m, pm)
     if pm is None:
         found = _find_torrent(path, place)
-        pm = load_piece_map(found) if found is not None else None
+        pm = _piece_map(found) if found is not None else None
     if pm is not None:
         return _Trust("torrent", _torrent_words(pm), None, pm)
     advice = (
@@ -436,12 +440,8 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
             _attach_torrent(out, trust.pm)
         return out
     if trust.pm is not None:
-        strip = find_strip(trust.pm.meta, place.root)
         specs = _layout_specs(place, None)
-        for f in trust.pm.meta.real_files():
-            rel = rel_path(f, strip)
-            disk = place.root / rel
-            rel = place.rel(disk) if disk.parent == place.ckpt_dir else rel
+        for rel, disk, f in _torrent_files(trust.pm, place):
             tensor = bool(_TENSOR_RE.search(rel))
             out.append(_Expect(rel, disk, f.size, spec=specs.get(rel), tensor=tensor, tfile=f))
         return out
@@ -456,11 +456,31 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
             _Expect(rel, place.disk(rel), None, spec=s, tensor=True) for rel, s in specs.items()
         ]
     # Too damaged to infer the model: check the tensor files there are, and the gaps.
+    from grokfetch.checkpoint import tensor_files
+
     present = tensor_files(place.ckpt_dir)
     return [
         _Expect(f"{CKPT_DIR}/{file_name(i)}", place.ckpt_dir / file_name(i), tensor=True)
         for i in range(max(present) + 1 if present else 0)
     ]
+
+
+def _torrent_files(pm: PieceMap, place: _Place) -> list[tuple[str, Path, Any]]:
+    """(manifest-style name, path on disk, TorrentFile) of each real file of the torrent."""
+    from grokfetch.pieces import find_strip, rel_path
+
+    strip = find_strip(pm.meta, place.root)
+    out = []
+    for f in pm.meta.real_files():
+        disk = place.root / rel_path(f, strip)
+        out.append((place.rel(disk), disk, f))
+    return out
+
+
+def _piece_map(torrent: str | os.PathLike[str]) -> PieceMap:
+    from grokfetch.pieces import load_piece_map
+
+    return load_piece_map(torrent)
 
 
 def _attach_torrent(out: list[_Expect], pm: PieceMap) -> None:
@@ -524,6 +544,9 @@ def _structure(x: _Expect) -> str | None:
     """What is wrong with a tensor file's structure, or None if it holds what it should."""
     if not x.tensor:
         return None
+    from grokfetch.checkpoint import compare
+    from grokfetch.reader import scan
+
     try:
         found = scan(x.disk)
     except CheckpointFormatError as e:
@@ -870,6 +893,8 @@ def verify(
         for r in parallel_map(one, order, jobs or os.cpu_count() or 1):
             results[r.path] = r
         if trust.pm is not None and by_torrent:
+            from grokfetch.pieces import find_strip, verify_pieces
+
             check = verify_pieces(
                 trust.pm,
                 place.root,
@@ -936,7 +961,7 @@ def pin(
     """
     p = Path(path)
     place = _locate(p)
-    pm = load_piece_map(torrent) if torrent is not None else None
+    pm = _piece_map(torrent) if torrent is not None else None
     if base is None and pm is not None:
         base = _packaged_by_info_hash(pm.meta.info_hash)  # grok-1: names, params, SHA-256
     if chunk_size is None:
@@ -946,23 +971,19 @@ def pin(
     if base is not None:
         entries = list(base.files)
     elif pm is not None:
-        strip = find_strip(pm.meta, place.root)
         specs = _layout_specs(place, None)
-        entries = []
-        for f in pm.meta.real_files():
-            disk = place.root / rel_path(f, strip)
-            rel = place.rel(disk) if disk.parent == place.ckpt_dir else rel_path(f, strip)
-            entries.append(_entry_for(rel, f.size, specs.get(rel)))
+        entries = [
+            _entry_for(rel, f.size, specs.get(rel)) for rel, _, f in _torrent_files(pm, place)
+        ]
     else:
         if place.ckpt_dir is None:
             raise UsageError(f"{p}: no checkpoint here, and no manifest or torrent to pin from")
-        config = infer_config(place.ckpt_dir)
+        from grokfetch.checkpoint import infer_config
+
+        config = infer_config(place.ckpt_dir)  # raises if the layout cannot be inferred
         entries = [_entry_for(s.file, -1, s) for s in param_list(config)]
-    if config is None and place.ckpt_dir is not None:
-        try:
-            config = infer_config(place.ckpt_dir)
-        except GrokfetchError:
-            config = None
+    if config is None:
+        config = _inferred_config(place)
 
     sizes = {}
     for e in entries:
