@@ -119,6 +119,7 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
         "send_buffer_low_watermark": 1 << 20,
         "send_buffer_watermark_factor": 150,
         "max_queued_disk_bytes": 256 << 20,
+        "hashing_threads": max(1, min(4, os.cpu_count() or 1)),
         # A peer that dropped is redialled after min_reconnect_time x its fail
         # count (default 60 s): too slow for a cluster seeder that restarts.
         "min_reconnect_time": 5,
