@@ -63,6 +63,7 @@ __all__ = [
 STATE_DIR = ".grokfetch"  # resume data and the crash marker, inside DEST
 SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick)
 FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
+PRIO_WAIT = 30.0  # seconds to wait for file_prio_alert before judging completion anyway
 REDIAL_EVERY = 5.0  # seconds between re-dialling --peer addresses while unconnected
 
 _S = lt.torrent_status.states
@@ -410,6 +411,8 @@ class _Run:
     resume_saved_done: int = -1
     pending_saves: int = 0
     last_save_ok: bool = False
+    prio_pending: bool = False  # prioritize_files() not yet applied by the disk thread
+    prio_since: float = 0.0
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -529,9 +532,18 @@ def download(
     if atp.ti is None and ti is not None:
         atp.ti = ti
 
+    reprioritize = None
     if meta is not None:
         _prepare(run, ti, meta)  # paths, manifest, selection, free space: before any byte
-        atp.file_priorities = metainfo.priorities(meta, run.chosen)
+        prios = metainfo.priorities(meta, run.chosen)
+        if atp is saved and list(saved.file_priorities) not in ([], prios):
+            # A changed selection on a rerun: add with the saved priorities and
+            # change them afterwards, so libtorrent moves what an earlier run
+            # parked in its part file into the newly wanted files (given at add
+            # time, the new priorities would leave that data stranded).
+            reprioritize = prios
+        else:
+            atp.file_priorities = prios
     atp.save_path = str(dest)
     # Pieces shared with unselected files land in libtorrent's part file; keep
     # it with our state, not among the checkpoint files where verify would
@@ -553,6 +565,8 @@ def download(
     h = None
     try:
         h = ses.add_torrent(atp)
+        if reprioritize is not None:
+            _prioritize(run, h, reprioritize)
         say(f"listening on {_listen_text(ses, net)}")
         for addr in peer_addrs:
             h.connect_peer(addr)
@@ -736,6 +750,13 @@ def _save_resume(run: _Run, ses: Any, h: Any, flush: bool = False, wait: float =
     return run.pending_saves == 0 and run.last_save_ok
 
 
+def _prioritize(run: _Run, h: Any, prios: list[int]) -> None:
+    """Set file priorities; completion waits for libtorrent's file_prio_alert."""
+    run.prio_pending = True
+    run.prio_since = time.monotonic()
+    h.prioritize_files(prios)
+
+
 def _flush(run: _Run, ses: Any, h: Any, wait: float = FLUSH_WAIT) -> None:
     """Wait until every verified block is written to its file.
 
@@ -776,6 +797,8 @@ def _handle_alert(run: _Run, a: Any, ses: Any) -> None:
         run.pending_saves = max(0, run.pending_saves - 1)
     elif isinstance(a, lt.torrent_checked_alert):
         run.checked = True
+    elif isinstance(a, lt.file_prio_alert):
+        run.prio_pending = False
     elif isinstance(a, lt.file_error_alert):
         code = a.error.value() if hasattr(a.error, "value") else 0
         what = "disk full" if code == errno.ENOSPC else a.error.message()
@@ -816,7 +839,7 @@ def _loop(
             ti = h.torrent_file()
             meta = metainfo.meta_from_info(ti)
             _prepare(run, ti, meta)
-            h.prioritize_files(metainfo.priorities(meta, run.chosen))
+            _prioritize(run, h, metainfo.priorities(meta, run.chosen))
             ti_known = True
             run.on_message(f"metadata received from peers: {meta.num_pieces} pieces")
             st = h.status()
@@ -832,6 +855,8 @@ def _loop(
         done = (
             ti_known
             and run.checked
+            # (should the alert never come, do not wait for it forever)
+            and not (run.prio_pending and now - run.prio_since < PRIO_WAIT)
             and st.state not in (_S.checking_files, _S.checking_resume_data)
             and st.total_wanted > 0
             and st.total_wanted_done == st.total_wanted

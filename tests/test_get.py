@@ -403,3 +403,18 @@ def test_download_survives_the_seeder_going_away_and_coming_back(tmp_path: Path,
         with SeederProc(source, *listen):  # back, same address: get redials it
             assert g.wait(30) == 0, g.stderr
     assert ckpt_files(dest) == ckpt_files(source)
+
+
+def test_widening_the_selection_later_fetches_only_the_new_files(tmp_path: Path, source: Path,
+                                                                 seeder: SeederProc):
+    dest = tmp_path / "dl"
+    args = [seeder.magnet, "--dest", str(dest), *manifest_arg(source), "--timeout", "30"]
+    first = run_get(*args, "--layers", "0")
+    assert first.proc.returncode == 0, first.stderr
+    rest = run_get(*args)  # now everything
+    assert rest.proc.returncode == 0, rest.stderr
+    assert ckpt_files(dest) == ckpt_files(source)
+    r1, r2 = first.result(), rest.result()
+    # At most the pieces shared with the first selection's boundaries come twice.
+    assert r2["downloaded"] <= r2["wanted"] - r1["wanted"] + 2 * r1["files"] * PIECE
+    assert r2["manifest_path"] is not None  # complete now, so pinned
