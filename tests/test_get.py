@@ -418,3 +418,15 @@ def test_widening_the_selection_later_fetches_only_the_new_files(tmp_path: Path,
     # At most the pieces shared with the first selection's boundaries come twice.
     assert r2["downloaded"] <= r2["wanted"] - r1["wanted"] + 2 * r1["files"] * PIECE
     assert r2["manifest_path"] is not None  # complete now, so pinned
+
+
+def test_narrowing_the_selection_later_keeps_the_files_already_there(tmp_path: Path,
+                                                                     source: Path,
+                                                                     seeder: SeederProc):
+    dest = tmp_path / "dl"
+    args = [seeder.magnet, "--dest", str(dest), *manifest_arg(source), "--timeout", "30"]
+    assert run_get(*args).proc.returncode == 0
+    narrow = run_get(*args, "--layers", "0")
+    assert narrow.proc.returncode == 0, narrow.stderr
+    assert narrow.result()["downloaded"] == 0
+    assert ckpt_files(dest) == ckpt_files(source)  # nothing unselected was touched
