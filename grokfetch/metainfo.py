@@ -92,18 +92,10 @@ def auto_piece_size(total_size: int) -> int:
 
 
 def find_checkpoint_folder(folder: Path) -> Path:
-    """The folder holding tensor00000_000: ``folder`` itself or its ``ckpt-0`` child."""
-    folder = Path(folder)
-    for cand in (folder, folder / "ckpt-0"):
-        if (cand / FIRST_TENSOR).is_file():
-            return cand
-    try:
-        from grokfetch.checkpoint import find_ckpt_dir
-    except ImportError:  # pragma: no cover - the core module always ships
-        find_ckpt_dir = None
-    if find_ckpt_dir is not None:
-        return Path(find_ckpt_dir(folder))
-    raise UsageError(f"{folder}: no {FIRST_TENSOR} here or in {folder / 'ckpt-0'}")
+    """The folder holding tensor00000_000 (``folder``, its ``ckpt-0``, or one level deeper)."""
+    from grokfetch.checkpoint import find_ckpt_dir
+
+    return Path(find_ckpt_dir(folder))
 
 
 def build_torrent(
@@ -220,7 +212,7 @@ def _layout(ti: Any) -> Any:
 
 def meta_from_info(ti: Any) -> TorrentMeta:
     """A TorrentMeta from a libtorrent torrent_info, after checking its raw paths."""
-    info = lt.bdecode(bytes(ti.info_section()))
+    info: Any = lt.bdecode(bytes(ti.info_section()))
     check_info_paths(info, ti.name() or "torrent")
     fs = _layout(ti)
     files = tuple(
@@ -261,7 +253,7 @@ def _trackers(ti: Any) -> tuple[str, ...]:
 def load_torrent_bytes(data: bytes, what: str = "torrent") -> tuple[Any, TorrentMeta]:
     """Parse and check a .torrent; return (libtorrent torrent_info, TorrentMeta)."""
     try:
-        decoded = lt.bdecode(data)
+        decoded: Any = lt.bdecode(data)
     except Exception as e:  # libtorrent raises RuntimeError subclasses for bad input
         raise TorrentError(f"{what}: not a torrent file ({e})") from None
     if not isinstance(decoded, dict) or not isinstance(decoded.get(b"info"), dict):
@@ -450,10 +442,10 @@ def select_files(
             chosen[f.index] = f
     if layer_paths is not None:
         for mp in layer_paths:
-            f = candidates.get(mp)
-            if f is None:
+            hit = candidates.get(mp)
+            if hit is None:
                 raise UsageError(f"{mp} (selected by --layers) is not in the torrent")
-            chosen[f.index] = f
+            chosen[hit.index] = hit
     return sorted(chosen.values(), key=lambda f: f.index)
 
 

@@ -138,7 +138,7 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
 
 def make_session(net: NetOptions) -> Any:
     params = lt.session_params()
-    params.settings = session_settings(net)
+    params.settings = session_settings(net)  # type: ignore[assignment] # a dict works too
     ses = lt.session(params)
     if net.max_download_rate or net.max_upload_rate:
         # libtorrent exempts local-network peers from rate limits (the "local"
@@ -298,7 +298,7 @@ def _packaged_manifest_for(info_hash: str) -> Any:
         m = mm.load_manifest(mm.resolve_manifest("grok-1"))
     except Exception:  # no packaged manifest yet: download without a manifest check
         return None
-    src = getattr(m, "sources", None)
+    src: Any = getattr(m, "sources", None)
     ih = (getattr(src, "info_hash", None) or "").lower()
     if not ih and getattr(src, "magnet", None):
         ih = metainfo.info_hash_of(src.magnet)
@@ -522,6 +522,7 @@ def download(
         atp = lt.add_torrent_params()
         atp.ti = ti
     else:
+        assert src.magnet is not None  # a Source without a torrent is a magnet
         atp = lt.parse_magnet_uri(src.magnet)
     if ti is None and (web_seeds or src.web_seeds) and not peer_addrs:
         say("note: a web seed cannot supply a magnet's metadata; waiting for peers "
