@@ -115,15 +115,20 @@ def build_torrent(
     files = sorted(p for p in ckpt.rglob("*") if p.is_file())
     if not files:
         raise UsageError(f"{ckpt}: no files to put in a torrent")
-    entries = []
-    for p in files:
-        rel = p.relative_to(ckpt.parent).as_posix()
-        entries.append(lt.create_file_entry(rel, p.stat().st_size))
-    total = sum(p.stat().st_size for p in files)
+    listed = [(p.relative_to(ckpt.parent).as_posix(), p.stat().st_size) for p in files]
+    total = sum(size for _, size in listed)
     psize = piece_size or auto_piece_size(total)
     if psize < MIN_PIECE or psize & (psize - 1):
         raise UsageError(f"piece size {psize} must be a power of two >= {MIN_PIECE}")
-    ct = lt.create_torrent(entries, psize, lt.create_torrent.v1_only)
+    flags = lt.create_torrent.v1_only
+    if hasattr(lt, "create_file_entry"):  # libtorrent 2.1
+        entries = [lt.create_file_entry(rel, size) for rel, size in listed]
+        ct = lt.create_torrent(entries, psize, flags)
+    else:  # 2.0: the file_storage constructor (deprecated in 2.1)
+        fs = lt.file_storage()
+        for rel, size in listed:
+            fs.add_file(rel, size)
+        ct = lt.create_torrent(fs, psize, flags)
     ct.set_creator("grokfetch")
     for tier, url in enumerate(trackers):
         ct.add_tracker(url, tier)

@@ -133,7 +133,8 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
         # libtorrent 2.1 ships public defaults for both; a private run contacts nobody.
         s["dht_bootstrap_nodes"] = ""
         s["webtorrent_stun_server"] = ""
-    return s
+    known = lt.default_settings()
+    return {k: v for k, v in s.items() if k in known}  # 2.0 lacks some (the STUN server)
 
 
 def make_session(net: NetOptions) -> Any:
@@ -549,7 +550,8 @@ def download(
     # Pieces shared with unselected files land in libtorrent's part file; keep
     # it with our state, not among the checkpoint files where verify would
     # report it as an extra file.
-    atp.part_file_dir = STATE_DIR  # relative to save_path
+    if hasattr(atp, "part_file_dir"):
+        atp.part_file_dir = STATE_DIR  # relative to save_path
     flags = atp.flags
     flags &= ~lt.torrent_flags.auto_managed  # never queued or paused by the session
     flags &= ~lt.torrent_flags.paused
