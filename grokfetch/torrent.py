@@ -515,7 +515,7 @@ def download(
     # of a run that did not exit cleanly is still there) or on --repair it is
     # dropped: added without it, libtorrent hashes what is on disk and keeps
     # every good piece.
-    recheck = saved is not None and (repair or marker.exists())
+    recheck = repair or marker.exists()
     if saved is not None and not recheck:
         atp = saved
         say(f"resuming from {resume_file.name}")
@@ -586,8 +586,8 @@ def download(
         st = h.status()
         magnet = lt.make_magnet_uri(h.torrent_file())
     except KeyboardInterrupt:
-        saved = _stop_and_save(run, ses, h, marker)
-        what = f"state saved in {state_dir}" if saved else "state not saved (the rerun rechecks)"
+        ok = _stop_and_save(run, ses, h, marker)
+        what = f"state saved in {state_dir}" if ok else "state not saved (the rerun rechecks)"
         raise Interrupted(f"interrupted; {what}: rerun the same command to continue") from None
     except GrokfetchError:  # disk full, --timeout, bad metadata: keep what we have
         _stop_and_save(run, ses, h, marker)
