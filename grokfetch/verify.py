@@ -426,7 +426,10 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
     """The files that should be there, with what is known about each."""
     out: list[_Expect] = []
     if trust.manifest is not None:
-        specs = _layout_specs(place, trust.manifest.config)
+        # The manifest says what each file holds; the layout is only inferred from the
+        # files when there is no manifest (that reads headers, and imports numpy).
+        config = trust.manifest.config
+        specs = {s.file: s for s in param_list(config)} if config is not None else {}
         for i, e in enumerate(trust.manifest.files):
             # structure checks are for checkpoint tensor files only (not repack outputs)
             tensor = bool(_TENSOR_RE.search(e.path))
