@@ -118,7 +118,7 @@ def _net(listen: str, no_dht: bool, no_utp: bool, down: str | None, up: str | No
 
 def _net_options(f: Any) -> Any:
     opts = [
-        click.option("--listen", default="0.0.0.0:6881", show_default=True,
+        click.option("--listen", default="0.0.0.0:6881", show_default=True, metavar="HOST:PORT",
                      help="HOST:PORT to accept peers on (port 0: any free port)."),
         click.option("--no-dht", is_flag=True,
                      help="No DHT, local peer discovery, UPnP or NAT-PMP: only the peers, "
