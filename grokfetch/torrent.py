@@ -374,11 +374,19 @@ def _listen_text(ses: Any, net: NetOptions) -> str:
 
 
 def _host_for_magnet(listen_host: str) -> str:
+    """The address to advertise: the --listen host, else this host's first non-loopback IPv4.
+
+    (Many distributions map the host name to 127.0.1.1, useless to other
+    nodes; --listen with an explicit address always wins.)
+    """
     if listen_host not in ("", "0.0.0.0", "::"):
         return listen_host
+    addrs: list[str] = []
     with contextlib.suppress(OSError):
-        return socket.gethostbyname(socket.gethostname())
-    return "127.0.0.1"
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        addrs = [str(i[4][0]) for i in infos]
+    outside = [a for a in addrs if not a.startswith("127.")]
+    return (outside or addrs or ["127.0.0.1"])[0]
 
 
 def magnet_with_peer(ti: Any, host: str, port: int) -> str:
