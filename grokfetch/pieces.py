@@ -21,6 +21,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from grokfetch.errors import TorrentError, UnsafePathError
 from grokfetch.fsutil import safe_relpath
@@ -94,7 +95,7 @@ def load_piece_map(path: str | os.PathLike[str]) -> PieceMap:
 
     Raises TorrentError for a torrent without v1 (SHA-1) piece hashes.
     """
-    ti, meta = load_torrent(path)
+    ti, meta = load_torrent(Path(path))
     if not ti.info_hashes().has_v1():
         # v2-only torrents carry per-file SHA-256 merkle trees instead of SHA-1
         # pieces; the Grok-1 torrent is v1, so they are not supported.

@@ -594,7 +594,7 @@ def _check_hashed(
     on_bytes: Callable[[int], None],
 ) -> FileResult:
     """Check a file against the manifest's BLAKE3 / SHA-256 / chunk hashes."""
-    base = {"size": size, "expected_size": x.size}
+    base: dict[str, Any] = {"size": size, "expected_size": x.size}
     if quick:
         # The header is cheap to parse and catches a zero-filled (preallocated) file.
         problem = _structure(x)
@@ -688,7 +688,7 @@ def _chunk_len(i: int, size: int, chunk_size: int) -> int:
 
 def _unverified(x: _Expect, size: int, why: str) -> FileResult:
     problem = _structure(x)
-    base = {"size": size, "expected_size": x.size}
+    base: dict[str, Any] = {"size": size, "expected_size": x.size}
     if problem:
         return FileResult(x.rel, FAILED, None, problem, **base)
     what = ""
@@ -718,7 +718,7 @@ def _torrent_results(
             continue
         f = x.tfile
         size = x.disk.stat().st_size
-        base = {"size": size, "expected_size": x.size}
+        base: dict[str, Any] = {"size": size, "expected_size": x.size}
         failed = set(check.failed) & set(pm.pieces_of(f))
         blamed = {p for p in failed if not any(g.index in broken for g in pm.files_of(p))}
         if blamed:

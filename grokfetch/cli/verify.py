@@ -8,12 +8,15 @@ problems were found, 2 when it could not run.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
 from grokfetch.cli.base import cli, echo_json, stderr
 from grokfetch.errors import EXIT_PROBLEMS, UsageError
 from grokfetch.progress import bytes_bar
-from grokfetch.verify import OK, UNVERIFIED, VerifyReport, pin, verify
+from grokfetch.verify import OK, UNVERIFIED, ProgressFactory, VerifyReport, pin, verify
 
 
 def _summary(r: VerifyReport) -> str:
@@ -99,7 +102,7 @@ def verify_cmd(
     if do_pin and quick:
         raise UsageError("--pin needs a full verification; drop --quick")
 
-    def progress(total: int, desc: str):  # noqa: ANN202 - a tqdm bar or a NullBar
+    def progress(total: int, desc: str) -> Any:  # tqdm on a terminal, else a NullBar
         return bytes_bar(total, desc)
 
     report = verify(
@@ -137,7 +140,9 @@ def verify_cmd(
         raise SystemExit(EXIT_PROBLEMS)
 
 
-def _pin(folder: str, report: VerifyReport, tofu: bool, jobs: int | None, progress):  # noqa: ANN001,ANN202
+def _pin(
+    folder: str, report: VerifyReport, tofu: bool, jobs: int | None, progress: ProgressFactory
+) -> Path | None:
     """Pin after verification, when something vouched for every file (or the user says so)."""
     if not report.ok:
         stderr("not pinning: verification found problems")
