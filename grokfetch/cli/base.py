@@ -9,6 +9,7 @@ documented exit code.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -20,9 +21,33 @@ import click
 from grokfetch import __version__
 from grokfetch.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GrokfetchError
 
+# Command name -> the module that defines it.  Modules are imported only when
+# their command runs (or help lists it), so `grokfetch verify` does not pay
+# for importing libtorrent and the forward pass: start-up is part of the
+# time a user waits.
+COMMAND_MODULES = {
+    "get": "grokfetch.cli.get",
+    "seed": "grokfetch.cli.get",
+    "verify": "grokfetch.cli.verify",
+    "repack": "grokfetch.cli.repack",
+    "smoke": "grokfetch.cli.smoke",
+    "inspect": "grokfetch.cli.inspect",
+    "synth": "grokfetch.cli.synth",
+    "demo": "grokfetch.cli.demo",
+}
+
 
 class GrokfetchGroup(click.Group):
-    """The one place where library errors become an ``Error:`` line and an exit code."""
+    """Lazily loaded commands; the one place where library errors become an
+    ``Error:`` line and an exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(COMMAND_MODULES[cmd_name])  # registers via @cli.command
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
