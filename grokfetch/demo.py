@@ -119,6 +119,10 @@ class _SeederProcess:
                     "--no-dht", "--no-utp", "--json-progress"]
         self.proc: subprocess.Popen[str] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
     def start(self) -> dict[str, Any]:
         env = dict(os.environ, GROKFETCH_NO_PROGRESS="1")
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE,
@@ -178,7 +182,8 @@ def run_demo(keep: str | os.PathLike[str] | None = None, num_layers: int | None 
         with rec.stage("grokfetch synth") as out:
             m = synthesize(src, "mini", num_layers=num_layers)
             synthesized = out["bytes"] = m.total_size
-            out["detail"] = (f"{len(m.files)} files, {m.config.num_layers} layers "
+            layers = m.config.num_layers if m.config else "?"
+            out["detail"] = (f"{len(m.files)} files, {layers} layers "
                              f"(real format: numpy 1.x pickles, JAX flatten order)")
         with rec.stage("make torrent + start seeder") as out:
             tpath = metainfo.make_torrent(src, piece_size=64 * 1024)
@@ -186,7 +191,7 @@ def run_demo(keep: str | os.PathLike[str] | None = None, num_layers: int | None 
             stopped = False
             event = seeder.start()
             magnet, port = event["magnet"], int(event["port"])
-            out["detail"] = f"seeding on 127.0.0.1:{port} in pid {seeder.proc.pid}"
+            out["detail"] = f"seeding on 127.0.0.1:{port} in pid {seeder.pid}"
         dest = work / "leecher"
         with rec.stage("grokfetch get MAGNET --peer") as out:
             # pin=False here only so the next stage can show the torrent-piece check
@@ -247,7 +252,7 @@ def run_demo(keep: str | os.PathLike[str] | None = None, num_layers: int | None 
             stopped = seeder.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    pid = seeder.proc.pid if seeder is not None and seeder.proc is not None else None
+    pid = seeder.pid if seeder is not None else None
     return DemoReport(work, bool(keep), rec.stages, synthesized, verified_bytes, stopped, pid)
 
 

@@ -48,19 +48,32 @@ import numpy as np
 class Config(Protocol):
     """The fields of ``grokfetch.layout.ModelConfig`` (official names) this file reads."""
 
-    emb_size: int  # D, width of the residual stream
-    key_size: int  # d, size of one attention head
-    num_q_heads: int  # H
-    num_kv_heads: int  # G: query heads share key/value heads in groups of H // G
-    num_layers: int
-    num_experts: int  # E
-    num_selected_experts: int  # k, experts per token (2)
-    embedding_multiplier_scale: float  # h0 = embeddings[tokens] * this
-    output_multiplier_scale: float  # logits = ... * this
-    attn_output_multiplier: float  # attention logit scale (1/sqrt(128) in Grok-1)
-    attn_logit_softcap: float  # 30.0: logits = cap * tanh(logits / cap)
-    rms_norm_eps: float
-    rope_base: float
+    @property
+    def emb_size(self) -> int: ...  # D, width of the residual stream
+    @property
+    def key_size(self) -> int: ...  # d, size of one attention head
+    @property
+    def num_q_heads(self) -> int: ...  # H
+    @property
+    def num_kv_heads(self) -> int: ...  # G: query heads share key/value heads in groups of H // G
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def num_experts(self) -> int: ...  # E
+    @property
+    def num_selected_experts(self) -> int: ...  # k, experts per token (2)
+    @property
+    def embedding_multiplier_scale(self) -> float: ...  # h0 = embeddings[tokens] * this
+    @property
+    def output_multiplier_scale(self) -> float: ...  # logits = ... * this
+    @property
+    def attn_output_multiplier(self) -> float: ...  # attention logit scale (1/sqrt(128) in Grok-1)
+    @property
+    def attn_logit_softcap(self) -> float: ...  # 30.0: logits = cap * tanh(logits / cap)
+    @property
+    def rms_norm_eps(self) -> float: ...
+    @property
+    def rope_base(self) -> float: ...
 
 
 class Matrix(Protocol):
@@ -190,8 +203,9 @@ def attention(x: np.ndarray, w: LayerWeights, cfg: Config) -> tuple[np.ndarray, 
     q = rope(q, positions, cfg.rope_base)  # (T, H, d)
     k = rope(k, positions, cfg.rope_base)  # (T, G, d)
     # Query head n uses key/value head n // R: heads are grouped, not interleaved.
-    q = q.reshape(t, g, h // g, d)  # (T, G, R, d)
-    logits = np.einsum("tgrd,sgd->grts", q, k) * np.float32(cfg.attn_output_multiplier)  # (G,R,T,T)
+    qg = q.reshape(t, g, h // g, d)  # (T, G, R, d)
+    scale = np.float32(cfg.attn_output_multiplier)
+    logits = np.einsum("tgrd,sgd->grts", qg, k) * scale  # (G, R, T, T)
     logits = soft_cap(logits, cfg.attn_logit_softcap)  # (G, R, T, T)
     logits = np.where(causal_mask(t), logits, np.float32(-1e30))  # (G, R, T, T)
     probs = softmax(logits, axis=-1)  # (G, R, T, T)

@@ -25,7 +25,7 @@ from grokfetch.errors import UnsafePathError
 TMP_MARK = ".grokfetch-tmp-"
 
 
-def safe_relpath(rel: str, what: str = "path") -> str:
+def safe_relpath(rel: object, what: str = "path") -> str:
     """Return ``rel`` normalised, or raise UnsafePathError if it could escape its root.
 
     Refused: empty paths, absolute paths, ``..`` components, backslashes, NUL
@@ -83,7 +83,7 @@ def temp_name(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[bytes]]:
     """Open a temp file beside ``path``; on success fsync and rename it into place.
 
     On any exception the temp file is removed and ``path`` is left untouched.

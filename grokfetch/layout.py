@@ -222,9 +222,9 @@ def param_list(cfg: ModelConfig) -> list[ParamSpec]:
          (cfg.vocab_size, cfg.emb_size)),
         ("language_model/rms_norm", "scale", None, "ndarray", (cfg.emb_size,)),
     ]
-    for layer in range(cfg.num_layers):
+    for n in range(cfg.num_layers):
         for sub, (leaf, kind, info) in _layer_modules(cfg).items():
-            entries.append((f"transformer/decoder_layer_{layer}/{sub}", leaf, layer, kind, info))
+            entries.append((f"transformer/decoder_layer_{n}/{sub}", leaf, n, kind, info))
     # The haiku params dict is {module_path: {leaf: value}}; tree_util sorts the
     # keys as strings at each level, which is what puts layer 10 before layer 2.
     entries.sort(key=lambda t: (t[0], t[1]))
@@ -238,13 +238,12 @@ def param_list(cfg: ModelConfig) -> list[ParamSpec]:
         )
     params = []
     for index, (module, leaf, layer, kind, info) in enumerate(entries):
+        scale_groups: int | None = None
         if kind == "quantized":
             shape, groups = info
-            arrays, g = _quantized(shape, groups)
-            scale_groups: int | None = g
+            arrays, scale_groups = _quantized(shape, groups)
         else:
             arrays = (ArraySpec("array", "float32", tuple(info)),)
-            scale_groups = None
         params.append(ParamSpec(index, f"{CKPT_DIR}/{file_name(index)}", module, leaf,
                                 layer, kind, arrays, scale_groups))
     return params

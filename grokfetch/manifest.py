@@ -166,8 +166,8 @@ def _parse(d: Any, origin: str) -> Manifest:
         raise _bad(origin, "files", "must be a list")
     files = []
     seen: set[str] = set()
-    for i, e in enumerate(raw_files):
-        entry = _parse_entry(e, origin, f"files[{i}]", chunk_size)
+    for i, raw in enumerate(raw_files):
+        entry = _parse_entry(raw, origin, f"files[{i}]", chunk_size)
         if entry.path in seen:
             raise _bad(origin, f"files[{i}]", f"duplicate path {entry.path!r}")
         seen.add(entry.path)

@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
@@ -314,7 +314,7 @@ class ArrayData:
             arr = np.ascontiguousarray(src)
 
             def write_array(f: BinaryIO) -> None:
-                f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+                f.write(arr.reshape(-1).view(np.uint8).data)
 
             return _Payload(self.nbytes, write_array)
         return _Payload(self.nbytes, src)
@@ -349,7 +349,7 @@ def pickled_size(kind: str, arrays: dict[str, ArrayData], numpy_spelling: int = 
     return sink.size
 
 
-def write_param_file(target: str | os.PathLike[str] | BinaryIO, kind: str,
+def write_param_file(target: str | os.PathLike[str] | IO[bytes], kind: str,
                      arrays: dict[str, ArrayData], numpy_spelling: int = 1) -> int:
     """Write one parameter file exactly as numpy 1.x + pickle protocol 4 did.
 
@@ -362,7 +362,7 @@ def write_param_file(target: str | os.PathLike[str] | BinaryIO, kind: str,
         sink = _Sink(target)  # type: ignore[arg-type]
         _emit(sink, _root(kind, arrays, numpy_spelling))
         return sink.size
-    with open(target, "wb") as f:  # type: ignore[arg-type]
+    with open(target, "wb") as f:
         sink = _Sink(f)
         _emit(sink, _root(kind, arrays, numpy_spelling))
     return sink.size

@@ -521,7 +521,9 @@ def repack(
     dtype = dtype or ("bf16" if layout == "sglang" else "keep")
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-    if isinstance(compress, int) and not isinstance(compress, bool):
+    if isinstance(compress, bool):
+        raise UsageError("compress must be None, 'zstd', 'zstd:LEVEL' or a level")
+    if isinstance(compress, int):
         level = parse_compress(f"zstd:{compress}")
     else:
         level = parse_compress(compress)

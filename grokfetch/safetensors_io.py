@@ -357,7 +357,7 @@ class _Mapped:
 
 def _raw(a: np.ndarray) -> memoryview:
     """The bytes of a C-contiguous array (memoryview cannot export bfloat16 itself)."""
-    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8).data
 
 
 def _convert_blocks(t: Tensor) -> Iterator[memoryview]:
@@ -510,7 +510,8 @@ def write_safetensors(
                 import zstandard
 
                 cctx = zstandard.ZstdCompressor(level=compress_level, threads=-1)
-                cctx_writer = cctx.stream_writer(hashing, closefd=False, write_return_read=True)
+                cctx_writer = cctx.stream_writer(
+                    hashing, closefd=False, write_return_read=True)  # type: ignore[arg-type]
                 sink = cctx_writer
             sink.write(head)
             for t in ordered:

@@ -465,7 +465,7 @@ def run_smoke(
 def save_outputs(report: SmokeReport, path: str | os.PathLike[str]) -> Path:
     """Write the report's arrays to an .npz (golden key names), atomically."""
     buf = io.BytesIO()
-    np.savez(buf, **report.outputs)
+    np.savez(buf, **report.outputs)  # type: ignore[arg-type]  # numpy stubs: **kwds arrays
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())
     return Path(path)

@@ -71,7 +71,7 @@ def _stream(nbytes: int, make_block: Callable[[int], np.ndarray], itemsize: int,
         per_block = max(1, _BLOCK_BYTES // itemsize)
         while left > 0:
             n = min(left, per_block)
-            f.write(memoryview(np.ascontiguousarray(make_block(n)).view(np.uint8).reshape(-1)))
+            f.write(np.ascontiguousarray(make_block(n)).view(np.uint8).reshape(-1).data)
             left -= n
 
     return write

@@ -8,11 +8,13 @@ from grokfetch.cli.base import cli, echo_json
 from grokfetch.demo import DemoReport, Stage, run_demo
 from grokfetch.errors import EXIT_PROBLEMS
 from grokfetch.progress import bytes_bar
+from grokfetch.torrent import Progress
 
 
-def _size(n: int) -> str:
-    if not n:
+def _size(nbytes: int) -> str:
+    if not nbytes:
         return "-"
+    n = float(nbytes)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -63,7 +65,7 @@ def demo_cmd(keep: str | None, num_layers: int | None, as_json: bool) -> None:
             click.echo(f"[{'ok' if s.passed else 'FAIL'}] {s.name} ({s.seconds:.2f}s): {s.detail}",
                        err=True)
 
-    def on_progress(p) -> None:  # type: ignore[no-untyped-def]
+    def on_progress(p: Progress) -> None:
         nonlocal bar
         if as_json or p.wanted <= 0:
             return
