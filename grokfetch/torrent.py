@@ -65,6 +65,7 @@ SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick
 FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
 PRIO_WAIT = 30.0  # seconds to wait for file_prio_alert before judging completion anyway
 REDIAL_EVERY = 5.0  # seconds between re-dialling --peer addresses while unconnected
+ALERT_GRACE = 1.0  # seconds to wait for the file_error_alert behind a stopped torrent
 
 _S = lt.torrent_status.states
 _STATE_NAMES = {
@@ -857,8 +858,8 @@ def _loop(
         if run.file_error or st.upload_mode:
             msg = run.file_error or f"{run.dest}: writing failed (disk full?); rerun to continue"
             raise DiskError(msg)
-        if st.errc.value():  # libtorrent stopped the torrent (file errors are caught above)
-            raise TorrentError(f"{run.info_hash}: {st.errc.message()}")
+        if st.errc.value():  # libtorrent stopped the torrent
+            raise _stopped_error(run, ses, h, st)
         if peers and st.num_peers == 0 and now - last_dial >= REDIAL_EVERY:
             for addr in peers:
                 h.connect_peer(addr)
@@ -890,6 +891,29 @@ def _loop(
                 f"{src.what}: not complete after {timeout:.0f} s "
                 f"({st.total_wanted_done} of {st.total_wanted} bytes); state saved, rerun"
             )
+
+
+def _stopped_error(run: _Run, ses: Any, h: Any, st: Any) -> GrokfetchError:
+    """Why libtorrent stopped the torrent, as the error to raise.
+
+    A file it could not open or write (a path on disk that is a file where a
+    folder must be, a folder where a file must be, no permission) is a disk
+    problem naming that file.  Its ``file_error_alert`` can trail the status
+    that shows the error, so the alerts are drained once more before deciding.
+    """
+    deadline = time.monotonic() + ALERT_GRACE
+    while run.file_error is None and time.monotonic() < deadline:
+        ses.wait_for_alert(50)
+        for a in ses.pop_alerts():
+            _handle_alert(run, a, ses)
+    if run.file_error:
+        return DiskError(run.file_error)
+    if st.error_file >= 0:  # negative values: the torrent itself (metadata, URL, part file)
+        where: object = st.error_file
+        with contextlib.suppress(Exception):
+            where = run.dest / h.torrent_file().files().file_path(st.error_file)
+        return DiskError(f"{where}: {st.errc.message()}; fix it and rerun to continue")
+    return TorrentError(f"{run.info_hash}: {st.errc.message()}")
 
 
 def _state_name(st: Any, done: bool) -> str:

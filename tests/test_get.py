@@ -264,6 +264,43 @@ def test_torrent_that_disagrees_with_manifest_stops(tmp_path: Path, source: Path
     assert not (tmp_path / "d" / "ckpt-0").exists()
 
 
+def test_a_file_where_the_checkpoint_folder_goes_is_a_disk_error_naming_it(
+        tmp_path: Path, seeder: SeederProc):
+    # By magnet the metadata arrives mid-run; libtorrent then stops the torrent, and its
+    # status can show the error before the file_error_alert naming the file arrives.
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / "ckpt-0").write_bytes(b"not a folder")
+    g = run_get(seeder.bare_magnet, "--dest", str(dest), "--peer", seeder.peer,
+                "--timeout", "30")
+    assert g.proc.returncode == 5, g.stderr
+    assert f"Error: {dest}/ckpt-0/tensor" in g.stderr and "Not a directory" in g.stderr
+    assert (dest / "ckpt-0").read_bytes() == b"not a folder"
+
+
+def test_stopped_torrent_with_an_error_file_but_no_alert_yet_names_the_file(tmp_path: Path):
+    from types import SimpleNamespace
+
+    class Errc:
+        def value(self) -> int:
+            return 21
+
+        def message(self) -> str:
+            return "Is a directory"
+
+    files = SimpleNamespace(file_path=lambda i: f"ckpt-0/tensor{i:05d}_000")
+    handle = SimpleNamespace(torrent_file=lambda: SimpleNamespace(files=lambda: files))
+    session = SimpleNamespace(wait_for_alert=lambda ms: None, pop_alerts=lambda: [])
+    run = torrent._Run(dest=tmp_path, state_dir=tmp_path, info_hash="ab" * 20, manifest=None,
+                       include=(), layers=None, space_check=False, on_message=print)
+    status = SimpleNamespace(errc=Errc(), error_file=4)
+    err = torrent._stopped_error(run, session, handle, status)
+    assert isinstance(err, torrent.DiskError)
+    assert str(err).startswith(f"{tmp_path}/ckpt-0/tensor00004_000: Is a directory")
+    status = SimpleNamespace(errc=Errc(), error_file=-4)  # the metadata: a torrent problem
+    assert isinstance(torrent._stopped_error(run, session, handle, status), torrent.TorrentError)
+
+
 def test_layers_without_a_manifest_is_a_usage_error(tmp_path: Path, source: Path):
     r = CliRunner().invoke(cli, ["get", str(source / "ckpt-0.torrent"), "--dest",
                                  str(tmp_path / "d"), "--layers", "0", *LOOPBACK])
