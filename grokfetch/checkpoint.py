@@ -65,6 +65,8 @@ def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfi
     128) must divide the query and key widths, else the largest power of two
     <= it that does is used (only RoPE and attention care; naming does not).
     """
+    if key_size < 1:
+        raise UsageError(f"{ckpt_dir}: key size {key_size}: expected a positive head size")
     files = tensor_files(ckpt_dir)
     n = (max(files) + 1) if files else 0
     if n < 14 or (n - 2) % 12:

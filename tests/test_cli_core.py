@@ -78,6 +78,13 @@ def test_inspect_missing_only_exits_1(copy_ckpt):
     assert "MISSING: ckpt-0/tensor00145_000" in r.output
 
 
+def test_inspect_key_size_zero_is_a_usage_error_not_a_crash():
+    # the head size is only used when the config is inferred (no manifest here)
+    r = run("inspect", GOLDEN / "ckpt-0", "--key-size", "0")
+    assert r.exit_code == 2, r.output
+    assert r.stderr == f"Error: {GOLDEN / 'ckpt-0'}: key size 0: expected a positive head size\n"
+
+
 def test_inspect_with_config_file(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text((GOLDEN / "layout.json").read_text())
