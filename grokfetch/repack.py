@@ -66,6 +66,7 @@ from grokfetch.safetensors_io import (
     Tensor,
     write_safetensors,
 )
+from grokfetch.weights import check_config_fits
 
 LAYOUTS = ("per-tensor", "sglang")
 DTYPES = ("keep", "bf16", "f32")
@@ -539,6 +540,7 @@ def repack(
         raise UsageError(f"shard size must be positive, got {shard_size}")
 
     ckpt = open_checkpoint(src, config)
+    check_config_fits(ckpt)
     dest_path = Path(dest)
     _check_dest(dest_path, ckpt)
     cfg = ckpt.config

@@ -39,14 +39,17 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ml_dtypes
 import numpy as np
 
 from grokfetch.errors import CheckpointFormatError, UsageError
 from grokfetch.forward import LayerWeights
-from grokfetch.layout import ModelConfig, ParamSpec, param_list
+from grokfetch.layout import ModelConfig, ParamSpec, file_name, param_list
+
+if TYPE_CHECKING:
+    from grokfetch.checkpoint import Checkpoint
 
 BLOCK_ELEMENTS = 4 << 20  # values per dequantized block: 16 MiB of float32 scratch
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -695,6 +698,42 @@ def _read_json(path: Path) -> Any:
         raise UsageError(f"{path}: cannot read JSON: {e}") from None
 
 
+def check_config_fits(ckpt: Checkpoint) -> None:
+    """Refuse a config that would name the checkpoint's files wrongly.
+
+    The file order depends on the layer count (JAX sorts ``decoder_layer_10``
+    before ``decoder_layer_2``), and every layer's files have the same shapes,
+    so a config with the wrong ``num_layers`` still reads "fine" - with every
+    layer past 1 taken from another layer's files.  Two things give it away:
+    tensor files beyond the config's last index, and a pinned manifest that
+    says a file holds another parameter than the config puts there.
+    """
+    from grokfetch.checkpoint import tensor_files
+
+    if ckpt.config_source != "explicit":  # inferred from the files, or the manifest's own
+        return
+    cfg = ckpt.config
+    n = len(ckpt.params)
+    extra = sorted(i for i in tensor_files(ckpt.ckpt_dir) if i >= n)
+    if extra:
+        last = ckpt.ckpt_dir / file_name(extra[-1])
+        raise UsageError(
+            f"{last}: the config says {cfg.num_layers} layers ({n} files, up to "
+            f"{file_name(n - 1)}) but the checkpoint has {file_name(extra[-1])}; the file "
+            "order depends on the layer count, so layers would be read from the wrong files - "
+            "pass the checkpoint's own config"
+        )
+    if ckpt.manifest is not None:
+        by_file = {p.file: p.module for p in ckpt.params}
+        for e in ckpt.manifest.files:
+            if e.param and e.path in by_file and by_file[e.path] != e.param:
+                raise UsageError(
+                    f"{ckpt.root / e.path}: the manifest says it holds {e.param}, the config "
+                    f"({cfg.num_layers} layers) puts {by_file[e.path]} there; pass the "
+                    "checkpoint's own config"
+                )
+
+
 def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None) -> ModelWeights:
     """A lazy loader for the checkpoint or repack at ``path`` (layout detected).
 
@@ -734,4 +773,5 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
     from grokfetch.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(root, config=config)
+    check_config_fits(ckpt)
     return OriginalWeights(ckpt.root, ckpt.ckpt_dir, ckpt.config, ckpt.config_source)

@@ -298,3 +298,14 @@ def test_sources_without_a_manifest_are_hashed(copy_ckpt, tmp_path):
         if e.source:
             assert e.source["blake3"] == pinned.file(e.source["file"]).blake3
     assert_manifest_verifies(res.dest)
+
+
+def test_a_config_with_too_few_layers_is_refused_before_writing(tmp_path):
+    from conftest import GOLDEN
+
+    cfg = json.loads((GOLDEN / "layout.json").read_text())["meta"]["config"] | {"num_layers": 10}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(cli, ["repack", str(GOLDEN), str(tmp_path / "o"), "--config",
+                                 str(tmp_path / "c.json")])
+    assert r.exit_code == 2 and "the config says 10 layers" in r.stderr
+    assert not (tmp_path / "o").exists()

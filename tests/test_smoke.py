@@ -370,3 +370,35 @@ def test_copies_of_different_models_cannot_be_compared(mini_ckpt):
 def test_token_lists_round_trip(tokens):
     assert parse_tokens(",".join(map(str, tokens))) == tokens
     assert parse_tokens(", ".join(map(str, tokens)) + ",") == tokens
+
+
+# --- a config that does not fit the files ------------------------------------------------------
+
+
+def _golden_config_with(tmp_path: Path, **change: object) -> Path:
+    cfg = json.loads(GOLDEN_CONFIG.read_text())["meta"]["config"] | change
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_a_config_with_too_few_layers_is_refused_not_read_from_the_wrong_files(tmp_path):
+    # With 10 layers the file order is 0, 1, 2, ...: layer 2 would be read from layer 10's
+    # files (same shapes), and every check would pass on a scrambled model.
+    config = _golden_config_with(tmp_path, num_layers=10)
+    code, output = run(GOLDEN, "--all", "--config", config)
+    assert code == 2
+    assert "tensor00145_000: the config says 10 layers (122 files" in output
+    assert "read from the wrong files" in output
+
+
+def test_a_config_disagreeing_with_the_pinned_manifest_is_refused(mini_ckpt, tmp_path):
+    cfg = load_config_dict(mini_ckpt) | {"num_layers": 14}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    code, output = run(mini_ckpt, "--layer", 2, "--config", tmp_path / "c.json")
+    assert code == 2
+    assert "tensor00050_000: the manifest says it holds transformer/decoder_layer_2/moe" in output
+
+
+def load_config_dict(root: Path) -> dict:
+    return json.loads((root / "grokfetch-manifest.json").read_text())["config"]
