@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from grokfetch import forward
-from grokfetch.errors import UsageError
+from grokfetch.errors import DiskError, UsageError
 from grokfetch.fsutil import atomic_write
 from grokfetch.layout import ModelConfig
 from grokfetch.weights import ModelWeights, open_weights
@@ -462,12 +462,37 @@ def run_smoke(
     )
 
 
+def check_save_path(path: str | os.PathLike[str]) -> None:
+    """Raise UsageError now if ``save_outputs`` could not write ``path``, rather than after
+    a run that may take minutes (creates the folder, as ``save_outputs`` would)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--save {p}: is a folder; name an .npz file")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(p.parent / f"{p.name}.probe", "wb"):
+            raise _Probed
+    except _Probed:
+        return
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"--save {p}: {p.parent} is not a folder") from None
+    except OSError as e:
+        raise UsageError(f"--save {p}: cannot write there ({e.strerror or e})") from None
+
+
+class _Probed(Exception):
+    """Ends ``check_save_path``'s probe: the temp file was created, and is removed again."""
+
+
 def save_outputs(report: SmokeReport, path: str | os.PathLike[str]) -> Path:
     """Write the report's arrays to an .npz (golden key names), atomically."""
     buf = io.BytesIO()
     np.savez(buf, **report.outputs)  # type: ignore[arg-type]  # numpy stubs: **kwds arrays
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
+    try:
+        with atomic_write(path, "wb") as f:
+            f.write(buf.getvalue())
+    except OSError as e:
+        raise DiskError(f"{path}: cannot write the outputs ({e.strerror or e})") from None
     return Path(path)
 
 

@@ -402,3 +402,27 @@ def test_a_config_disagreeing_with_the_pinned_manifest_is_refused(mini_ckpt, tmp
 
 def load_config_dict(root: Path) -> dict:
     return json.loads((root / "grokfetch-manifest.json").read_text())["config"]
+
+
+# --- --save -------------------------------------------------------------------------------------
+
+
+def test_save_to_an_unwritable_path_is_refused_before_the_run(mini_ckpt, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    code, output = run(mini_ckpt, "--save", tmp_path / "a-file" / "out.npz")
+    assert code == 2
+    assert f"Error: --save {tmp_path / 'a-file' / 'out.npz'}: {tmp_path / 'a-file'} is not a " \
+           "folder" in output
+    assert "checks passed" not in output  # refused before the forward pass ran
+
+
+def test_save_failing_after_the_run_is_a_disk_error_naming_the_file(mini_ckpt, tmp_path):
+    from grokfetch.errors import DiskError
+    from grokfetch.smoke import save_outputs, smoke
+
+    report = smoke(mini_ckpt, layer=0, check_weights=False)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DiskError, match="a-file/out.npz: cannot write the outputs"):
+        save_outputs(report, tmp_path / "a-file" / "out.npz")
+    save_outputs(report, tmp_path / "ok" / "out.npz")
+    assert set(np.load(tmp_path / "ok" / "out.npz")) >= {"h_in", "h_out", "expert_idx"}

@@ -12,6 +12,7 @@ from grokfetch.errors import EXIT_PROBLEMS, UsageError
 from grokfetch.smoke import (
     Comparison,
     SmokeReport,
+    check_save_path,
     parse_tokens,
     run_smoke,
     save_outputs,
@@ -168,6 +169,8 @@ def smoke_cmd(
     if input_path and tokens is not None:
         raise UsageError("--input replaces the tokens' embeddings; drop --tokens")
     config = load_config_option(config_path)
+    if save_path:
+        check_save_path(save_path)  # before the run, not after it
     token_list = parse_tokens(tokens) if tokens is not None else None
     run = functools.partial(
         run_smoke,
