@@ -15,8 +15,10 @@ tensor never sits in memory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,12 +26,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from grokfetch.errors import UsageError
-from grokfetch.fsutil import atomic_write, inside
+from grokfetch.errors import DiskError, GrokfetchError, UsageError
+from grokfetch.fsutil import TMP_MARK, atomic_write, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
-from grokfetch.layout import GROK1, ModelConfig, ParamSpec, param_list
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, save_manifest
-from grokfetch.pickle_writer import ArrayData, write_param_file
+from grokfetch.layout import CKPT_DIR, GROK1, ModelConfig, ParamSpec, param_list
+from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
+from grokfetch.pickle_writer import ArrayData, pickled_size, write_param_file
 from grokfetch.reader import BFLOAT16
 
 PRESETS: dict[str, ModelConfig] = {
@@ -47,6 +49,7 @@ PRESETS: dict[str, ModelConfig] = {
     "grok-1": GROK1,
 }
 
+SYNTH_NOTE = "synthetic checkpoint"  # how a manifest says synth wrote it (and may replace it)
 _BLOCK_BYTES = 32 * 1024 * 1024  # generation block: bounds memory for full-size tensors
 
 
@@ -135,7 +138,10 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
     """
     cfg = resolve_config(preset, num_layers, config)
     root = Path(dest)
+    earlier = _earlier_synth(root)
+    _check_space(root, cfg, seed, preset)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)  # a killed run's half-written file
     entries = []
     for spec in param_list(cfg):
         path = inside(root, spec.file)
@@ -157,7 +163,66 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
         pinned=True,
         config=cfg,
         chunk_size=chunk_size,
-        notes=f"synthetic checkpoint (preset {preset}, seed {seed}) written by grokfetch synth",
+        notes=f"{SYNTH_NOTE} (preset {preset}, seed {seed}) written by grokfetch synth",
     )
     save_manifest(manifest, root / MANIFEST_NAME)
+    # Files of an earlier, larger synth that this one does not list (e.g. layers 2-11
+    # after --layers 2) would otherwise stay behind as extra, wrongly named files.
+    for rel in sorted(earlier - {e.path for e in entries}):
+        with contextlib.suppress(OSError, GrokfetchError):
+            inside(root, rel).unlink()
     return manifest
+
+
+def _is_synthetic(m: Manifest) -> bool:
+    return m.repack is None and (m.notes or "").startswith(SYNTH_NOTE)
+
+
+def _earlier_synth(root: Path) -> set[str]:
+    """The files of an earlier synth in ``root`` (which this one replaces).
+
+    Refuses a folder that holds anything else: synth overwrites tensor files,
+    and a real download or a repack must never be replaced by random weights.
+    """
+    if not root.exists():
+        return set()
+    if not root.is_dir():
+        raise UsageError(f"{root}: exists and is not a folder")
+    found = [p for p in root.iterdir() if not p.name.startswith(TMP_MARK)]
+    if not found:
+        return set()
+    mpath = root / MANIFEST_NAME
+    m = None
+    if mpath.is_file():
+        with contextlib.suppress(GrokfetchError):
+            m = load_manifest(mpath)
+    if m is None or not _is_synthetic(m):
+        what = (f"{MANIFEST_NAME} of {m.name!r}, not a synthetic checkpoint" if m is not None
+                else sorted(found)[0].name)
+        raise UsageError(f"{root}: is not empty (holds {what}); synth writes into a new or "
+                         "empty folder, or over an earlier synthetic checkpoint")
+    return {e.path for e in m.files}
+
+
+def _check_space(root: Path, cfg: ModelConfig, seed: int, preset: str) -> None:
+    """Refuse up front what cannot fit (``--preset grok-1`` without --layers is 318 GB)."""
+    need = synth_size(cfg, seed)
+    ckpt_dir = root / CKPT_DIR
+    if ckpt_dir.is_dir():  # files replaced one by one free their space again
+        need -= sum(p.stat().st_size for p in ckpt_dir.iterdir() if p.is_file())
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        plural = "" if cfg.num_layers == 1 else "s"
+        raise DiskError(
+            f"{root}: a synthetic {preset} checkpoint with {cfg.num_layers} layer{plural} needs "
+            f"{need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free; use --layers N for fewer "
+            "layers"
+        )
+
+
+def synth_size(cfg: ModelConfig, seed: int = 0) -> int:
+    """Bytes of the checkpoint ``synthesize`` writes for ``cfg`` (nothing is written)."""
+    return sum(pickled_size(p.kind, param_arrays(p, seed, sparse=True)) for p in param_list(cfg))

@@ -6,10 +6,8 @@ import click
 
 from grokfetch.cli.base import cli
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
-from grokfetch.layout import param_list
-from grokfetch.pickle_writer import pickled_size
 from grokfetch.progress import bytes_bar
-from grokfetch.synth import PRESETS, param_arrays, resolve_config, synthesize
+from grokfetch.synth import PRESETS, resolve_config, synth_size, synthesize
 
 
 @cli.command("synth")
@@ -25,9 +23,15 @@ from grokfetch.synth import PRESETS, param_arrays, resolve_config, synthesize
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def synth_cmd(dest: str, preset: str, num_layers: int | None, seed: int, chunk_size: int,
               quiet: bool) -> None:
-    """Write a synthetic checkpoint (random weights, real format) and its manifest to DEST."""
+    """Write a synthetic checkpoint (random weights, real format) and its manifest to DEST.
+
+    DEST is a new or empty folder, or an earlier synthetic checkpoint (replaced,
+    stale files removed); any other folder is refused, so a download or a
+    repack is never overwritten. A checkpoint that does not fit the free disk
+    space is refused before anything is written (exit 5).
+    """
     cfg = resolve_config(preset, num_layers)
-    total = sum(pickled_size(p.kind, param_arrays(p, seed)) for p in param_list(cfg))
+    total = synth_size(cfg, seed)
     bar = bytes_bar(total, "synth", enabled=None if not quiet else False)
     try:
         m = synthesize(dest, preset, num_layers=num_layers, seed=seed, chunk_size=chunk_size,
