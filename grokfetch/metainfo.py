@@ -205,7 +205,7 @@ def check_info_paths(info: dict[bytes, Any], what: str = "torrent") -> None:
         walk(info[b"file tree"], [])
 
 
-def _layout(ti: Any) -> Any:
+def file_layout(ti: Any) -> Any:
     # torrent_info.files() is deprecated in 2.1 in favour of layout(); both
     # return the same file_storage.
     if hasattr(ti, "layout"):
@@ -219,7 +219,7 @@ def meta_from_info(ti: Any) -> TorrentMeta:
     """A TorrentMeta from a libtorrent torrent_info, after checking its raw paths."""
     info: Any = lt.bdecode(bytes(ti.info_section()))
     check_info_paths(info, ti.name() or "torrent")
-    fs = _layout(ti)
+    fs = file_layout(ti)
     files = tuple(
         TorrentFile(
             index=i,

@@ -911,9 +911,21 @@ def _stopped_error(run: _Run, ses: Any, h: Any, st: Any) -> GrokfetchError:
     if st.error_file >= 0:  # negative values: the torrent itself (metadata, URL, part file)
         where: object = st.error_file
         with contextlib.suppress(Exception):
-            where = run.dest / h.torrent_file().files().file_path(st.error_file)
+            where = run.dest / metainfo.file_layout(h.torrent_file()).file_path(st.error_file)
         return DiskError(f"{where}: {st.errc.message()}; fix it and rerun to continue")
     return TorrentError(f"{run.info_hash}: {st.errc.message()}")
+
+
+def piece_files(ti: Any, piece: int) -> str:
+    """Which files, and which bytes of each, a piece covers: 'ckpt-0/tensor00003_000
+    bytes 0-12432' (what a message about a bad piece must name)."""
+    fs = metainfo.file_layout(ti)
+    parts = []
+    for s in ti.map_block(piece, 0, ti.piece_size(piece)):
+        if fs.file_flags(s.file_index) & lt.file_storage.flag_pad_file:
+            continue
+        parts.append(f"{fs.file_path(s.file_index)} bytes {s.offset}-{s.offset + s.size - 1}")
+    return ", ".join(parts)
 
 
 def _state_name(st: Any, done: bool) -> str:
@@ -1095,7 +1107,11 @@ class Seeder:
         st = self.h.status()
         for a in self.ses.pop_alerts():
             if isinstance(a, lt.hash_failed_alert):
-                self.say(f"piece {a.piece_index} failed its hash check on disk")
+                self.say(
+                    f"piece {a.piece_index} failed its hash check on disk "
+                    f"({piece_files(self.h.torrent_file(), a.piece_index)}); not sent - "
+                    f"find the damage with `grokfetch verify {self.folder}`"
+                )
         return Progress(
             state=_state_name(st, True),
             wanted=st.total_wanted,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,25 @@ def test_seed_with_an_explicit_torrent(ckpt: Path, tmp_path: Path):
         t = s.torrent
     with SeederProc(ckpt, "--torrent", str(t)) as s2:
         assert s2.info_hash == load_torrent(t)[1].info_hash
+
+
+def test_a_bad_piece_found_while_seeding_names_its_file_and_bytes(ckpt: Path, tmp_path: Path):
+    # Pinned, so the seeder checks each piece only as it first sends it.
+    make_torrent(ckpt)  # of the good bytes
+    victim = ckpt / "ckpt-0" / "tensor00003_000"
+    data = bytearray(victim.read_bytes())
+    data[5000:5008] = b"XXXXXXXX"
+    victim.write_bytes(bytes(data))
+    said: list[str] = []
+    with Seeder(ckpt, net=NET, on_message=said.append) as seeder:
+        info = seeder.info
+        assert info is not None and info.verified == "lazy"
+        with GetProc(info.magnet, "--dest", str(tmp_path / "dl"), "--timeout", "30"):
+            deadline = time.monotonic() + 20
+            while not any("failed its hash check" in m for m in said):
+                assert time.monotonic() < deadline, said
+                seeder.status()
+                time.sleep(0.05)
+    msg = next(m for m in said if "failed its hash check" in m)
+    assert re.search(r"ckpt-0/tensor00003_000 bytes \d+-\d+", msg), msg
+    assert f"grokfetch verify {ckpt}" in msg
