@@ -477,6 +477,12 @@ def _check_dest(dest: Path, ckpt: Checkpoint) -> None:
         if real == Path(os.path.realpath(p)):
             raise UsageError(f"{dest}: is the source checkpoint's folder; repack into a "
                              "folder of its own")
+    # Nested inside the source, the outputs become extra files of the checkpoint
+    # (verify --strict fails on them, a seeder's folder no longer matches its torrent).
+    if real.is_relative_to(os.path.realpath(ckpt.root)):
+        raise UsageError(f"{dest}: is inside the source checkpoint's folder {ckpt.root}; "
+                         "repack into a folder of its own (beside it, e.g. "
+                         f"{ckpt.root.name}-st)")
     if real.exists() and not real.is_dir():
         raise UsageError(f"{dest}: exists and is not a folder")
 

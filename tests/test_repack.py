@@ -236,6 +236,17 @@ def test_dest_cannot_be_the_source(copy_ckpt):
     assert load_manifest(src / MANIFEST_NAME).repack is None
 
 
+def test_dest_cannot_be_inside_the_source(copy_ckpt):
+    # The outputs would become extra files of the checkpoint: verify --strict fails on them.
+    src = copy_ckpt()
+    before = sorted(src.rglob("*"))
+    for dest in (src / "st", src / "ckpt-0" / "st"):
+        r = CliRunner().invoke(cli, ["repack", str(src / "ckpt-0"), str(dest)])
+        assert r.exit_code == 2
+        assert f"Error: {dest}: is inside the source checkpoint's folder {src}" in r.stderr
+    assert sorted(src.rglob("*")) == before
+
+
 def test_outputs_never_escape_dest_through_a_planted_symlink(mini_ckpt, tmp_path):
     dest = tmp_path / "d"
     outside = tmp_path / "elsewhere"
