@@ -919,9 +919,18 @@ def verify(
             results[x.rel] = _unverified(x, x.disk.stat().st_size, f"content not verified ({why})")
     files = [results[x.rel] for x in xs]
     files += _extras(place, {x.disk for x in xs})
-    unverified = any(f.status == UNVERIFIED for f in files)
+    unverified = {f.path for f in files if f.status == UNVERIFIED}
     advice = trust.advice if unverified else None
-    if unverified and advice is None:
+    # The torrent was checked, and only its pieces shared with a broken file are left
+    # unchecked: passing the torrent again would not help, completing that file would.
+    blocked = {x.rel for x in xs if x.rel in unverified and x.tfile is not None}
+    if blocked and advice is None:
+        advice = (
+            f"{len(blocked)} file(s) share torrent pieces with missing, unreadable or wrong-size "
+            "files, so those bytes could not be checked: complete the broken files (rerun "
+            f"`grokfetch get`, or `grokfetch get --repair`) and verify {path} again"
+        )
+    if unverified - blocked and advice is None:
         advice = (
             "some files have no hash to check their content against: pass the torrent of the "
             f"published magnet link with `grokfetch verify {path} --torrent FILE --pin`"

@@ -91,6 +91,9 @@ def test_a_missing_file_leaves_its_neighbours_bytes_unchecked_not_failed(copy_ck
         assert got[neighbour].status == UNVERIFIED, got[neighbour].line()
         assert "share torrent pieces" in got[neighbour].detail
     assert r.summary[FAILED] == 0 and not r.ok
+    # the torrent was used: the advice is to complete the missing file, not to pass a torrent
+    assert r.advice is not None and "--torrent FILE" not in r.advice
+    assert "2 file(s) share torrent pieces with missing" in r.advice
 
 
 def test_pin_after_a_torrent_verification_makes_later_checks_torrent_free(copy_ckpt, tmp_path):
