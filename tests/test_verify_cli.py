@@ -1,7 +1,7 @@
 """``grokfetch verify``: b3sum-style lines, --quiet, --json, --pin, and the exit codes.
 
 Exit codes: 0 all good, 1 problems found, 2 could not run (bad arguments,
-unreadable or unsafe manifest).
+unreadable or unsafe manifest), 4 the torrent is unreadable or not the manifest's.
 """
 
 from __future__ import annotations
@@ -110,3 +110,15 @@ def test_verify_with_a_torrent_then_pin(copy_ckpt, tmp_path):
     assert f"pinned: {root / MANIFEST_NAME}" in r.stderr
     r = run(str(root), "--quiet")
     assert r.exit_code == 0 and "pinned manifest" in r.stderr
+
+
+def test_a_file_that_is_not_a_torrent_exits_4_as_the_help_says(mini_ckpt, tmp_path):
+    bad = tmp_path / "x.torrent"
+    bad.write_bytes(b"not bencoded")
+    r = run(str(mini_ckpt), "--torrent", str(bad))
+    assert r.exit_code == 4
+    assert r.stderr.startswith(f"Error: {bad}: not a torrent file")
+    help_text = " ".join(run("--help").output.split())
+    assert "4 the torrent is unreadable" in help_text
+    # --pin on ckpt-0/ writes beside it, in the checkpoint root: the help says where
+    assert "the folder holding it when FOLDER is ckpt-0/" in help_text

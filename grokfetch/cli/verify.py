@@ -3,7 +3,7 @@
 Formats ``grokfetch.verify.verify``'s report: one line per file on stdout
 (``ckpt-0/tensor00026_000: OK (blake3)``), the root of trust and a summary on
 stderr, or one JSON document with ``--json``.  Exit 0 when all is well, 1 when
-problems were found, 2 when it could not run.
+problems were found, 2 when it could not run, 4 when the torrent cannot vouch.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def _summary(r: VerifyReport) -> str:
     "--pin",
     "do_pin",
     is_flag=True,
-    help="After a clean verification, write the pinned BLAKE3 manifest into FOLDER.",
+    help="After a clean verification, write the pinned BLAKE3 manifest into the checkpoint "
+    "root (FOLDER, or the folder holding it when FOLDER is ckpt-0/).",
 )
 @click.option(
     "--trust-on-first-use",
@@ -95,7 +96,9 @@ def verify_cmd(
     size and structure checks, reported as UNVERIFIED, with how to fix that.
 
     \b
-    Exit codes: 0 all good, 1 problems found, 2 could not run.
+    Exit codes: 0 all good, 1 problems found, 2 could not run (bad arguments,
+    unreadable or unsafe manifest), 4 the torrent is unreadable or is not the
+    one the manifest names.
     """
     if trust_on_first_use and not do_pin:
         raise UsageError("--trust-on-first-use only makes sense with --pin")
