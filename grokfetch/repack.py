@@ -66,7 +66,7 @@ from grokfetch.safetensors_io import (
     Tensor,
     write_safetensors,
 )
-from grokfetch.weights import check_config_fits
+from grokfetch.weights import check_config_fits, complete_layers, holds_only, layers_text
 
 LAYOUTS = ("per-tensor", "sglang")
 DTYPES = ("keep", "bf16", "f32")
@@ -169,10 +169,19 @@ def _settings(layout: str, dtype: str, level: int | None) -> dict[str, Any]:
 def scan_sources(ckpt: Checkpoint, params: list[ParamSpec]) -> dict[int, ParamFile]:
     """Scan every source file before anything is written; the first bad one stops the run."""
     found: dict[int, ParamFile] = {}
+    missing = [spec for spec in params if not ckpt.path_of(spec).exists()]
+    if missing:  # e.g. a `get --layers` download: say which layers it can repack
+        present = {p.module for p in ckpt.params if ckpt.path_of(p).exists()}
+        complete = complete_layers(ckpt.params, present)
+        hint = holds_only(complete, "the checkpoint")
+        if hint:
+            hint += f" (repack with --layers {layers_text(complete)})"
+        others = f" (and {len(missing) - 1} more files)" if len(missing) > 1 else ""
+        spec = missing[0]
+        raise CheckpointFormatError(ckpt.path_of(spec), None,
+                                    f"missing (expected {spec.module}){others}{hint}")
     for spec in params:
         path = ckpt.path_of(spec)
-        if not path.exists():
-            raise CheckpointFormatError(path, None, f"missing (expected {spec.module})")
         pf = scan(path)
         problems = compare(spec, pf)
         if problems:

@@ -514,7 +514,12 @@ class OriginalWeights(ModelWeights):
 
         path = self.path(spec)
         if not path.is_file():
-            raise CheckpointFormatError(path, None, f"missing (holds {spec.module})")
+            present = {p.module for p in self.params.values() if self.path(p).is_file()}
+            raise CheckpointFormatError(
+                path, None, f"missing (holds {spec.module})"
+                + holds_only(complete_layers(list(self.params.values()), present),
+                              "the checkpoint")
+            )
         if path not in self._scans:  # the opcode walk reads only the pickle framing
             self._scans[path] = reader.scan(path)
         pf = self._scans[path]
@@ -563,6 +568,8 @@ class PerTensorWeights(ModelWeights):
         if rel is None:
             raise CheckpointFormatError(
                 self.root, None, f"manifest lists no file for {spec.module}"
+                + holds_only(complete_layers(list(self.params.values()), set(self.files)),
+                              "this repack")
             )
         if rel not in self._headers:
             self._headers[rel] = safetensors_arrays(self.source(inside(self.root, rel)))
@@ -696,6 +703,38 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{path}: cannot read JSON: {e}") from None
+
+
+def layers_text(layers: list[int] | set[int]) -> str:
+    """[0, 1, 2, 3, 10] -> '0-3,10' (the --layers syntax)."""
+    runs: list[list[int]] = []
+    for x in sorted(layers):
+        if runs and x == runs[-1][-1] + 1:
+            runs[-1].append(x)
+        else:
+            runs.append([x])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def complete_layers(params: list[ParamSpec], present: set[str]) -> list[int]:
+    """The layers whose every parameter is in ``present`` (module paths), when that is
+    some but not all of them and the embedding and final norm are there too: what a
+    partial copy (``get --layers``, ``repack --layers``) can still be used for."""
+    layers: dict[int, bool] = {}
+    for p in params:
+        if p.layer is None:
+            if p.module not in present:
+                return []
+        else:
+            layers[p.layer] = layers.get(p.layer, True) and p.module in present
+    complete = [layer for layer, ok in layers.items() if ok]
+    return complete if len(complete) < len(layers) else []
+
+
+def holds_only(complete: list[int], what: str) -> str:
+    if not complete:
+        return ""
+    return f"; {what} holds only layer{'s' if len(complete) > 1 else ''} {layers_text(complete)}"
 
 
 def check_config_fits(ckpt: Checkpoint) -> None:

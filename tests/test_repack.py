@@ -320,3 +320,19 @@ def test_a_config_with_too_few_layers_is_refused_before_writing(tmp_path):
                                  str(tmp_path / "c.json")])
     assert r.exit_code == 2 and "the config says 10 layers" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_partial_checkpoint_says_which_layers_it_can_repack(copy_ckpt, tmp_path):
+    src = copy_ckpt()  # as `get --layers 2,10` leaves it: those layers, embedding, final norm
+    for spec in open_checkpoint(src).params:
+        if spec.layer not in (None, 2, 10):
+            (src / spec.file).unlink()
+    r = CliRunner().invoke(cli, ["repack", str(src), str(tmp_path / "o")])
+    assert r.exit_code == 3
+    assert r.stderr.startswith(f"Error: {src}/ckpt-0/tensor00002_000: missing (expected "
+                               "transformer/decoder_layer_0/moe/linear) (and 119 more files); "
+                               "the checkpoint holds only layers 2,10 (repack with --layers "
+                               "2,10)")
+    assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(cli, ["repack", str(src), str(tmp_path / "o"), "--layers", "2,10"])
+    assert r.exit_code == 0, r.output

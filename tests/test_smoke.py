@@ -241,6 +241,17 @@ def test_a_layer_needs_only_the_embedding_and_its_own_files(copy_ckpt):
     code, output = run(root, "--layer", 6)
     assert code == 3
     assert "Error: " in output and "missing (holds transformer/decoder_layer_6/" in output
+    assert output.rstrip().endswith("; the checkpoint holds only layer 7")  # says what works
+
+
+def test_a_repack_of_some_layers_runs_those_and_names_what_it_holds(mini_ckpt, tmp_path):
+    dest = repack(mini_ckpt, tmp_path / "rp", layers="3,5-6", jobs=1).dest
+    code, output = run(dest, "--layer", 5)
+    assert code == 0, output
+    code, output = run(dest)  # layer 0 by default
+    assert code == 3
+    assert output.startswith(f"Error: {dest}: manifest lists no file for transformer/")
+    assert output.rstrip().endswith("; this repack holds only layers 3,5-6")
 
 
 # --- broken weights fail the check that should catch them ------------------------------------
