@@ -585,6 +585,8 @@ def repack(
         raise UsageError(
             f"{dest_path}: holds a repack with {_describe(old_settings)}, not "
             f"{_describe(settings)}; use --force to replace it, or another folder")
+    if layout == "sglang" and not force:
+        _check_sglang_keeps(dest_path, records, ckpt, params)
     removed = len(remove_stale_temps(dest_path))
     planned = {o.rel for o in plan.outputs}
     if force:
@@ -684,6 +686,22 @@ def _carry_over(dest: Path, layout: str, records: dict[str, tuple[str, FileEntry
             if same_chunks and inside(dest, rel).stat().st_size == entry.size:
                 kept[rel] = entry
     return kept
+
+
+def _check_sglang_keeps(dest: Path, records: dict[str, tuple[str, FileEntry]],
+                        ckpt: Checkpoint, params: list[ParamSpec]) -> None:
+    """sglang shards and their index are planned as one set: a run with other --layers
+    would replace an earlier run's shards, not add to them.  Refuse to drop layers."""
+    before = {src.get("file") for _recipe, e in records.values()
+              for src in (e.source or {}).get("files", [])}
+    dropped = before - {p.file for p in params}
+    if dropped:
+        layers = {p.layer for p in ckpt.params if p.file in dropped and p.layer is not None}
+        raise UsageError(
+            f"{dest}: holds an sglang repack with layers {layers_text(layers)}, which this run "
+            "would drop: sglang shards are not added to across --layers runs - repack all "
+            "the layers wanted in one run, or use --force to replace it"
+        )
 
 
 def _remove_unplanned(dest: Path, records: dict[str, tuple[str, FileEntry]],

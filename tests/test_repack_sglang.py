@@ -155,3 +155,19 @@ def test_a_new_shard_plan_replaces_the_old_shards(mini_ckpt, tmp_path):
     assert len(shards) == res.files and all(s.endswith(f"-of-{len(shards):05d}.safetensors")
                                             for s in shards)
     assert_manifest_verifies(dest)
+
+
+def test_a_run_with_other_layers_does_not_silently_drop_the_earlier_ones(mini_ckpt, tmp_path):
+    from grokfetch.errors import UsageError
+
+    dest = tmp_path / "parts"
+    repack(mini_ckpt, dest, layout="sglang", layers="0-5")
+    before = json.loads((dest / INDEX_NAME).read_text())
+    with pytest.raises(UsageError, match="holds an sglang repack with layers 0-5, which this "
+                                         "run would drop"):
+        repack(mini_ckpt, dest, layout="sglang", layers="6-11")
+    assert json.loads((dest / INDEX_NAME).read_text()) == before  # untouched
+    repack(mini_ckpt, dest, layout="sglang", layers="0-11")  # a superset is fine
+    repack(mini_ckpt, dest, layout="sglang", layers="3", force=True)  # and --force replaces
+    index = json.loads((dest / INDEX_NAME).read_text())
+    assert {n.split(".")[2] for n in index["weight_map"] if n.startswith("model.layers.")} == {"3"}
