@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfi
     def shape(i: int, name: str) -> tuple[int, ...]:
         if i not in files:
             raise UsageError(f"{ckpt_dir}: {file_name(i)} is missing; cannot infer the config")
-        pf = scan(files[i])
+        pf = _scan_file(files[i])
         if name not in pf.arrays:
             raise CheckpointFormatError(files[i], None, f"expected an array {name!r}")
         return pf.arrays[name].shape
@@ -232,7 +233,7 @@ def inspect_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None 
             missing.append(spec.file)
             continue
         try:
-            found = scan(p)
+            found = _scan_file(p)
         except GrokfetchError as e:
             reports.append(FileReport(idx, p, spec, None, [_strip_path(str(e), p)]))
             continue
@@ -242,6 +243,19 @@ def inspect_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None 
                         if i not in expected)
     return InspectReport(ckpt.root, ckpt.config, ckpt.config_source, reports, missing,
                          unexpected)
+
+
+def _scan_file(p: Path) -> ParamFile:
+    """``scan``, refusing what is not a regular file first: opening a FIFO named like a
+    tensor file would block forever, and a folder cannot be mapped."""
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise CheckpointFormatError(p, None, f"cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CheckpointFormatError(p, None, f"{what}, expected a checkpoint file")
+    return scan(p)
 
 
 def _strip_path(msg: str, p: Path) -> str:

@@ -85,6 +85,28 @@ def test_inspect_key_size_zero_is_a_usage_error_not_a_crash():
     assert r.stderr == f"Error: {GOLDEN / 'ckpt-0'}: key size 0: expected a positive head size\n"
 
 
+def test_inspect_a_fifo_in_the_checkpoint_is_a_bad_file_not_a_hang(copy_ckpt):
+    import os
+
+    root = copy_ckpt()
+    (root / "grokfetch-manifest.json").unlink()  # so the config is inferred from headers
+    fifo = root / "ckpt-0/tensor00013_000"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    import threading
+
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(run("inspect", root)), daemon=True)
+    t.start()
+    t.join(20)
+    if t.is_alive():  # release the blocked reader so the test process can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        raise AssertionError("inspect blocked opening a FIFO")
+    r = got[0]
+    assert r.exit_code == 3
+    assert r.stderr == f"Error: {fifo}: not a regular file, expected a checkpoint file\n"
+
+
 def test_inspect_with_config_file(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text((GOLDEN / "layout.json").read_text())

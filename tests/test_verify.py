@@ -112,6 +112,29 @@ def test_a_folder_where_a_file_should_be_is_unreadable(copy_ckpt):
     assert not r.ok
 
 
+def test_a_fifo_named_like_a_tensor_file_is_unreadable_not_a_hang(copy_ckpt):
+    # Without a manifest the layout is inferred from a few headers, file 5 among them;
+    # opening a FIFO for reading blocks until a writer comes, which would be forever.
+    import threading
+
+    root = copy_ckpt()
+    (root / MANIFEST_NAME).unlink()
+    fifo = root / "ckpt-0/tensor00005_000"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(verify(root)), daemon=True)
+    t.start()
+    t.join(20)
+    if t.is_alive():  # release the blocked reader so the test process can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("verify blocked opening a FIFO")
+    r = got[0]
+    assert by_path(r)["ckpt-0/tensor00005_000"].status == UNREADABLE
+    assert by_path(r)["ckpt-0/tensor00005_000"].detail == "not a regular file"
+    assert not r.ok
+
+
 def test_an_io_error_while_reading_is_reported_as_unreadable(copy_ckpt, monkeypatch):
     # Tests run as root, so chmod 000 cannot make a file unreadable; instead the
     # one seam every read goes through (hashing._blocks) fails for one file.
