@@ -309,13 +309,20 @@ def open_source(path: Path) -> ByteSource:
 
 def safetensors_arrays(source: ByteSource) -> dict[str, StoredArray]:
     """The tensors of a safetensors file (header parsed here; data not read)."""
-    n = int.from_bytes(source.read(0, 8), "little")
+    try:
+        n = int.from_bytes(source.read(0, 8), "little")
+    except CheckpointFormatError:
+        raise CheckpointFormatError(
+            source.path, 0, "not a safetensors file (shorter than its 8-byte header length)"
+        ) from None
     if not 2 <= n <= 100 << 20:
         raise CheckpointFormatError(source.path, 0, f"not a safetensors file (header size {n})")
     try:
         head = json.loads(bytes(source.read(8, n)))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointFormatError(source.path, 8, "safetensors header is not JSON") from None
+    if not isinstance(head, dict):
+        raise CheckpointFormatError(source.path, 8, "safetensors header is not a JSON object")
     out = {}
     for name, t in head.items():
         if name == "__metadata__":
@@ -326,6 +333,11 @@ def safetensors_arrays(source: ByteSource) -> dict[str, StoredArray]:
             begin, end = (int(x) for x in t["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointFormatError(source.path, 8, f"bad header entry {name!r}") from None
+        if min(shape, default=0) < 0 or not 0 <= begin <= end:
+            raise CheckpointFormatError(
+                source.path, 8, f"tensor {name!r}: bad shape {list(shape)} or data_offsets "
+                f"[{begin}, {end}]"
+            )
         if end - begin != math.prod(shape) * dtype.itemsize:
             raise CheckpointFormatError(source.path, 8, f"tensor {name!r}: size disagrees")
         out[name] = StoredArray(source, 8 + n + begin, dtype, shape)

@@ -153,3 +153,31 @@ def test_a_file_that_is_not_safetensors_is_refused(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(CheckpointFormatError, match="not a safetensors file"):
         safetensors_arrays(FileBytes(tmp_path / "bad.safetensors"))
+
+
+def _header_file(tmp_path, header: bytes, payload: bytes = b"") -> FileBytes:
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + payload)
+    return FileBytes(path)
+
+
+@pytest.mark.parametrize("header, message", [
+    (b"[1, 2]", "at byte 8: safetensors header is not a JSON object"),
+    # a negative offset would read the header's own bytes as the tensor
+    (b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [-8, 8]}}',
+     "at byte 8: tensor 'w': bad shape [4] or data_offsets [-8, 8]"),
+    (b'{"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 0]}}',
+     "tensor 'w': bad shape [-4]"),
+])
+def test_a_malformed_safetensors_header_is_refused_naming_file_and_tensor(tmp_path, header,
+                                                                          message):
+    with pytest.raises(CheckpointFormatError, match=message.replace("[", r"\[")):
+        safetensors_arrays(_header_file(tmp_path, header, b"\0" * 64))
+
+
+def test_a_file_shorter_than_the_header_length_says_so(tmp_path):
+    (tmp_path / "short.safetensors").write_bytes(b"\n")
+    with pytest.raises(CheckpointFormatError, match="short.safetensors at byte 0: not a "
+                                                    "safetensors file"):
+        safetensors_arrays(FileBytes(tmp_path / "short.safetensors"))
