@@ -275,6 +275,8 @@ class _Expect:
     spec: ParamSpec | None = None  # layout entry, for the structural check of tensor files
     tensor: bool = False  # a checkpoint tensor file: the reader can check its structure
     tfile: Any = None  # pieces' TorrentFile, when the torrent vouches for this file
+    layer: int | None = None  # the decoder layer the file belongs to (None: embedding, norm)
+    layer_known: bool = False  # ``layer`` comes from the manifest or the layout
 
 
 def _spec_from_entry(e: FileEntry, index: int) -> ParamSpec | None:
@@ -436,17 +438,27 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
             spec = (_spec_from_entry(e, i) or specs.get(e.path)) if tensor else None
             out.append(
                 _Expect(
-                    e.path, place.disk(e.path), e.size, e.blake3, e.sha256, e.chunks, spec, tensor
+                    e.path, place.disk(e.path), e.size, e.blake3, e.sha256, e.chunks, spec, tensor,
+                    layer=spec.layer if spec is not None else e.layer, layer_known=True,
                 )
             )
         if trust.pm is not None:
             _attach_torrent(out, trust.pm)
         return out
     if trust.pm is not None:
-        specs = _layout_specs(place, None)
+        # The published torrent's model is known (its packaged manifest has the config);
+        # inferring it from the files would go wrong for a partial (--layers) download.
+        packaged = _packaged_by_info_hash(trust.pm.meta.info_hash)
+        specs = _layout_specs(place, packaged.config if packaged is not None else None)
         for rel, disk, f in _torrent_files(trust.pm, place):
             tensor = bool(_TENSOR_RE.search(rel))
-            out.append(_Expect(rel, disk, f.size, spec=specs.get(rel), tensor=tensor, tfile=f))
+            s = specs.get(rel)
+            out.append(
+                _Expect(
+                    rel, disk, f.size, spec=s, tensor=tensor, tfile=f,
+                    layer=s.layer if s is not None else None, layer_known=s is not None,
+                )
+            )
         return out
     # No root of trust: the layout says which files and what each holds.
     if place.ckpt_dir is None:
@@ -456,7 +468,8 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
     specs = _layout_specs(place, None)
     if specs:
         return [
-            _Expect(rel, place.disk(rel), None, spec=s, tensor=True) for rel, s in specs.items()
+            _Expect(rel, place.disk(rel), spec=s, tensor=True, layer=s.layer, layer_known=True)
+            for rel, s in specs.items()
         ]
     # Too damaged to infer the model: check the tensor files there are, and the gaps.
     from grokfetch.checkpoint import tensor_files
@@ -466,6 +479,27 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
         _Expect(f"{CKPT_DIR}/{file_name(i)}", place.ckpt_dir / file_name(i), tensor=True)
         for i in range(max(present) + 1 if present else 0)
     ]
+
+
+def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: _Place) -> set[str]:
+    """The files of layers ``spec`` ('0-3,10') plus the embedding and final norm: what
+    ``get --layers`` fetched.  Needs each file's layer, from the manifest or the layout."""
+    from grokfetch.layout import parse_layer_spec
+
+    unknown = [x.rel for x in xs if not x.layer_known]
+    if unknown:
+        raise UsageError(
+            f"{place.root}: --layers: cannot tell which layer {unknown[0]} belongs to; pass "
+            "the model's manifest with --manifest (e.g. --manifest grok-1)"
+        )
+    config = trust.manifest.config if trust.manifest is not None else None
+    config = config or _inferred_config(place)
+    if config is not None:
+        num_layers = config.num_layers
+    else:
+        num_layers = 1 + max((x.layer for x in xs if x.layer is not None), default=-1)
+    layers = set(parse_layer_spec(spec, num_layers))
+    return {x.rel for x in xs if x.layer is None or x.layer in layers}
 
 
 def _torrent_files(pm: PieceMap, place: _Place) -> list[tuple[str, Path, Any]]:
@@ -818,6 +852,7 @@ def verify(
     jobs: int | None = None,
     progress: ProgressFactory | None = None,
     seed: int | None = None,
+    layers: str | None = None,
 ) -> VerifyReport:
     """Check every file under ``path`` against the best available root of trust.
 
@@ -828,7 +863,9 @@ def verify(
     files count as problems.  ``jobs``: files hashed at once (default: CPU
     count; large files also use blake3's own threads).  ``progress(total,
     desc)`` returns a bar with ``update(n)``/``close()``.  ``seed`` fixes
-    --quick's random sample.
+    --quick's random sample.  ``layers`` ('0-3,10'): only those layers' files plus the
+    embedding and final norm (what ``get --layers`` fetched); the others are neither
+    checked nor reported.
 
     Raises UsageError / ManifestError (exit 2) when it cannot run, TorrentError
     (exit 4) for a torrent that cannot vouch for these files.
@@ -838,6 +875,12 @@ def verify(
     place = _locate(path)
     trust = _choose_trust(path, place, manifest, torrent)
     xs = _expected(trust, place)
+    # Every listed file is looked at (a missing unselected file still takes the blame for
+    # torrent pieces it shares), but only the selected ones are checked and reported.
+    sel = xs
+    if layers is not None:
+        chosen = _select_layers(xs, layers, trust, place)
+        sel = [x for x in xs if x.rel in chosen]
     chunk_size = trust.manifest.chunk_size if trust.manifest is not None else DEFAULT_CHUNK_SIZE
     rng = random.Random(seed)
 
@@ -846,10 +889,10 @@ def verify(
         r = _stat(x)
         if r is not None:
             known[x.rel] = r
-    hashed = [x for x in xs if x.rel not in known and (x.blake3 or x.sha256 or x.chunks)]
+    hashed = [x for x in sel if x.rel not in known and (x.blake3 or x.sha256 or x.chunks)]
     by_torrent = [
         x
-        for x in xs
+        for x in sel
         if x.rel not in known and x.tfile is not None and not (x.blake3 or x.sha256 or x.chunks)
     ]
     # Pieces to read: every piece of a torrent-vouched file (or a sample of them).
@@ -914,16 +957,16 @@ def verify(
     finally:
         bar.close()
     why = "no root of trust" if trust.kind is None else "no hash for it in the manifest"
-    for x in xs:
+    for x in sel:
         if x.rel not in results:
             results[x.rel] = _unverified(x, x.disk.stat().st_size, f"content not verified ({why})")
-    files = [results[x.rel] for x in xs]
+    files = [results[x.rel] for x in sel]
     files += _extras(place, {x.disk for x in xs})
     unverified = {f.path for f in files if f.status == UNVERIFIED}
     advice = trust.advice if unverified else None
     # The torrent was checked, and only its pieces shared with a broken file are left
     # unchecked: passing the torrent again would not help, completing that file would.
-    blocked = {x.rel for x in xs if x.rel in unverified and x.tfile is not None}
+    blocked = {x.rel for x in sel if x.rel in unverified and x.tfile is not None}
     if blocked and advice is None:
         advice = (
             f"{len(blocked)} file(s) share torrent pieces with missing, unreadable or wrong-size "

@@ -122,3 +122,18 @@ def test_a_file_that_is_not_a_torrent_exits_4_as_the_help_says(mini_ckpt, tmp_pa
     assert "4 the torrent is unreadable" in help_text
     # --pin on ckpt-0/ writes beside it, in the checkpoint root: the help says where
     assert "the folder holding it when FOLDER is ckpt-0/" in help_text
+
+
+def test_layers_reports_only_those_layers_and_cannot_pin(copy_ckpt):
+    root = copy_ckpt()
+    for f in load_manifest(root / MANIFEST_NAME).files:
+        if f.layer not in (None, 3):
+            (root / f.path).unlink()
+    assert run(str(root), "--quiet").exit_code == 1  # the whole list: 120 files MISSING
+    r = run(str(root), "--layers", "3")
+    assert r.exit_code == 0, r.output
+    assert "14 files: 14 OK" in r.stderr
+    assert "ckpt-0/tensor00062_000: OK (blake3)" in r.stdout  # layer 3's first file
+    r = run(str(root), "--layers", "3", "--pin")
+    assert r.exit_code == 2
+    assert "Error: --pin pins every file of the checkpoint; drop --layers" in r.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from grokfetch.errors import TorrentError
+from grokfetch.errors import TorrentError, UsageError
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.metainfo import build_torrent
 from grokfetch.pieces import load_piece_map
@@ -142,3 +142,27 @@ def test_with_a_manifest_the_torrent_vouches_for_the_files_it_has_no_hash_for(co
     assert got[BIG].status == FAILED
     assert got["ckpt-0/tensor00001_000"].status == UNVERIFIED
     assert "share torrent pieces" in got["ckpt-0/tensor00001_000"].detail
+
+
+def test_layers_checks_what_get_layers_fetched_and_nothing_else(copy_ckpt, tmp_path):
+    # `get --layers 0` leaves layer 0, the embedding and the final norm; the rest never
+    # arrived.  Verifying the whole list would report every other file MISSING.
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    man = load_manifest(tmp_path / "pinned.json")
+    wanted = {f.path for f in man.files if f.layer in (None, 0)}
+    for f in man.files:
+        if f.path not in wanted:
+            (root / f.path).unlink()
+    whole = verify(root, torrent=t, manifest=man)
+    assert whole.summary[MISSING] == len(man.files) - len(wanted) and not whole.ok
+
+    r = verify(root, torrent=t, manifest=man, layers="0")
+    assert {f.path for f in r.files} == wanted
+    assert r.ok and r.summary[MISSING] == 0 and r.summary[FAILED] == 0
+
+    # by the torrent alone: its pieces straddle the files that never arrived, and the
+    # torrent does not say which layer a file holds, so the model's manifest is needed
+    with pytest.raises(UsageError, match="--layers: cannot tell which layer"):
+        verify(root, torrent=t, layers="0")
+    with pytest.raises(UsageError, match="outside 0-11"):
+        verify(root, torrent=t, manifest=man, layers="12")

@@ -47,6 +47,12 @@ def _summary(r: VerifyReport) -> str:
     help="Sizes plus a sample of chunks (or pieces) per file: a fast sanity pass.",
 )
 @click.option(
+    "--layers",
+    metavar="SPEC",
+    help="Only these decoder layers ('0-3,10') plus the embedding and final norm: what "
+    "`grokfetch get --layers` fetched. Other files are not checked or reported.",
+)
+@click.option(
     "--strict",
     is_flag=True,
     help="Extra files and files whose content could not be verified are problems.",
@@ -78,6 +84,7 @@ def verify_cmd(
     manifest: str | None,
     torrent: str | None,
     quick: bool,
+    layers: str | None,
     strict: bool,
     do_pin: bool,
     trust_on_first_use: bool,
@@ -104,6 +111,8 @@ def verify_cmd(
         raise UsageError("--trust-on-first-use only makes sense with --pin")
     if do_pin and quick:
         raise UsageError("--pin needs a full verification; drop --quick")
+    if do_pin and layers is not None:
+        raise UsageError("--pin pins every file of the checkpoint; drop --layers")
 
     def progress(total: int, desc: str) -> Any:  # tqdm on a terminal, else a NullBar
         return bytes_bar(total, desc)
@@ -117,6 +126,7 @@ def verify_cmd(
         jobs=jobs,
         progress=progress,
         seed=seed,
+        layers=layers,
     )
     pinned = None
     if do_pin:
