@@ -104,6 +104,10 @@ class RepackResult:
     bytes_out: int  # size on disk of all outputs (written + skipped)
     payload_total: int  # uncompressed tensor bytes of all outputs (bytes_out / this = ratio)
     seconds: float
+    # Where the model config came from: 'explicit', 'manifest' or 'inferred' (from the file
+    # shapes: the head size is a guess, and DEST's manifest and config.json now record it).
+    config_source: str = "explicit"
+    key_size: int = 0
 
     @property
     def files(self) -> int:
@@ -650,6 +654,8 @@ def repack(
         bytes_out=sum(e.size for e in entries[:n_outputs]),
         payload_total=sum(o.payload for o in plan.outputs),
         seconds=time.monotonic() - t0,
+        config_source=ckpt.config_source,
+        key_size=cfg.key_size,
     )
 
 

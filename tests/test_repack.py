@@ -336,3 +336,21 @@ def test_a_partial_checkpoint_says_which_layers_it_can_repack(copy_ckpt, tmp_pat
     assert not (tmp_path / "o").exists()
     r = CliRunner().invoke(cli, ["repack", str(src), str(tmp_path / "o"), "--layers", "2,10"])
     assert r.exit_code == 0, r.output
+
+
+def test_an_inferred_config_is_flagged_not_silently_pinned_into_dest(tmp_path):
+    # The golden files do not record the head size (16): inference guesses 32, and the
+    # repack's manifest and config.json would carry the guess as if it were a fact.
+    from conftest import GOLDEN
+
+    r = CliRunner().invoke(cli, ["repack", str(GOLDEN), str(tmp_path / "g"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "note: the model config was inferred from the file shapes, head size 32 assumed" \
+        in r.stderr
+    cfg = json.loads((GOLDEN / "layout.json").read_text())["meta"]["config"]
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(cli, ["repack", str(GOLDEN), str(tmp_path / "g"), "--config",
+                                 str(tmp_path / "c.json"), "--json"])
+    assert r.exit_code == 0 and "note:" not in r.stderr
+    assert json.loads(r.stdout)["written"] == []  # the fix costs no rewrite
+    assert json.loads((tmp_path / "g" / "config.json").read_text())["key_size"] == 16

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import click
 
-from grokfetch.cli.base import cli, echo_json
+from grokfetch.cli.base import cli, echo_json, stderr
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.progress import bytes_bar
 from grokfetch.repack import DEFAULT_SHARD_SIZE, DTYPES, LAYOUTS, RepackResult, repack
@@ -84,3 +84,8 @@ def repack_cmd(src: str, dest: str, fmt: str, layout: str, dtype: str | None,
         echo_json(d)
     elif not quiet:
         click.echo(summary(result))
+    if result.config_source == "inferred":
+        stderr(f"note: the model config was inferred from the file shapes, head size "
+               f"{result.key_size} assumed (the files do not record it); {result.dest}'s "
+               "manifest and config.json now hold it - if it is wrong, rerun with --config "
+               "(finished files are kept)")
