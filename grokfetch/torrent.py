@@ -1071,9 +1071,13 @@ class Seeder:
             self.ses.wait_for_alert(100)
         st = self.h.status()
         if st.total_done < meta.total_size:
+            bad = [i for i, have in enumerate(st.pieces) if not have]
+            where = "; ".join(f"piece {i}: {piece_files(ti, i)}" for i in bad[:3])
+            more = f"; and {len(bad) - 3} more pieces" if len(bad) > 3 else ""
             self.say(
                 f"warning: only {_human(st.total_done)} of {_human(meta.total_size)} "
-                f"verified; seeding what is good (repair with `grokfetch get --repair`)"
+                f"verified ({where}{more}); seeding what is good (repair with "
+                f"`grokfetch get {tpath} --dest {save} --repair`)"
             )
         port = self.ses.listen_port()
         host = parse_hostport(self.net.listen.split(",")[0], "--listen", allow_zero=True)[0]

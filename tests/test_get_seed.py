@@ -139,3 +139,18 @@ def test_a_bad_piece_found_while_seeding_names_its_file_and_bytes(ckpt: Path, tm
     msg = next(m for m in said if "failed its hash check" in m)
     assert re.search(r"ckpt-0/tensor00003_000 bytes \d+-\d+", msg), msg
     assert f"grokfetch verify {ckpt}" in msg
+
+
+def test_a_full_check_that_finds_bad_pieces_names_their_files(ckpt: Path):
+    t = make_torrent(ckpt)  # of the good bytes
+    (ckpt / "grokfetch-manifest.json").unlink()  # not pinned: every piece is hashed first
+    victim = ckpt / "ckpt-0" / "tensor00003_000"
+    data = bytearray(victim.read_bytes())
+    data[5000:5008] = b"XXXXXXXX"
+    victim.write_bytes(bytes(data))
+    said: list[str] = []
+    with Seeder(ckpt, net=NET, on_message=said.append) as seeder:
+        assert seeder.info is not None and seeder.info.verified == "full"
+    warning = next(m for m in said if m.startswith("warning: only"))
+    assert re.search(r"\(piece \d+: .*ckpt-0/tensor00003_000 bytes 0-\d+\)", warning), warning
+    assert f"grokfetch get {t} --dest {ckpt} --repair" in warning
