@@ -119,13 +119,16 @@ def test_seed_with_an_explicit_torrent(ckpt: Path, tmp_path: Path):
         assert s2.info_hash == load_torrent(t)[1].info_hash
 
 
+def corrupt(path: Path, offset: int = 5000) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 8] = b"XXXXXXXX"
+    path.write_bytes(bytes(data))
+
+
 def test_a_bad_piece_found_while_seeding_names_its_file_and_bytes(ckpt: Path, tmp_path: Path):
     # Pinned, so the seeder checks each piece only as it first sends it.
     make_torrent(ckpt)  # of the good bytes
-    victim = ckpt / "ckpt-0" / "tensor00003_000"
-    data = bytearray(victim.read_bytes())
-    data[5000:5008] = b"XXXXXXXX"
-    victim.write_bytes(bytes(data))
+    corrupt(ckpt / "ckpt-0" / "tensor00003_000")
     said: list[str] = []
     with Seeder(ckpt, net=NET, on_message=said.append) as seeder:
         info = seeder.info
@@ -144,10 +147,7 @@ def test_a_bad_piece_found_while_seeding_names_its_file_and_bytes(ckpt: Path, tm
 def test_a_full_check_that_finds_bad_pieces_names_their_files(ckpt: Path):
     t = make_torrent(ckpt)  # of the good bytes
     (ckpt / "grokfetch-manifest.json").unlink()  # not pinned: every piece is hashed first
-    victim = ckpt / "ckpt-0" / "tensor00003_000"
-    data = bytearray(victim.read_bytes())
-    data[5000:5008] = b"XXXXXXXX"
-    victim.write_bytes(bytes(data))
+    corrupt(ckpt / "ckpt-0" / "tensor00003_000")
     said: list[str] = []
     with Seeder(ckpt, net=NET, on_message=said.append) as seeder:
         assert seeder.info is not None and seeder.info.verified == "full"
