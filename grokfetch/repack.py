@@ -31,16 +31,18 @@ hashes and the source file + BLAKE3 it came from) replaces the journal, and
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import threading
 import time
+import typing
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -82,6 +84,8 @@ _DELAY_ENV = "GROKFETCH_REPACK_TEST_DELAY"
 _OUT_DTYPES = {"bf16": BFLOAT16, "f32": np.dtype(np.float32)}
 
 ProgressFactory = Callable[[int, str], Any]
+_P = typing.ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def _no_progress(total: int, desc: str) -> Any:
@@ -500,6 +504,22 @@ def _check_dest(dest: Path, ckpt: Checkpoint) -> None:
         raise UsageError(f"{dest}: exists and is not a folder")
 
 
+def _os_errors_as_disk_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """An OSError the checks did not foresee (permission denied, read-only file system,
+    a path through a file) is still one line naming the file, exit 5 - not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            where = e.filename if e.filename is not None else "repack"
+            raise DiskError(f"{where}: {e.strerror or e}") from e
+
+    return wrapper
+
+
+@_os_errors_as_disk_errors
 def repack(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -581,7 +601,10 @@ def repack(
     else:
         plan = plan_per_tensor(ckpt, params, found, hashes, dtype, level)
 
-    dest_path.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{dest_path}: cannot create the folder ({e.strerror or e})") from None
     for rel in [o.rel for o in plan.outputs] + list(plan.extra_files):
         inside(dest_path, rel, "output path")  # refuse before writing anything, not half-way
     records, old_settings = load_records(dest_path)  # refuses a folder that is not a repack's

@@ -531,9 +531,14 @@ def write_safetensors(
                 cctx_writer.close()  # ends the frame; closefd=False keeps f for the fsync
             stack.close()  # all bytes hashed before the file is renamed into place
     except OSError as e:
+        sources = {str(a.path) for t in tensors for a in (t.source, t.scales) if a is not None}
+        if e.filename is not None and str(e.filename) in sources:
+            raise CheckpointFormatError(e.filename, None, f"cannot read: {e.strerror}") from e
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
             raise DiskError(f"{path}: {e.strerror}") from e
-        raise
+        # Permission denied, read-only file system, ...: the temp file beside ``path``
+        # could not be written; name the output, not the temp name.
+        raise DiskError(f"{path}: cannot write ({e.strerror or e})") from e
     whole, chunks = digest.finish()
     return WrittenFile(
         path=Path(path),

@@ -354,3 +354,11 @@ def test_an_inferred_config_is_flagged_not_silently_pinned_into_dest(tmp_path):
     assert r.exit_code == 0 and "note:" not in r.stderr
     assert json.loads(r.stdout)["written"] == []  # the fix costs no rewrite
     assert json.loads((tmp_path / "g" / "config.json").read_text())["key_size"] == 16
+
+
+def test_a_dest_that_cannot_be_created_is_one_line_not_an_internal_error(mini_ckpt, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    dest = tmp_path / "a-file" / "st"
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(dest)])
+    assert r.exit_code == 2
+    assert r.stderr == f"Error: {dest}: cannot create the folder (Not a directory)\n"

@@ -209,6 +209,22 @@ def test_source_shorter_than_promised_leaves_no_file(tmp_path):
         assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_an_output_that_cannot_be_written_is_a_disk_error_naming_it(tmp_path):
+    from grokfetch.errors import DiskError
+
+    src = stash(tmp_path, w=np.zeros(100, np.int8))["w"]
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DiskError, match="a-file/w.safetensors: cannot write"):
+        write_safetensors(tmp_path / "a-file" / "w.safetensors", [Tensor("w", src)])
+
+
+def test_an_unreadable_source_is_named_as_the_checkpoint_file(tmp_path):
+    src = stash(tmp_path, w=np.zeros(100, np.int8))["w"]
+    gone = SourceArray(tmp_path / "vanished.bin", src.offset, src.dtype, src.shape)
+    with pytest.raises(CheckpointFormatError, match="vanished.bin: cannot read"):
+        write_safetensors(tmp_path / "out" / "w.safetensors", [Tensor("w", gone)])
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     lead=st.integers(1, 3),
