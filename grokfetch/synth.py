@@ -140,13 +140,19 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
     root = Path(dest)
     earlier = _earlier_synth(root)
     _check_space(root, cfg, seed, preset)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{root}: cannot create the folder ({e.strerror or e})") from None
     remove_stale_temps(root)  # a killed run's half-written file
     entries = []
     for spec in param_list(cfg):
         path = inside(root, spec.file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        size = write_param(path, spec, seed)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            size = write_param(path, spec, seed)
+        except OSError as e:
+            raise DiskError(f"{path}: cannot write ({e.strerror or e})") from e
         digests = file_digests(path, chunk_size)
         entries.append(FileEntry(
             path=spec.file, size=size, blake3=digests.blake3, chunks=digests.chunks,
@@ -218,9 +224,12 @@ def _check_space(root: Path, cfg: ModelConfig, seed: int, preset: str) -> None:
         plural = "" if cfg.num_layers == 1 else "s"
         raise DiskError(
             f"{root}: a synthetic {preset} checkpoint with {cfg.num_layers} layer{plural} needs "
-            f"{need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free; use --layers N for fewer "
-            "layers"
+            f"{_gb(need)}, only {_gb(free)} free; use --layers N for fewer layers"
         )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def synth_size(cfg: ModelConfig, seed: int = 0) -> int:

@@ -55,3 +55,11 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path, monkey
     assert r.exit_code == 5
     assert "a synthetic grok-1 checkpoint with 1 layer needs 8.1 GB, only 1.0 GB free" in r.stderr
     assert not (tmp_path / "big").exists()
+
+
+def test_a_dest_that_cannot_be_created_is_one_line_not_an_internal_error(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    r = run(tmp_path / "a-file" / "ck", "--layers", "1")
+    assert r.exit_code == 2
+    assert r.stderr == f"Error: {tmp_path / 'a-file' / 'ck'}: cannot create the folder " \
+                       "(Not a directory)\n"
