@@ -56,7 +56,7 @@ from grokfetch.errors import (
     UsageError,
 )
 from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
-from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
 from grokfetch.layout import ModelConfig, ParamSpec, parse_layer_spec
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
 from grokfetch.progress import NullBar
@@ -213,10 +213,12 @@ def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int) -> dict[
             out[spec.index] = entry.blake3
         else:
             todo.append(spec)
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        digests = pool.map(lambda s: file_digests(ckpt.path_of(s)), todo)
-        for spec, digest in zip(todo, digests, strict=True):
-            out[spec.index] = digest.blake3
+    # parallel_map, not pool.map: Ctrl-C must not wait for every queued file to be hashed.
+    # parallel_map, not pool.map: on Ctrl-C it cancels the queued files instead of
+    # hashing every one of them (hours for 318 GB) before the run can stop.
+    digests = list(parallel_map(lambda s: file_digests(ckpt.path_of(s)), todo, max(1, jobs)))
+    for spec, digest in zip(todo, digests, strict=True):
+        out[spec.index] = digest.blake3
     return out
 
 
@@ -630,12 +632,12 @@ def repack(
         rec = records.get(o.rel)
         if rec is not None and rec[0] == _recipe(settings, o.source, o.arrays, chunk_size):
             candidates.append((o, rec[1]))
-    with ThreadPoolExecutor(jobs) as pool:
-        checks = pool.map(lambda oe: _still_good(inside(dest_path, oe[0].rel), oe[1],
-                                                  chunk_size), candidates)
-        for (o, entry), good in zip(candidates, checks, strict=True):
-            if good:
-                done[o.rel] = entry
+    checks = list(parallel_map(
+        lambda oe: _still_good(inside(dest_path, oe[0].rel), oe[1], chunk_size), candidates,
+        jobs))
+    for (o, entry), good in zip(candidates, checks, strict=True):
+        if good:
+            done[o.rel] = entry
     todo = [o for o in plan.outputs if o.rel not in done]
     _check_space(dest_path, todo, level)
 

@@ -196,3 +196,25 @@ def test_source_size_must_match_the_pinned_manifest(copy_ckpt, tmp_path):
     r = CliRunner().invoke(cli, ["repack", str(src), str(tmp_path / "o")])
     assert r.exit_code == 3
     assert str(bad) in r.stderr
+
+
+def test_ctrl_c_while_hashing_the_sources_stops_without_hashing_the_rest(copy_ckpt, tmp_path,
+                                                                          monkeypatch):
+    # Without a manifest every source is hashed first (318 GB for Grok-1): Ctrl-C there
+    # must not wait for the queued files to be hashed too.
+    src = copy_ckpt()
+    (src / MANIFEST_NAME).unlink()
+    real = repack_mod.file_digests
+    calls = []
+
+    def digests(path, *args, **kw):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(repack_mod, "file_digests", digests)
+    with pytest.raises(KeyboardInterrupt):
+        repack(src, tmp_path / "o", jobs=2)
+    assert len(calls) <= 3 + 2 * 2  # what was already running or queued a window ahead
+    assert not (tmp_path / "o").exists()
