@@ -68,7 +68,13 @@ from grokfetch.safetensors_io import (
     Tensor,
     write_safetensors,
 )
-from grokfetch.weights import check_config_fits, complete_layers, holds_only, layers_text
+from grokfetch.weights import (
+    check_config_fits,
+    complete_layers,
+    holds_only,
+    layers_text,
+    named_path,
+)
 
 LAYOUTS = ("per-tensor", "sglang")
 DTYPES = ("keep", "bf16", "f32")
@@ -580,7 +586,7 @@ def repack(
     if shard_size < 1:
         raise UsageError(f"shard size must be positive, got {shard_size}")
 
-    ckpt = open_checkpoint(src, config)
+    ckpt = open_checkpoint(named_path(src), config)
     check_config_fits(ckpt)
     dest_path = Path(dest)
     _check_dest(dest_path, ckpt)
@@ -665,7 +671,7 @@ def repack(
         config=cfg,
         chunk_size=chunk_size,
         repack=settings,
-        notes=f"repacked by {TOOL} from {ckpt.root.name}",
+        notes=f"repacked by {TOOL} from {Path(os.path.abspath(ckpt.root)).name}",
     )
     mpath = save_manifest(manifest, dest_path / MANIFEST_NAME)
     with contextlib.suppress(FileNotFoundError):

@@ -749,6 +749,17 @@ def holds_only(complete: list[int], what: str) -> str:
     return f"; {what} holds only layer{'s' if len(complete) > 1 else ''} {layers_text(complete)}"
 
 
+def named_path(path: str | os.PathLike[str]) -> Path:
+    """``path``, made absolute if it ends in '.' or '..' (``cd ckpt-0; grokfetch smoke .``).
+
+    Whether a folder is ``ckpt-0/`` - and so whether the pinned manifest with the
+    config and hashes is found beside it - is decided by the folder's name, which
+    '.' does not have.
+    """
+    p = Path(path)
+    return Path(os.path.abspath(p)) if p.name in ("", "..") else p
+
+
 def check_config_fits(ckpt: Checkpoint) -> None:
     """Refuse a config that would name the checkpoint's files wrongly.
 
@@ -823,6 +834,6 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
         return PerTensorWeights(root, config, source, files, repack)
     from grokfetch.checkpoint import open_checkpoint
 
-    ckpt = open_checkpoint(root, config=config)
+    ckpt = open_checkpoint(named_path(root), config=config)
     check_config_fits(ckpt)
     return OriginalWeights(ckpt.root, ckpt.ckpt_dir, ckpt.config, ckpt.config_source)

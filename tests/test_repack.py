@@ -362,3 +362,19 @@ def test_a_dest_that_cannot_be_created_is_one_line_not_an_internal_error(mini_ck
     r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(dest)])
     assert r.exit_code == 2
     assert r.stderr == f"Error: {dest}: cannot create the folder (Not a directory)\n"
+
+
+def test_src_given_as_dot_inside_ckpt_0_still_finds_the_pinned_manifest(mini_ckpt, tmp_path,
+                                                                      monkeypatch):
+    # `cd grok-1/ckpt-0; grokfetch repack . ../../st`: '.' has no name, so the folder was not
+    # recognised as ckpt-0, the manifest beside it was missed, the config guessed and every
+    # source re-hashed (318 GB).
+    monkeypatch.chdir(mini_ckpt / "ckpt-0")
+    r = CliRunner().invoke(cli, ["repack", ".", str(tmp_path / "st"), "--layers", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "inferred" not in r.stderr
+    m = load_manifest(tmp_path / "st" / MANIFEST_NAME)
+    assert m.config == load_manifest(mini_ckpt / MANIFEST_NAME).config
+    assert m.notes.endswith(f"from {mini_ckpt.name}")
+    r = CliRunner().invoke(cli, ["repack", ".", ".."])
+    assert r.exit_code == 2 and "is the source checkpoint's folder" in r.stderr

@@ -437,3 +437,10 @@ def test_save_failing_after_the_run_is_a_disk_error_naming_the_file(mini_ckpt, t
         save_outputs(report, tmp_path / "a-file" / "out.npz")
     save_outputs(report, tmp_path / "ok" / "out.npz")
     assert set(np.load(tmp_path / "ok" / "out.npz")) >= {"h_in", "h_out", "expert_idx"}
+
+
+def test_dot_inside_ckpt_0_reads_the_config_of_the_manifest_beside_it(mini_ckpt, monkeypatch):
+    monkeypatch.chdir(mini_ckpt / "ckpt-0")
+    code, output = run(".", "--json")
+    assert code == 0, output
+    assert json.loads(output)["config_source"] == "manifest"
