@@ -278,8 +278,11 @@ def test_a_file_where_the_checkpoint_folder_goes_is_a_disk_error_naming_it(
     assert (dest / "ckpt-0").read_bytes() == b"not a folder"
 
 
-def test_stopped_torrent_with_an_error_file_but_no_alert_yet_names_the_file(tmp_path: Path):
+def test_stopped_torrent_with_an_error_file_but_no_alert_yet_names_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from types import SimpleNamespace
+
+    monkeypatch.setattr(torrent, "ALERT_GRACE", 0.05)  # no alert will come
 
     class Errc:
         def value(self) -> int:
