@@ -833,7 +833,11 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
         files = {f.param: f.path for f in manifest.files if f.param}
         return PerTensorWeights(root, config, source, files, repack)
     from grokfetch.checkpoint import open_checkpoint
+    from grokfetch.repack import JOURNAL_NAME
 
+    if (root / JOURNAL_NAME).is_file() and not (root / "ckpt-0").exists():
+        raise UsageError(f"{root}: an unfinished repack (its journal, no manifest yet); rerun "
+                         "the same grokfetch repack command to finish it")
     ckpt = open_checkpoint(named_path(root), config=config)
     check_config_fits(ckpt)
     return OriginalWeights(ckpt.root, ckpt.ckpt_dir, ckpt.config, ckpt.config_source)

@@ -218,3 +218,25 @@ def test_ctrl_c_while_hashing_the_sources_stops_without_hashing_the_rest(copy_ck
         repack(src, tmp_path / "o", jobs=2)
     assert len(calls) <= 3 + 2 * 2  # what was already running or queued a window ahead
     assert not (tmp_path / "o").exists()
+
+
+def test_smoke_on_an_unfinished_repack_says_to_finish_it(mini_ckpt, tmp_path, monkeypatch):
+    dest = tmp_path / "o"
+
+    real = repack_mod.write_safetensors
+    count = []
+
+    def write_then_stop(*args, **kw):
+        if count:
+            raise KeyboardInterrupt
+        count.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(repack_mod, "write_safetensors", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        repack(mini_ckpt, dest, jobs=1)
+    assert (dest / JOURNAL_NAME).is_file() and not (dest / MANIFEST_NAME).exists()
+    r = CliRunner().invoke(cli, ["smoke", str(dest)])
+    assert r.exit_code == 2
+    assert r.stderr == (f"Error: {dest}: an unfinished repack (its journal, no manifest yet); "
+                        "rerun the same grokfetch repack command to finish it\n")
