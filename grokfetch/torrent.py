@@ -493,6 +493,10 @@ def download(
     net = net or NetOptions()
     say = on_message or (lambda _m: None)
     src, man = resolve_source(source, manifest)
+    if layers is not None:  # a usage error must not leave DEST (and its state folder) behind
+        if man is None:
+            raise UsageError("--layers needs a manifest (--manifest PATH or a model name)")
+        metainfo.manifest_paths_for_layers(man, layers)  # checks the spec
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     state_dir = dest / STATE_DIR

@@ -309,6 +309,13 @@ def test_layers_without_a_manifest_is_a_usage_error(tmp_path: Path, source: Path
                                  str(tmp_path / "d"), "--layers", "0", *LOOPBACK])
     assert r.exit_code == 2
     assert "--layers needs a manifest" in r.stderr
+    assert not (tmp_path / "d").exists()  # refused before DEST was made
+    r = CliRunner().invoke(cli, ["get", str(source / "ckpt-0.torrent"), "--dest",
+                                 str(tmp_path / "d"), "--layers", "12", *manifest_arg(source),
+                                 *LOOPBACK])
+    assert r.exit_code == 2
+    assert "Error: bad layer spec '12': '12' is outside 0-11" in r.stderr
+    assert not (tmp_path / "d").exists()
 
 
 def test_seed_ratio_needs_seed(tmp_path: Path):
