@@ -82,6 +82,8 @@ def _stream(nbytes: int, make_block: Callable[[int], np.ndarray], itemsize: int,
 
 def param_arrays(spec: ParamSpec, seed: int, sparse: bool = False) -> dict[str, ArrayData]:
     """The arrays of one synthetic parameter, as streaming payload sources."""
+    if seed < 0:  # numpy seeds are non-negative; say so instead of failing inside numpy
+        raise UsageError(f"--seed {seed}: want a non-negative integer")
     rng = np.random.default_rng([seed, spec.index])
     if spec.kind == "quantized":
         w, s = spec.array("weight"), spec.array("scales")

@@ -63,3 +63,15 @@ def test_a_dest_that_cannot_be_created_is_one_line_not_an_internal_error(tmp_pat
     assert r.exit_code == 2
     assert r.stderr == f"Error: {tmp_path / 'a-file' / 'ck'}: cannot create the folder " \
                        "(Not a directory)\n"
+
+
+def test_a_negative_seed_is_a_usage_error(tmp_path):
+    import pytest
+
+    from grokfetch.errors import UsageError
+
+    r = run(tmp_path / "ck", "--seed", "-1")
+    assert r.exit_code == 2 and "-1 is not in the range x>=0" in r.stderr
+    with pytest.raises(UsageError, match="--seed -1: want a non-negative integer"):
+        synthesize(tmp_path / "ck", num_layers=1, seed=-1)
+    assert not (tmp_path / "ck").exists()

@@ -17,7 +17,8 @@ from grokfetch.synth import PRESETS, resolve_config, synth_size, synthesize
                    "grok-1 (the real shapes: 318 GB unless --layers is small).")
 @click.option("--layers", "num_layers", type=click.IntRange(min=1),
               help="Number of decoder layers (overrides the preset).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed of the weights (same seed, same bytes).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Bytes per BLAKE3 chunk hash in the manifest.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
