@@ -471,7 +471,9 @@ class _Journal:
         line = "".join(json.dumps({"repack": self.settings, "chunk_size": self.chunk_size,
                                    "entry": _entry_dict(e)}) + "\n" for e in entries)
         with self.lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            # O_NOFOLLOW: a symlink planted in DEST must not redirect the appends elsewhere.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                         0o644)
             try:
                 os.write(fd, line.encode())
                 os.fsync(fd)
@@ -613,7 +615,7 @@ def repack(
         dest_path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"{dest_path}: cannot create the folder ({e.strerror or e})") from None
-    for rel in [o.rel for o in plan.outputs] + list(plan.extra_files):
+    for rel in [o.rel for o in plan.outputs] + [*plan.extra_files, JOURNAL_NAME]:
         inside(dest_path, rel, "output path")  # refuse before writing anything, not half-way
     records, old_settings = load_records(dest_path)  # refuses a folder that is not a repack's
     if old_settings is not None and old_settings != settings and not force:

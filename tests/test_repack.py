@@ -378,3 +378,22 @@ def test_src_given_as_dot_inside_ckpt_0_still_finds_the_pinned_manifest(mini_ckp
     assert m.notes.endswith(f"from {mini_ckpt.name}")
     r = CliRunner().invoke(cli, ["repack", ".", ".."])
     assert r.exit_code == 2 and "is the source checkpoint's folder" in r.stderr
+
+
+def test_a_journal_symlinked_outside_dest_is_refused_and_never_appended_to(mini_ckpt,
+                                                                           tmp_path):
+    from grokfetch import repack as repack_mod
+
+    dest, outside = tmp_path / "d", tmp_path / "outside.txt"
+    dest.mkdir()
+    outside.write_text("mine\n")
+    os.symlink(outside, dest / JOURNAL_NAME)
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(dest)])
+    assert r.exit_code == 2 and "'.grokfetch-repack-journal.jsonl': resolves outside" in r.stderr
+    assert [p.name for p in dest.iterdir()] == [JOURNAL_NAME]  # refused before writing
+    # and the journal itself never follows a link, whoever plants it when
+    journal = repack_mod._Journal(dest / JOURNAL_NAME, {}, CHUNK)
+    entry = load_manifest(mini_ckpt / MANIFEST_NAME).files[0]
+    with pytest.raises(OSError):
+        journal.add(entry)
+    assert outside.read_text() == "mine\n"
