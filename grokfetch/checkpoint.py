@@ -13,6 +13,7 @@ the shapes and defaults to head size 128).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -26,6 +27,20 @@ from grokfetch.reader import ParamFile, scan
 
 _TENSOR_RE = re.compile(r"^tensor(\d{5})_(\d{3})$")
 DEFAULT_KEY_SIZE = 128
+
+
+def load_config_file(path: str | os.PathLike[str]) -> ModelConfig:
+    """A model config from a JSON file with the official field names (``--config``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read config: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"{path}: cannot read config: not JSON ({e})") from None
+    try:
+        return ModelConfig.from_dict(data)
+    except UsageError as e:  # say which file is wrong
+        raise UsageError(f"{path}: {e}") from None
 
 
 def find_ckpt_dir(path: str | os.PathLike[str]) -> Path:

@@ -120,3 +120,17 @@ def test_not_a_checkpoint_folder_exit_2(tmp_path):
     r = run("inspect", tmp_path)
     assert r.exit_code == 2
     assert "no checkpoint here" in r.stderr
+
+
+def test_a_bad_config_file_is_named_in_the_error(tmp_path):
+    for text, what in [("[1, 2]", "model config must be a JSON object, got list"),
+                       ('{"vocab_size": 1}', "model config: missing field(s)"),
+                       ("{", "cannot read config: not JSON")]:
+        cfg = tmp_path / "my config.json"
+        cfg.write_text(text)
+        r = run("inspect", GOLDEN, "--config", cfg)
+        assert r.exit_code == 2, r.output
+        assert r.stderr.startswith(f"Error: {cfg}: {what}"), r.stderr
+    none = tmp_path / "none.json"
+    r = run("inspect", GOLDEN, "--config", none)
+    assert r.stderr == f"Error: {none}: cannot read config: No such file or directory\n"

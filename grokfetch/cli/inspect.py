@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -12,22 +11,17 @@ from grokfetch.checkpoint import (
     InspectReport,
     inspect_checkpoint,
     inspect_file,
+    load_config_file,
 )
 from grokfetch.cli.base import cli, echo_json
-from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS, UsageError
+from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS
 from grokfetch.layout import ModelConfig
 from grokfetch.reader import ParamFile
 
 
 def load_config_option(path: str | None) -> ModelConfig | None:
     """Read a --config JSON file (official field names) into a ModelConfig."""
-    if path is None:
-        return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: cannot read config: {e}") from None
-    return ModelConfig.from_dict(data)
+    return None if path is None else load_config_file(path)
 
 
 def _shape(shape: tuple[int, ...] | list[int]) -> str:
