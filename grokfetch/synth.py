@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from grokfetch.checkpoint import tensor_files
 from grokfetch.errors import DiskError, GrokfetchError, UsageError
 from grokfetch.fsutil import TMP_MARK, atomic_write, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
@@ -147,6 +148,12 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
     except OSError as e:
         raise UsageError(f"{root}: cannot create the folder ({e.strerror or e})") from None
     remove_stale_temps(root)  # a killed run's half-written file
+    # Mark the folder as synth's before the first tensor file, so that a rerun after
+    # Ctrl-C (or a kill) recognises it and may replace it.
+    save_manifest(Manifest(name=name or f"synthetic-{preset}", files=[], pinned=False,
+                           config=cfg, chunk_size=chunk_size,
+                           notes=f"{SYNTH_NOTE} being written (unfinished)"),
+                  root / MANIFEST_NAME)
     entries = []
     for spec in param_list(cfg):
         path = inside(root, spec.file)
@@ -176,7 +183,9 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
     save_manifest(manifest, root / MANIFEST_NAME)
     # Files of an earlier, larger synth that this one does not list (e.g. layers 2-11
     # after --layers 2) would otherwise stay behind as extra, wrongly named files.
-    for rel in sorted(earlier - {e.path for e in entries}):
+    ckpt_dir = root / CKPT_DIR
+    leftovers = {f"{CKPT_DIR}/{p.name}" for p in tensor_files(ckpt_dir).values()}
+    for rel in sorted((earlier | leftovers) - {e.path for e in entries}):
         with contextlib.suppress(OSError, GrokfetchError):
             inside(root, rel).unlink()
     return manifest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from grokfetch.cli import cli
@@ -66,8 +67,6 @@ def test_a_dest_that_cannot_be_created_is_one_line_not_an_internal_error(tmp_pat
 
 
 def test_a_negative_seed_is_a_usage_error(tmp_path):
-    import pytest
-
     from grokfetch.errors import UsageError
 
     r = run(tmp_path / "ck", "--seed", "-1")
@@ -75,3 +74,26 @@ def test_a_negative_seed_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="--seed -1: want a non-negative integer"):
         synthesize(tmp_path / "ck", num_layers=1, seed=-1)
     assert not (tmp_path / "ck").exists()
+
+
+def test_a_rerun_after_an_interrupted_synth_replaces_it(tmp_path, monkeypatch):
+    from grokfetch import synth
+
+    real = synth.write_param
+    written = []
+
+    def write_then_stop(path, *args, **kw):
+        if len(written) == 20:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(synth, "write_param", write_then_stop)
+    dest = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(dest, "mini", num_layers=2)
+    monkeypatch.setattr(synth, "write_param", real)
+    r = run(dest, "--layers", "1", "--quiet")  # the folder is recognisably synth's
+    assert r.exit_code == 0, r.output
+    files = sorted(p.name for p in (dest / "ckpt-0").iterdir())
+    assert files == [f"tensor{i:05d}_000" for i in range(14)]  # the interrupted run's extras gone
