@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import shutil
@@ -445,6 +446,23 @@ def _have_bytes(params: Any, meta: TorrentMeta | None) -> int:
     return total
 
 
+def _lock_dest(state_dir: Path) -> int:
+    """An exclusive lock on DEST's state folder (an fd to close), or UsageError if held."""
+    path = state_dir / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"{state_dir.parent}: another `grokfetch get` is downloading into this folder; "
+            "wait for it to finish (or stop it) and rerun"
+        ) from None
+    except OSError:  # a filesystem without flock (some network mounts): run unlocked
+        pass
+    return fd
+
+
 def _os_errors_as_disk_errors(fn: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
     """An OSError escaping the run (DEST unwritable, say) becomes a one-line DiskError."""
 
@@ -501,134 +519,140 @@ def download(
     dest.mkdir(parents=True, exist_ok=True)
     state_dir = dest / STATE_DIR
     state_dir.mkdir(exist_ok=True)
-    run = _Run(
-        dest=dest,
-        state_dir=state_dir,
-        info_hash=src.info_hash,
-        manifest=man,
-        include=tuple(include),
-        layers=layers,
-        space_check=space_check,
-        on_message=say,
-    )
-    peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
-    peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
-
-    resume_file = _resume_path(state_dir, src.info_hash)
-    marker = _marker_path(state_dir, src.info_hash)
-    saved = _read_resume(resume_file, src.info_hash, say)
-    ti = meta = None
-    if src.torrent is not None:
-        ti, meta = metainfo.load_torrent_bytes(src.torrent, src.what)
-    elif saved is not None and saved.ti is not None:
-        ti = saved.ti  # a magnet whose metadata an earlier run received
-        meta = metainfo.meta_from_info(ti)
-
-    # Resume data is trusted blindly by libtorrent.  After a crash (the marker
-    # of a run that did not exit cleanly is still there) or on --repair it is
-    # dropped: added without it, libtorrent hashes what is on disk and keeps
-    # every good piece.
-    recheck = repair or marker.exists()
-    if saved is not None and not recheck:
-        atp = saved
-        say(f"resuming from {resume_file.name}")
-    elif ti is not None:
-        atp = lt.add_torrent_params()
-        atp.ti = ti
-    else:
-        assert src.magnet is not None  # a Source without a torrent is a magnet
-        atp = lt.parse_magnet_uri(src.magnet)
-    if ti is None and (web_seeds or src.web_seeds) and not peer_addrs:
-        say("note: a web seed cannot supply a magnet's metadata; waiting for peers "
-            "(pass the .torrent instead to fetch from the web seed alone)")
-    if recheck:
-        why = "--repair" if repair else "the last run did not exit cleanly"
-        say(f"rechecking the data on disk ({why})")
-    if atp.ti is None and ti is not None:
-        atp.ti = ti
-
-    reprioritize = None
-    if meta is not None:
-        _prepare(run, ti, meta)  # paths, manifest, selection, free space: before any byte
-        prios = metainfo.priorities(meta, run.chosen)
-        if atp is saved and list(saved.file_priorities) not in ([], prios):
-            # A changed selection on a rerun: add with the saved priorities and
-            # change them afterwards, so libtorrent moves what an earlier run
-            # parked in its part file into the newly wanted files (given at add
-            # time, the new priorities would leave that data stranded).
-            reprioritize = prios
-        else:
-            atp.file_priorities = prios
-    atp.save_path = str(dest)
-    # Pieces shared with unselected files land in libtorrent's part file; keep
-    # it with our state, not among the checkpoint files where verify would
-    # report it as an extra file.
-    if hasattr(atp, "part_file_dir"):
-        atp.part_file_dir = STATE_DIR  # relative to save_path
-    flags = atp.flags
-    flags &= ~lt.torrent_flags.auto_managed  # never queued or paused by the session
-    flags &= ~lt.torrent_flags.paused
-    flags &= ~lt.torrent_flags.upload_mode  # left by a disk-full run: space has been freed
-    flags &= ~lt.torrent_flags.seed_mode
-    if meta is None:
-        flags |= lt.torrent_flags.default_dont_download  # nothing until the metadata is checked
-    atp.flags = flags
-    atp.url_seeds = list(dict.fromkeys([*atp.url_seeds, *src.web_seeds, *web_seeds]))
-    atp.trackers = list(dict.fromkeys([*atp.trackers, *src.trackers, *trackers]))
-
-    ses = make_session(net)
-    start = time.monotonic()
-    h = None
+    # One run per DEST: a second one would write into the same files (unverified
+    # blocks included) and clobber the resume data; the lock dies with the process.
+    lock = _lock_dest(state_dir)
     try:
-        h = ses.add_torrent(atp)
-        if reprioritize is not None:
-            _prioritize(run, h, reprioritize)
-        say(f"listening on {_listen_text(ses, net)}")
-        for addr in peer_addrs:
-            h.connect_peer(addr)
-        atomic_write_bytes(marker, str(os.getpid()).encode())
-        _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-              timeout, on_progress)
-        with contextlib.suppress(FileNotFoundError):
-            marker.unlink()
-        # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
-        # over 318 GB takes a while, and --seed should not wait for it.
-        root, complete, manifest_path = _finish(run, pin and run.torrent_path is not None)
-        if seed:
-            _seed_on(run, ses, h, start, seed_ratio, progress_interval, on_progress)
-        st = h.status()
-        magnet = lt.make_magnet_uri(h.torrent_file())
-    except KeyboardInterrupt:
-        ok = _stop_and_save(run, ses, h, marker)
-        what = f"state saved in {state_dir}" if ok else "state not saved (the rerun rechecks)"
-        raise Interrupted(f"interrupted; {what}: rerun the same command to continue") from None
-    except GrokfetchError:  # disk full, --timeout, bad metadata: keep what we have
-        _stop_and_save(run, ses, h, marker)
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            if h is not None:
-                ses.remove_torrent(h)
-        del ses
+        run = _Run(
+            dest=dest,
+            state_dir=state_dir,
+            info_hash=src.info_hash,
+            manifest=man,
+            include=tuple(include),
+            layers=layers,
+            space_check=space_check,
+            on_message=say,
+        )
+        peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
+        peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
 
-    assert run.meta is not None and run.torrent_path is not None  # set once metadata is known
-    return DownloadResult(
-        dest=dest,
-        root=root,
-        torrent_path=run.torrent_path,
-        info_hash=src.info_hash,
-        name=run.meta.name,
-        files=len(run.chosen),
-        wanted=sum(f.size for f in run.chosen),
-        downloaded=st.total_payload_download,
-        uploaded=st.total_payload_upload,
-        failed_bytes=st.total_failed_bytes,
-        elapsed=time.monotonic() - start,
-        rechecked=recheck,
-        complete=complete,
-        manifest_path=manifest_path,
-        magnet=magnet,
-    )
+        resume_file = _resume_path(state_dir, src.info_hash)
+        marker = _marker_path(state_dir, src.info_hash)
+        saved = _read_resume(resume_file, src.info_hash, say)
+        ti = meta = None
+        if src.torrent is not None:
+            ti, meta = metainfo.load_torrent_bytes(src.torrent, src.what)
+        elif saved is not None and saved.ti is not None:
+            ti = saved.ti  # a magnet whose metadata an earlier run received
+            meta = metainfo.meta_from_info(ti)
+
+        # Resume data is trusted blindly by libtorrent.  After a crash (the marker
+        # of a run that did not exit cleanly is still there) or on --repair it is
+        # dropped: added without it, libtorrent hashes what is on disk and keeps
+        # every good piece.
+        recheck = repair or marker.exists()
+        if saved is not None and not recheck:
+            atp = saved
+            say(f"resuming from {resume_file.name}")
+        elif ti is not None:
+            atp = lt.add_torrent_params()
+            atp.ti = ti
+        else:
+            assert src.magnet is not None  # a Source without a torrent is a magnet
+            atp = lt.parse_magnet_uri(src.magnet)
+        if ti is None and (web_seeds or src.web_seeds) and not peer_addrs:
+            say("note: a web seed cannot supply a magnet's metadata; waiting for peers "
+                "(pass the .torrent instead to fetch from the web seed alone)")
+        if recheck:
+            why = "--repair" if repair else "the last run did not exit cleanly"
+            say(f"rechecking the data on disk ({why})")
+        if atp.ti is None and ti is not None:
+            atp.ti = ti
+
+        reprioritize = None
+        if meta is not None:
+            _prepare(run, ti, meta)  # paths, manifest, selection, free space: before any byte
+            prios = metainfo.priorities(meta, run.chosen)
+            if atp is saved and list(saved.file_priorities) not in ([], prios):
+                # A changed selection on a rerun: add with the saved priorities and
+                # change them afterwards, so libtorrent moves what an earlier run
+                # parked in its part file into the newly wanted files (given at add
+                # time, the new priorities would leave that data stranded).
+                reprioritize = prios
+            else:
+                atp.file_priorities = prios
+        atp.save_path = str(dest)
+        # Pieces shared with unselected files land in libtorrent's part file; keep
+        # it with our state, not among the checkpoint files where verify would
+        # report it as an extra file.
+        if hasattr(atp, "part_file_dir"):
+            atp.part_file_dir = STATE_DIR  # relative to save_path
+        flags = atp.flags
+        flags &= ~lt.torrent_flags.auto_managed  # never queued or paused by the session
+        flags &= ~lt.torrent_flags.paused
+        flags &= ~lt.torrent_flags.upload_mode  # left by a disk-full run: space has been freed
+        flags &= ~lt.torrent_flags.seed_mode
+        if meta is None:
+            flags |= lt.torrent_flags.default_dont_download  # nothing until the metadata is checked
+        atp.flags = flags
+        atp.url_seeds = list(dict.fromkeys([*atp.url_seeds, *src.web_seeds, *web_seeds]))
+        atp.trackers = list(dict.fromkeys([*atp.trackers, *src.trackers, *trackers]))
+
+        ses = make_session(net)
+        start = time.monotonic()
+        h = None
+        try:
+            h = ses.add_torrent(atp)
+            if reprioritize is not None:
+                _prioritize(run, h, reprioritize)
+            say(f"listening on {_listen_text(ses, net)}")
+            for addr in peer_addrs:
+                h.connect_peer(addr)
+            atomic_write_bytes(marker, str(os.getpid()).encode())
+            _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
+                  timeout, on_progress)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+            # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
+            # over 318 GB takes a while, and --seed should not wait for it.
+            root, complete, manifest_path = _finish(run, pin and run.torrent_path is not None)
+            if seed:
+                _seed_on(run, ses, h, start, seed_ratio, progress_interval, on_progress)
+            st = h.status()
+            magnet = lt.make_magnet_uri(h.torrent_file())
+        except KeyboardInterrupt:
+            ok = _stop_and_save(run, ses, h, marker)
+            what = f"state saved in {state_dir}" if ok else "state not saved (the rerun rechecks)"
+            raise Interrupted(f"interrupted; {what}: rerun the same command to continue") from None
+        except GrokfetchError:  # disk full, --timeout, bad metadata: keep what we have
+            _stop_and_save(run, ses, h, marker)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                if h is not None:
+                    ses.remove_torrent(h)
+            del ses
+
+        assert run.meta is not None and run.torrent_path is not None  # set once metadata is known
+        return DownloadResult(
+            dest=dest,
+            root=root,
+            torrent_path=run.torrent_path,
+            info_hash=src.info_hash,
+            name=run.meta.name,
+            files=len(run.chosen),
+            wanted=sum(f.size for f in run.chosen),
+            downloaded=st.total_payload_download,
+            uploaded=st.total_payload_upload,
+            failed_bytes=st.total_failed_bytes,
+            elapsed=time.monotonic() - start,
+            rechecked=recheck,
+            complete=complete,
+            manifest_path=manifest_path,
+            magnet=magnet,
+        )
+    finally:
+        os.close(lock)
 
 
 def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:

@@ -9,6 +9,7 @@ progress lines and the final result.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -302,6 +303,23 @@ def test_stopped_torrent_with_an_error_file_but_no_alert_yet_names_the_file(
     assert str(err).startswith(f"{tmp_path}/ckpt-0/tensor00004_000: Is a directory")
     status = SimpleNamespace(errc=Errc(), error_file=-4)  # the metadata: a torrent problem
     assert isinstance(torrent._stopped_error(run, session, handle, status), torrent.TorrentError)
+
+
+def test_a_second_get_into_the_same_dest_is_refused_while_the_first_runs(
+        tmp_path: Path, source: Path, seeder: SeederProc):
+    dest = tmp_path / "dl"
+    (dest / ".grokfetch").mkdir(parents=True)
+    first = torrent._lock_dest(dest / ".grokfetch")  # what a running get holds
+    try:
+        g = run_get(seeder.magnet, "--dest", str(dest), *manifest_arg(source), "--timeout", "30")
+        assert g.proc.returncode == 2
+        assert f"Error: {dest}: another `grokfetch get` is downloading into this folder" in (
+            g.stderr)
+        assert not (dest / "ckpt-0").exists()
+    finally:
+        os.close(first)
+    g = run_get(seeder.magnet, "--dest", str(dest), *manifest_arg(source), "--timeout", "30")
+    assert g.proc.returncode == 0, g.stderr  # the lock went with its holder
 
 
 def test_layers_without_a_manifest_is_a_usage_error(tmp_path: Path, source: Path):
