@@ -235,6 +235,9 @@ def _locate(path: str | os.PathLike[str]) -> _Place:
         return _Place(p, None)
     if p.name == CKPT_DIR and (p.parent / MANIFEST_NAME).is_file():
         return _Place(p.parent, p)
+    real = p.resolve()
+    if real.name == CKPT_DIR and (real.parent / MANIFEST_NAME).is_file():
+        return _Place(real.parent, real)  # a symlink to a pinned checkpoint's ckpt-0/
     from grokfetch.checkpoint import find_ckpt_dir
 
     try:

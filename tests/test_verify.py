@@ -62,6 +62,15 @@ def test_the_folder_can_be_named_by_its_ckpt_0_subfolder(mini_ckpt):
     assert r.ok and r.root == mini_ckpt
 
 
+def test_a_symlink_to_ckpt_0_finds_the_pinned_manifest_beside_the_real_folder(
+        mini_ckpt, tmp_path):
+    link = tmp_path / "grok"  # e.g. ln -s /data/grok-1/ckpt-0 ~/models/grok
+    link.symlink_to(mini_ckpt / "ckpt-0")
+    r = verify(link)
+    assert r.trust == "pinned" and r.ok and r.content_proven
+    assert r.root == (mini_ckpt / "ckpt-0").resolve().parent
+
+
 def test_one_flipped_byte_is_located_to_its_chunk(copy_ckpt):
     root = copy_ckpt()
     flip(root / BIG, 150_000)  # chunk 2 = bytes 131072-196607
