@@ -465,6 +465,9 @@ class _Journal:
         self.chunk_size = chunk_size
         self.lock = threading.Lock()
 
+    def touch(self) -> None:
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+
     def add(self, *entries: FileEntry) -> None:
         if not entries:
             return
@@ -624,6 +627,14 @@ def repack(
             f"{_describe(settings)}; use --force to replace it, or another folder")
     if layout == "sglang" and not force:
         _check_sglang_keeps(dest_path, records, ckpt, params)
+    ours = (dest_path / MANIFEST_NAME).is_file() or (dest_path / JOURNAL_NAME).is_file()
+    if not ours and not force:  # e.g. a Hugging Face download: its shards share our names
+        for rel in [o.rel for o in plan.outputs] + list(plan.extra_files):
+            if (dest_path / rel).exists():
+                raise UsageError(
+                    f"{dest_path / rel}: exists and was not written by grokfetch repack ("
+                    f"{dest_path} has no repack manifest or journal); repack into a folder of "
+                    "its own, or use --force to overwrite")
     removed = len(remove_stale_temps(dest_path))
     planned = {o.rel for o in plan.outputs}
     if force:
@@ -651,6 +662,7 @@ def repack(
 
     journal = _Journal(dest_path / JOURNAL_NAME, settings, chunk_size)
     journal.add(*done.values(), *kept.values())  # complete even if this run is killed too
+    journal.touch()  # DEST is now recognisably ours, before the first output lands in it
     written = _write_all(dest_path, todo, level, chunk_size, jobs, journal,
                          progress(sum(o.payload for o in todo), "repack"))
     entries = [done.get(o.rel) or written[o.rel] for o in plan.outputs]

@@ -397,3 +397,20 @@ def test_a_journal_symlinked_outside_dest_is_refused_and_never_appended_to(mini_
     with pytest.raises(OSError):
         journal.add(entry)
     assert outside.read_text() == "mine\n"
+
+
+def test_files_another_tool_put_in_dest_are_not_overwritten_without_force(mini_ckpt, tmp_path):
+    # e.g. a Hugging Face download in the folder: same config.json and shard names as ours
+    dest = tmp_path / "hf"
+    dest.mkdir()
+    (dest / "config.json").write_text('{"theirs": 1}')
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(dest), "--layout", "sglang"])
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"Error: {dest}/config.json: exists and was not written by "
+                               "grokfetch repack")
+    assert [p.name for p in dest.iterdir()] == ["config.json"]
+    assert (dest / "config.json").read_text() == '{"theirs": 1}'
+    r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(dest), "--layout", "sglang",
+                                 "--force", "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((dest / "config.json").read_text())["model_type"] == "mixtral"
