@@ -15,8 +15,9 @@ from grokfetch.synth import PRESETS, resolve_config, synth_size, synthesize
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="mini", show_default=True,
               help="Model dimensions: mini (~8 MB, 12 layers), small (~40 MB), "
                    "grok-1 (the real shapes: 318 GB unless --layers is small).")
-@click.option("--layers", "num_layers", type=click.IntRange(min=1),
-              help="Number of decoder layers (overrides the preset).")
+@click.option("--layers", "num_layers", type=click.IntRange(min=1), metavar="N",
+              help="Number of decoder layers (overrides the preset; a count, not a "
+                   "layer list as for get and repack).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed of the weights (same seed, same bytes).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
