@@ -16,6 +16,7 @@ EXIT_TORRENT = 4  # torrent / network problem (bad metadata, torrent disagrees w
 EXIT_DISK = 5  # not enough free space, disk full or I/O error while writing
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (GROKFETCH_DEBUG=1 shows the traceback)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM (state saved where applicable)
+EXIT_BROKEN_PIPE = 141  # stdout's reader went away (`| head`): 128 + SIGPIPE, as for any tool
 
 
 class GrokfetchError(Exception):

@@ -134,3 +134,17 @@ def test_a_bad_config_file_is_named_in_the_error(tmp_path):
     none = tmp_path / "none.json"
     r = run("inspect", GOLDEN, "--config", none)
     assert r.stderr == f"Error: {none}: cannot read config: No such file or directory\n"
+
+
+def test_output_piped_into_head_stops_quietly_not_as_a_bug(mini_ckpt):
+    # `grokfetch verify DIR | head`: the reader is gone before the first line is written
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "grokfetch", "verify", str(mini_ckpt)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 141, err
+    assert "internal error" not in err and "Exception ignored" not in err

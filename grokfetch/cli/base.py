@@ -9,6 +9,7 @@ documented exit code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import click
 
 from grokfetch import __version__
-from grokfetch.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GrokfetchError
+from grokfetch.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, GrokfetchError
 
 # Command name -> the module that defines it.  Modules are imported only when
 # their command runs (or help lists it), so `grokfetch verify` does not pay
@@ -62,6 +63,12 @@ class GrokfetchGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except BrokenPipeError:
+            # stdout's reader went away (`grokfetch verify DIR | head`): stop quietly with
+            # the status of a Unix tool killed by SIGPIPE, and keep the exit-time flush quiet.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as e:  # a bug: still one line, and a way to see more
             if os.environ.get("GROKFETCH_DEBUG"):
                 traceback.print_exc()
@@ -86,6 +93,7 @@ def cli() -> None:
       5    not enough disk space, disk full or I/O error
       70   internal error (a bug in grokfetch; GROKFETCH_DEBUG=1 shows the traceback)
       130  interrupted (Ctrl-C / SIGTERM); state was saved where it applies
+      141  stdout was closed early (piped into head): the output stopped there
 
     Set GROKFETCH_DEBUG=1 to see a traceback instead of the one-line error.
     """
