@@ -156,6 +156,11 @@ def open_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = N
     """Locate a checkpoint and decide its config (explicit, pinned manifest, inferred)."""
     ckpt_dir = find_ckpt_dir(path)
     root = ckpt_dir.parent if ckpt_dir.name == CKPT_DIR else ckpt_dir
+    real = ckpt_dir.resolve()  # '.' inside ckpt-0/, or a symlink to it named otherwise
+    if not (root / MANIFEST_NAME).is_file() and real.name == CKPT_DIR and (
+        real.parent / MANIFEST_NAME
+    ).is_file():
+        ckpt_dir, root = real, real.parent
     manifest = None
     source = "explicit"
     mpath = root / MANIFEST_NAME

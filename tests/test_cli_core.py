@@ -148,3 +148,11 @@ def test_output_piped_into_head_stops_quietly_not_as_a_bug(mini_ckpt):
     err = p.stderr.read().decode()
     assert p.wait(60) == 141, err
     assert "internal error" not in err and "Exception ignored" not in err
+
+
+def test_inspect_through_a_symlink_to_ckpt_0_uses_the_pinned_manifest(mini_ckpt, tmp_path):
+    link = tmp_path / "grok"
+    link.symlink_to(mini_ckpt / "ckpt-0")
+    r = run("inspect", link, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["config_source"] == "manifest"
