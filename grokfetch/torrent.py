@@ -470,6 +470,8 @@ def _os_errors_as_disk_errors(fn: Callable[..., DownloadResult]) -> Callable[...
     def wrapper(*args: Any, **kwargs: Any) -> DownloadResult:
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # the caller's stdout went away (`| head`), not the disk
+            raise
         except OSError as e:
             where = e.filename or kwargs.get("dest") or (args[1] if len(args) > 1 else "")
             raise DiskError(f"{where}: {e.strerror or e}") from None

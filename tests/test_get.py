@@ -322,6 +322,16 @@ def test_a_second_get_into_the_same_dest_is_refused_while_the_first_runs(
     assert g.proc.returncode == 0, g.stderr  # the lock went with its holder
 
 
+def test_a_closed_stdout_is_not_reported_as_a_disk_error(tmp_path: Path, source: Path):
+    # `get --json-progress | head -1`: the progress callback's write fails with EPIPE
+    def gone(_msg: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    net = torrent.NetOptions(listen="127.0.0.1:0", dht=False, utp=False)
+    with pytest.raises(BrokenPipeError):
+        torrent.download(source / "ckpt-0.torrent", tmp_path / "d", net=net, on_message=gone)
+
+
 def test_layers_without_a_manifest_is_a_usage_error(tmp_path: Path, source: Path):
     r = CliRunner().invoke(cli, ["get", str(source / "ckpt-0.torrent"), "--dest",
                                  str(tmp_path / "d"), "--layers", "0", *LOOPBACK])
