@@ -765,8 +765,8 @@ def check_config_fits(ckpt: Checkpoint) -> None:
 
     The file order depends on the layer count (JAX sorts ``decoder_layer_10``
     before ``decoder_layer_2``), and every layer's files have the same shapes,
-    so a config with the wrong ``num_layers`` still reads "fine" - with every
-    layer past 1 taken from another layer's files.  Two things give it away:
+    so a config with the wrong ``num_layers`` still reads "fine" - with most
+    layers taken from another layer's files.  Two things give it away:
     tensor files beyond the config's last index, and a pinned manifest that
     says a file holds another parameter than the config puts there.
     """
