@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import numpy as np
 
 from grokfetch import forward
 from grokfetch.errors import DiskError, UsageError
-from grokfetch.fsutil import atomic_write
+from grokfetch.fsutil import TMP_MARK, atomic_write
 from grokfetch.layout import ModelConfig
 from grokfetch.weights import ModelWeights, open_weights
 
@@ -464,24 +465,22 @@ def run_smoke(
 
 def check_save_path(path: str | os.PathLike[str]) -> None:
     """Raise UsageError now if ``save_outputs`` could not write ``path``, rather than after
-    a run that may take minutes (creates the folder, as ``save_outputs`` would)."""
+    a run that may take minutes.  Creates nothing: a temp file is made and removed in the
+    nearest folder that exists (``save_outputs`` creates the missing ones)."""
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"--save {p}: is a folder; name an .npz file")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--save {p}: {folder} is not a folder")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(p.parent / f"{p.name}.probe", "wb"):
-            raise _Probed
-    except _Probed:
-        return
-    except (FileExistsError, NotADirectoryError):
-        raise UsageError(f"--save {p}: {p.parent} is not a folder") from None
+        fd, probe = tempfile.mkstemp(prefix=TMP_MARK, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"--save {p}: cannot write there ({e.strerror or e})") from None
-
-
-class _Probed(Exception):
-    """Ends ``check_save_path``'s probe: the temp file was created, and is removed again."""
+        raise UsageError(f"--save {p}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def save_outputs(report: SmokeReport, path: str | os.PathLike[str]) -> Path:

@@ -425,6 +425,8 @@ def test_save_to_an_unwritable_path_is_refused_before_the_run(mini_ckpt, tmp_pat
     assert f"Error: --save {tmp_path / 'a-file' / 'out.npz'}: {tmp_path / 'a-file'} is not a " \
            "folder" in output
     assert "checks passed" not in output  # refused before the forward pass ran
+    code, output = run(mini_ckpt, "--layer", 99, "--save", tmp_path / "new" / "out.npz")
+    assert code == 2 and not (tmp_path / "new").exists()  # the check itself creates nothing
 
 
 def test_save_failing_after_the_run_is_a_disk_error_naming_the_file(mini_ckpt, tmp_path):
