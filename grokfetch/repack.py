@@ -73,7 +73,6 @@ from grokfetch.weights import (
     complete_layers,
     holds_only,
     layers_text,
-    named_path,
 )
 
 LAYOUTS = ("per-tensor", "sglang")
@@ -591,7 +590,7 @@ def repack(
     if shard_size < 1:
         raise UsageError(f"shard size must be positive, got {shard_size}")
 
-    ckpt = open_checkpoint(named_path(src), config)
+    ckpt = open_checkpoint(src, config)
     check_config_fits(ckpt)
     dest_path = Path(dest)
     _check_dest(dest_path, ckpt)

@@ -749,17 +749,6 @@ def holds_only(complete: list[int], what: str) -> str:
     return f"; {what} holds only layer{'s' if len(complete) > 1 else ''} {layers_text(complete)}"
 
 
-def named_path(path: str | os.PathLike[str]) -> Path:
-    """``path``, made absolute if it ends in '.' or '..' (``cd ckpt-0; grokfetch smoke .``).
-
-    Whether a folder is ``ckpt-0/`` - and so whether the pinned manifest with the
-    config and hashes is found beside it - is decided by the folder's name, which
-    '.' does not have.
-    """
-    p = Path(path)
-    return Path(os.path.abspath(p)) if p.name in ("", "..") else p
-
-
 def check_config_fits(ckpt: Checkpoint) -> None:
     """Refuse a config that would name the checkpoint's files wrongly.
 
@@ -838,6 +827,6 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
     if (root / JOURNAL_NAME).is_file() and not (root / "ckpt-0").exists():
         raise UsageError(f"{root}: an unfinished repack (its journal, no manifest yet); rerun "
                          "the same grokfetch repack command to finish it")
-    ckpt = open_checkpoint(named_path(root), config=config)
+    ckpt = open_checkpoint(root, config=config)
     check_config_fits(ckpt)
     return OriginalWeights(ckpt.root, ckpt.ckpt_dir, ckpt.config, ckpt.config_source)
