@@ -966,11 +966,13 @@ def _state_name(st: Any, done: bool) -> str:
     return _STATE_NAMES.get(st.state, str(st.state))
 
 
-def _progress(st: Any, elapsed: float, run: _Run, done: bool) -> Progress:
+def _status_progress(st: Any, *, done: bool, elapsed: float, has_meta: bool = True,
+                     resume_saved_done: int = -1) -> Progress:
+    """A Progress snapshot from a libtorrent torrent_status (downloads and seeds alike)."""
     return Progress(
         state=_state_name(st, done),
-        wanted=st.total_wanted if run.meta is not None else 0,
-        wanted_done=st.total_wanted_done if run.meta is not None else 0,
+        wanted=st.total_wanted if has_meta else 0,
+        wanted_done=st.total_wanted_done if has_meta else 0,
         downloaded=st.total_payload_download,
         uploaded=st.total_payload_upload,
         download_rate=st.download_payload_rate,
@@ -978,8 +980,13 @@ def _progress(st: Any, elapsed: float, run: _Run, done: bool) -> Progress:
         peers=st.num_peers,
         seeds=st.num_seeds,
         elapsed=round(elapsed, 3),
-        resume_saved_done=run.resume_saved_done,
+        resume_saved_done=resume_saved_done,
     )
+
+
+def _progress(st: Any, elapsed: float, run: _Run, done: bool) -> Progress:
+    return _status_progress(st, done=done, elapsed=elapsed, has_meta=run.meta is not None,
+                            resume_saved_done=run.resume_saved_done)
 
 
 # --------------------------------------------------------------------------- seed
@@ -1146,19 +1153,7 @@ class Seeder:
                     f"({piece_files(self.h.torrent_file(), a.piece_index)}); not sent - "
                     f"find the damage with `grokfetch verify {self.folder}`"
                 )
-        return Progress(
-            state=_state_name(st, True),
-            wanted=st.total_wanted,
-            wanted_done=st.total_wanted_done,
-            downloaded=st.total_payload_download,
-            uploaded=st.total_payload_upload,
-            download_rate=st.download_payload_rate,
-            upload_rate=st.upload_payload_rate,
-            peers=st.num_peers,
-            seeds=st.num_seeds,
-            elapsed=round(time.monotonic() - self._t0, 3),
-            resume_saved_done=-1,
-        )
+        return _status_progress(st, done=True, elapsed=time.monotonic() - self._t0)
 
     def run(
         self,
