@@ -13,6 +13,20 @@ HERE = Path(__file__).parent
 GOLDEN = HERE / "data" / "golden"
 
 
+def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
+    """Corrupt one byte in place (XOR with ``mask``): the smallest possible damage."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ mask]))
+
+
+def by_path(report) -> dict:
+    """A verify report's file results by relative path."""
+    return {f.path: f for f in report.files}
+
+
 @pytest.fixture(scope="session")
 def mini_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthesized 'mini' checkpoint (12 layers, ~8 MB) with its pinned manifest.

@@ -9,6 +9,7 @@ says it has after a forced recheck (loopback only, DHT/LSD/UPnP/NAT-PMP off).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 
 from grokfetch.errors import TorrentError, UsageError
 from grokfetch.pieces import find_strip, load_piece_map, rel_path, verify_pieces
+from tests.conftest import flip_byte
+
+corrupt = functools.partial(flip_byte, mask=0xFF)
 
 PIECE = 16 * 1024  # libtorrent's smallest piece size; files below straddle pieces
 SIZES = {
@@ -84,12 +88,6 @@ def libtorrent_have(torrent: Path, save_path: Path) -> list[bool]:
         ses.pause()
 
 
-def corrupt(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 @pytest.mark.parametrize("hybrid", [False, True], ids=["v1", "hybrid-with-pad-files"])

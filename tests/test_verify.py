@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -30,21 +29,14 @@ from grokfetch.verify import (
     pin,
     verify,
 )
+from tests.conftest import by_path, flip_byte
 
 BIG = "ckpt-0/tensor00000_000"  # the embedding, 262,306 bytes: chunks 0-4 of 64 KiB
 CHUNK = 64 * 1024
 
 
-def flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x01]))
 
 
-def by_path(report) -> dict:
-    return {f.path: f for f in report.files}
 
 
 def test_a_clean_checkpoint_passes_against_its_pinned_manifest(mini_ckpt):
@@ -73,7 +65,7 @@ def test_a_symlink_to_ckpt_0_finds_the_pinned_manifest_beside_the_real_folder(
 
 def test_one_flipped_byte_is_located_to_its_chunk(copy_ckpt):
     root = copy_ckpt()
-    flip(root / BIG, 150_000)  # chunk 2 = bytes 131072-196607
+    flip_byte(root / BIG, 150_000)  # chunk 2 = bytes 131072-196607
     r = verify(root)
     assert not r.ok
     bad = by_path(r)[BIG]
@@ -195,7 +187,7 @@ def test_quick_checks_sizes_and_a_sample_of_chunks(copy_ckpt):
     assert r.ok and not r.content_proven
     assert r.bytes_hashed < load_manifest(root / MANIFEST_NAME).total_size
     assert "quick: size and 2 of 5 chunks" in by_path(r)[BIG].detail
-    flip(root / BIG, 1000)  # in the payload of the first chunk, which is always sampled
+    flip_byte(root / BIG, 1000)  # in the payload of the first chunk, which is always sampled
     assert by_path(verify(root, quick=True))[BIG].bad_ranges == [(0, CHUNK - 1)]
     zeroed = root / "ckpt-0/tensor00002_000"
     zeroed.write_bytes(bytes(zeroed.stat().st_size))  # preallocated, never written
@@ -219,7 +211,7 @@ def test_sha256_vouches_where_the_manifest_has_it(copy_ckpt, tmp_path):
     assert got["ckpt-0/tensor00001_000"].line() == "ckpt-0/tensor00001_000: OK (blake3, sha256)"
     assert r.trust == "manifest"
     assert r.summary[EXTRA] == 144  # every other file is not in this manifest
-    flip(root / BIG, 5)
+    flip_byte(root / BIG, 5)
     assert by_path(verify(root, manifest=Manifest(name="two", files=files)))[BIG].detail == (
         "sha256 hash mismatch"
     )
@@ -296,7 +288,7 @@ def test_a_repack_style_output_folder_is_verified_by_its_manifest(tmp_path):
     pin(out, base=base, chunk_size=CHUNK)
     r = verify(out)
     assert r.ok and r.summary[OK] == 2 and r.trust == "pinned"
-    flip(out / "model.embed.safetensors", 199_999)
+    flip_byte(out / "model.embed.safetensors", 199_999)
     bad = by_path(verify(out))["model.embed.safetensors"]
     assert bad.bad_ranges == [(3 * CHUNK, 199_999)]
 

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from grokfetch.cli import cli
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.metainfo import build_torrent
+from tests.conftest import flip_byte
 
 BIG = "ckpt-0/tensor00000_000"
 
@@ -21,12 +22,6 @@ def run(*args: str):
     return CliRunner().invoke(cli, ["verify", *args])
 
 
-def flip(path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 1]))
 
 
 def test_clean_checkpoint_prints_one_ok_line_per_file_and_exits_0(mini_ckpt):
@@ -41,7 +36,7 @@ def test_clean_checkpoint_prints_one_ok_line_per_file_and_exits_0(mini_ckpt):
 
 def test_quiet_shows_only_problems_and_exits_1(copy_ckpt):
     root = copy_ckpt()
-    flip(root / BIG, 70_000)
+    flip_byte(root / BIG, 70_000)
     (root / "ckpt-0/tensor00009_000").unlink()
     r = run(str(root), "--quiet")
     assert r.exit_code == 1
@@ -55,7 +50,7 @@ def test_quiet_shows_only_problems_and_exits_1(copy_ckpt):
 
 def test_json_is_one_document_with_the_same_verdicts(copy_ckpt):
     root = copy_ckpt()
-    flip(root / BIG, 0)
+    flip_byte(root / BIG, 0)
     r = run(str(root), "--json")
     assert r.exit_code == 1
     doc = json.loads(r.stdout)

@@ -7,6 +7,7 @@ away, so the torrent is the only thing that can vouch for the bytes.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.metainfo import build_torrent
 from grokfetch.pieces import load_piece_map
 from grokfetch.verify import FAILED, MISSING, OK, UNVERIFIED, pin, verify
+from tests.conftest import by_path, flip_byte
+
+flip = functools.partial(flip_byte, mask=0x80)
 
 PIECE = 16 * 1024
 BIG = "ckpt-0/tensor00000_000"
@@ -30,16 +34,8 @@ def torrent_checkpoint(copy_ckpt, tmp_path: Path, keep_manifest: bool = False):
     return root, t
 
 
-def flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x80]))
 
 
-def by_path(report) -> dict:
-    return {f.path: f for f in report.files}
 
 
 def test_a_clean_checkpoint_matches_every_torrent_piece(copy_ckpt, tmp_path):
