@@ -59,6 +59,7 @@ class FileDigests:
     blake3: str  # hex digest of the whole file
     chunks: list[str]  # hex BLAKE3 of each chunk_size slice (the last may be shorter)
     size: int = 0
+    sha256: str | None = None  # when asked for (digest_file)
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -280,6 +281,79 @@ def file_digests(
             fd, os.fstat(fd).st_size, whole.update, chunks.update, on_bytes
         )
         return FileDigests(whole.hexdigest(), chunks.finish(), done)
+    finally:
+        os.close(fd)
+
+
+def digest_file(
+    path: str | os.PathLike[str],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    sha256: bool = False,
+    feed: Callable[[memoryview], object] | None = None,
+    feed_cost: float = 1.4,
+    on_bytes: OnBytes | None = None,
+) -> FileDigests:
+    """Everything a pin needs from one read of the file: BLAKE3 of the whole file and of
+    each chunk, SHA-256 if asked, and every block also handed to ``feed`` (the pin pass
+    gives it the torrent's piece hasher), so all of them see the very same bytes.
+
+    The consumers are split over this thread and one helper by their cost per byte
+    (``feed_cost`` relative to one BLAKE3); a file of one chunk has one BLAKE3, since its
+    chunk hash is its whole-file hash.
+    """
+    fd = _open(path)
+    try:
+        size = os.fstat(fd).st_size
+        whole = blake3.blake3()
+        chunks = ChunkHasher(chunk_size) if size > chunk_size else None
+        sha = hashlib.sha256() if sha256 else None
+        jobs: list[tuple[float, Callable[[memoryview], object]]] = [(1.0, whole.update)]
+        if chunks is not None:
+            jobs.append((1.0, chunks.update))
+        if feed is not None:
+            jobs.append((feed_cost, feed))
+        if sha is not None:
+            jobs.append((2.5, sha.update))
+        here: list[Callable[[memoryview], object]] = []
+        there: list[Callable[[memoryview], object]] = []
+        loads = [0.0, 0.0]
+        for cost, fn in sorted(jobs, key=lambda j: -j[0]):  # greedy: heaviest first
+            side = 0 if loads[0] <= loads[1] else 1
+            loads[side] += cost
+            (here if side == 0 else there).append(fn)
+
+        def run(fns: list[Callable[[memoryview], object]]) -> Callable[[memoryview], object]:
+            def go(block: memoryview) -> None:
+                for fn in fns:
+                    fn(block)
+
+            return go
+
+        done = _one_read_two_hashers(fd, size, run(here), run(there), on_bytes)
+        digest = whole.hexdigest()
+        chunk_list = chunks.finish() if chunks is not None else ([digest] if done else [])
+        return FileDigests(digest, chunk_list, done, sha.hexdigest() if sha else None)
+    finally:
+        os.close(fd)
+
+
+def feed_file(
+    path: str | os.PathLike[str],
+    feed: Callable[[memoryview], object],
+    *,
+    on_bytes: OnBytes | None = None,
+) -> int:
+    """Hand every block of the file to ``feed`` (no hashing of its own); bytes read."""
+    fd = _open(path)
+    try:
+        done = 0
+        for block in _blocks(fd, 0, os.fstat(fd).st_size):
+            feed(block)
+            done += len(block)
+            if on_bytes:
+                on_bytes(len(block))
+        return done
     finally:
         os.close(fd)
 

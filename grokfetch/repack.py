@@ -58,7 +58,14 @@ from grokfetch.errors import (
 from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
 from grokfetch.layout import ModelConfig, ParamSpec, parse_layer_spec
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
+from grokfetch.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    load_manifest,
+    proven_pin,
+    save_pin,
+)
 from grokfetch.progress import NullBar
 from grokfetch.reader import ParamFile, scan
 from grokfetch.safetensors_io import (
@@ -68,6 +75,7 @@ from grokfetch.safetensors_io import (
     Tensor,
     write_safetensors,
 )
+from grokfetch.trust import PinRoot, now
 from grokfetch.weights import (
     check_config_fits,
     complete_layers,
@@ -209,11 +217,13 @@ def scan_sources(ckpt: Checkpoint, params: list[ParamSpec]) -> dict[int, ParamFi
 
 
 def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int) -> dict[int, str]:
-    """BLAKE3 of each source: from the checkpoint's manifest, hashing only what it lacks."""
+    """BLAKE3 of each source: from the checkpoint's pin when it is proven (this user pinned
+    it from a root of trust), hashing the rest (a copied manifest vouches for nothing)."""
     out: dict[int, str] = {}
     todo = []
+    pin = proven_pin(ckpt.root)
     for spec in params:
-        entry = ckpt.manifest.file(spec.file) if ckpt.manifest is not None else None
+        entry = pin.file(spec.file) if pin is not None else None
         if entry is not None and entry.blake3:
             out[spec.index] = entry.blake3
         else:
@@ -676,6 +686,7 @@ def repack(
         d = file_digests(path, chunk_size)
         entries.append(FileEntry(path=name, size=len(data), blake3=d.blake3, chunks=d.chunks))
     src_manifest = ckpt.manifest
+    source_pin = proven_pin(ckpt.root)
     manifest = Manifest(
         name=f"{src_manifest.name if src_manifest else 'grok-1'}-{layout}-{dtype}",
         files=entries,
@@ -685,8 +696,11 @@ def repack(
         chunk_size=chunk_size,
         repack=settings,
         notes=f"repacked by {TOOL} from {Path(os.path.abspath(ckpt.root)).name}",
+        # the outputs are hashed as written; they are proven when their source was
+        pinned_by=(PinRoot("repack", None, Path(os.path.abspath(ckpt.root)).name, now(),
+                           source_pin.pinned_by if source_pin is not None else ()),),
     )
-    mpath = save_manifest(manifest, dest_path / MANIFEST_NAME)
+    mpath = save_pin(manifest, dest_path / MANIFEST_NAME)
     with contextlib.suppress(FileNotFoundError):
         (dest_path / JOURNAL_NAME).unlink()
     return RepackResult(

@@ -31,9 +31,17 @@ from grokfetch.errors import DiskError, GrokfetchError, UsageError
 from grokfetch.fsutil import TMP_MARK, atomic_write, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
 from grokfetch.layout import CKPT_DIR, GROK1, ModelConfig, ParamSpec, param_list
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
+from grokfetch.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    load_manifest,
+    save_manifest,
+    save_pin,
+)
 from grokfetch.pickle_writer import ArrayData, pickled_size, write_param_file
 from grokfetch.reader import BFLOAT16
+from grokfetch.trust import PinRoot, now
 
 PRESETS: dict[str, ModelConfig] = {
     # The default: small (~7 MB) but with every feature of the real thing:
@@ -179,8 +187,10 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
         config=cfg,
         chunk_size=chunk_size,
         notes=f"{SYNTH_NOTE} (preset {preset}, seed {seed}) written by grokfetch synth",
+        # the bytes were made and hashed here, as they were written
+        pinned_by=(PinRoot("synth", None, f"preset {preset}, seed {seed}", now()),),
     )
-    save_manifest(manifest, root / MANIFEST_NAME)
+    save_pin(manifest, root / MANIFEST_NAME)
     # Files of an earlier, larger synth that this one does not list (e.g. layers 2-11
     # after --layers 2) would otherwise stay behind as extra, wrongly named files.
     ckpt_dir = root / CKPT_DIR

@@ -2,27 +2,32 @@
 
 ``verify(path)`` answers one question: are the bytes on disk the published
 ones, and if not, which file and which part of it is wrong.  It needs a
-*root of trust*: something that says what the bytes should be.  In order:
+*root of trust*, named by who vouches for the bytes (``grokfetch.trust``),
+never by which file happens to be in the folder:
 
-1. an explicit manifest (``--manifest NAME|PATH``);
-2. the pinned manifest ``grokfetch-manifest.json`` that ``get`` or
-   ``verify --pin`` left in the checkpoint root (BLAKE3 of every file and of
-   every 64 MiB chunk);
-3. the torrent metadata (``--torrent FILE``, or the .torrent ``get`` saved):
-   the SHA-1 piece hashes, which the info-hash in the published magnet link
-   vouches for - the only published root of trust for Grok-1;
+1. what the user names: ``--manifest NAME|PATH`` and/or ``--torrent FILE``.
+   An explicit root is the root of the run: every file is checked against
+   it, and a pinned manifest in the folder adds nothing;
+2. otherwise the pinned manifest ``grokfetch-manifest.json``, only when this
+   user pinned it (its tag checks out under the user's key) - it then says
+   what proved it (a torrent, a manifest, or first use).  A manifest of
+   unknown origin (copied from elsewhere) is reported and never makes a file OK;
+3. otherwise a ``.torrent`` in the folder, only when its info-hash is a
+   packaged model's published one or the one the user asked ``get`` for;
 4. failing those, the packaged manifest of a model whose files these are
    (grok-1: every size, and the SHA-256 the Hugging Face mirror shows for 34
    files).  Files with no hash get a structural check only, and the report
    says plainly that their content is not verified.
 
 Every file gets one ``FileResult``; nothing stops at the first problem.  The
+report's ``proven`` is true only when every file the root (and the layout)
+expects is present and matched a hash from a root that proves content.  The
 CLI (``grokfetch.cli.verify``) only formats the report.
 
-``pin(path)`` writes the pinned manifest: BLAKE3 of each file and chunk,
-computed in one read per file.  It trusts its caller to have proven the bytes
-(``get`` after its piece check, ``verify --pin`` after a clean verification,
-or the user with ``--trust-on-first-use``).
+``pin(path, torrent=..., manifest=...)`` writes the pinned manifest: BLAKE3 of
+each file and chunk, computed in the same read that checks the root's hashes
+(the torrent's SHA-1 pieces, the manifest's BLAKE3/SHA-256), so no byte enters
+a pin without passing its root in that pass.  A file that fails stops the pin.
 """
 
 from __future__ import annotations
@@ -41,17 +46,19 @@ from grokfetch.errors import (
     CheckpointFormatError,
     GrokfetchError,
     ManifestError,
+    PinRefused,
     TorrentError,
     UsageError,
 )
 from grokfetch.fsutil import TMP_MARK, safe_relpath
 from grokfetch.hashing import (
     DEFAULT_CHUNK_SIZE,
+    FileDigests,
     blake3_and_sha256,
     blake3_file,
     chunk_digests,
     chunk_range,
-    file_digests,
+    digest_file,
     num_chunks,
     parallel_map,
     sha256_file,
@@ -63,11 +70,21 @@ from grokfetch.manifest import (
     FileEntry,
     Manifest,
     Sources,
+    check_regular,
     load_manifest,
+    load_manifest_file,
     model_names,
-    save_manifest,
+    save_pin,
 )
 from grokfetch.progress import NullBar
+from grokfetch.trust import (
+    STATE_DIR,
+    PinRoot,
+    asked_info_hashes,
+    now,
+    roots_proven,
+    roots_words,
+)
 
 # The reader (numpy, ml_dtypes) and the torrent code (libtorrent) take ~0.3 s
 # to import; verifying against a pinned manifest needs neither, so they are
@@ -92,7 +109,6 @@ STATUSES = (OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA)
 # Chunks (or pieces) per file that --quick hashes: the first (it holds the header)
 # and a random one.  On the real checkpoint that reads ~12% of the bytes.
 QUICK_SAMPLES = 2
-STATE_DIR = ".grokfetch"  # get's resume data folder inside its destination: not an extra file
 _TENSOR_RE = re.compile(r"(^|/)tensor\d{5}_\d{3}$")
 
 ProgressFactory = Callable[[int, str], Any]
@@ -104,7 +120,7 @@ class FileResult:
 
     path: str  # relative to the checkpoint root, '/'-separated
     status: str  # one of STATUSES
-    vouched_by: str | None = None  # 'blake3', 'sha256' or 'torrent': what proved it OK
+    vouched_by: str | None = None  # the root that proved it OK: 'torrent:<info-hash>', ...
     detail: str = ""  # why it failed, or what was (not) checked
     bad_ranges: list[tuple[int, int]] = field(default_factory=list)  # (first, last) byte
     size: int | None = None  # on disk
@@ -149,6 +165,9 @@ class VerifyReport:
     advice: str | None = None  # how to get a root of trust, when content went unverified
     manifest: Manifest | None = field(default=None, repr=False)  # the one checked against
     torrent: str | None = None  # the .torrent whose pieces were checked
+    roots: tuple[PinRoot, ...] = ()  # who vouched (for a pin: what proved it)
+    notes: tuple[str, ...] = ()  # files found that are no root of trust, roots not used
+    unproven: str | None = None  # why the run proved less than every file (None: proven)
 
     @property
     def content_proven(self) -> bool:
@@ -158,6 +177,11 @@ class VerifyReport:
             and not self.quick
             and all(f.status == OK for f in self.files if f.status != EXTRA)
         )
+
+    @property
+    def proven(self) -> bool:
+        """Every file the root (and the layout) expects matched a root that proves content."""
+        return self.content_proven and self.unproven is None
 
     @property
     def summary(self) -> dict[str, int]:
@@ -181,10 +205,14 @@ class VerifyReport:
             "root": str(self.root),
             "root_of_trust": self.root_of_trust,
             "trust": self.trust,
+            "roots": [r.to_dict() for r in self.roots],
             "info_hash": self.info_hash,
             "quick": self.quick,
             "strict": self.strict,
             "ok": self.ok,
+            "proven": self.proven,
+            "unproven": self.unproven,
+            "notes": list(self.notes),
             "summary": self.summary,
             "bytes_hashed": self.bytes_hashed,
             "seconds": round(self.seconds, 3),
@@ -227,6 +255,10 @@ def _locate(path: str | os.PathLike[str]) -> _Place:
         raise UsageError(f"{p}: no such folder")
     if not p.is_dir():
         raise UsageError(f"{p}: not a folder")
+    near = [p] + [q.parent for q in (p, p.resolve()) if q.name == CKPT_DIR]
+    for where in near:
+        if os.path.lexists(where / MANIFEST_NAME):
+            check_regular(where / MANIFEST_NAME)  # a folder or FIFO there: exit 2, never opened
     if (p / MANIFEST_NAME).is_file():  # a pinned checkpoint root or a repack output
         if (p / CKPT_DIR).is_dir():
             return _Place(p, p / CKPT_DIR)
@@ -327,6 +359,12 @@ class _Trust:
     manifest: Manifest | None = None
     pm: PieceMap | None = None
     advice: str | None = None
+    roots: tuple[PinRoot, ...] = ()  # who vouches (a pin: what proved it)
+    proven: bool = False  # a file that matches counts as proven
+    notes: tuple[str, ...] = ()
+    explicit_manifest: bool = False  # the user named the manifest (a root for pin)
+    manifest_vouch: str | None = None  # vouched_by of a file a manifest hash proved
+    torrent_vouch: str | None = None  # vouched_by of a file the torrent's pieces proved
 
 
 def _packaged_for(place: _Place) -> Manifest | None:
@@ -358,46 +396,162 @@ def _choose_trust(
     place: _Place,
     manifest: Manifest | str | os.PathLike[str] | None,
     torrent: str | os.PathLike[str] | None,
+    accept_first_use: bool = False,
 ) -> _Trust:
+    notes: list[str] = []
     pm = _piece_map(torrent) if torrent is not None else None
-    if manifest is not None:
-        m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        what = f"manifest {m.name}" if isinstance(manifest, Manifest) else f"manifest {manifest}"
-        _check_torrent_matches(m, pm)
-        if pm is not None:
-            what += f", and torrent {pm.source} for files it has no hash for"
-        return _Trust("manifest", what, m, pm)
     pinned = place.root / MANIFEST_NAME
-    if pinned.is_file():
-        m = load_manifest(pinned)
+    troot = _torrent_root(pm) if pm is not None else None
+    if manifest is not None:
+        if isinstance(manifest, Manifest):
+            m, mroot = manifest, PinRoot("manifest", _manifest_digest(manifest), manifest.name)
+            what = f"manifest {m.name}"
+        else:
+            lm = load_manifest_file(manifest)
+            m, mroot = lm.manifest, PinRoot("manifest", lm.sha256, str(manifest))
+            what = f"manifest {manifest} (sha256 {lm.sha256[:12]}...)"
         _check_torrent_matches(m, pm)
-        return _Trust("pinned", f"pinned manifest {pinned}", m, pm)
-    if pm is None:
-        found = _find_torrent(path, place)
-        pm = _piece_map(found) if found is not None else None
-    if pm is not None:
-        return _Trust("torrent", _torrent_words(pm), None, pm)
+        roots: tuple[PinRoot, ...] = (mroot,)
+        if pm is not None and troot is not None:
+            what += f", and torrent {pm.source} for files it has no hash for"
+            roots += (troot,)
+        if os.path.lexists(pinned) and Path(os.path.abspath(manifest if not isinstance(
+                manifest, Manifest) else "")) != Path(os.path.abspath(pinned)):
+            notes.append(f"{pinned}: not used: the manifest you named is the root of this run")
+        return _Trust("manifest", what, m, pm, roots=roots, proven=True, notes=tuple(notes),
+                      explicit_manifest=True, manifest_vouch=f"manifest:{mroot.id}",
+                      torrent_vouch=f"torrent:{pm.meta.info_hash}" if pm else None)
+    if pm is not None and troot is not None:
+        # An explicit torrent is the root of the run: a pin in the folder adds nothing.
+        if os.path.lexists(pinned):
+            notes.append(f"{pinned}: not used: --torrent is the root of this run")
+        return _Trust("torrent", _torrent_words(pm), None, pm, roots=(troot,), proven=True,
+                      notes=tuple(notes), torrent_vouch=f"torrent:{pm.meta.info_hash}")
+    if os.path.lexists(pinned):
+        lm = load_manifest_file(pinned)  # malformed, a folder, a FIFO: exit 2 naming it
+        if lm.authentic:
+            m = lm.manifest
+            first_use = any(r.kind == "first-use" for r in m.pinned_by)
+            proven = roots_proven(m.pinned_by) or (accept_first_use and first_use)
+            vouch = "pin:" + ",".join(f"{r.kind}:{r.id}" if r.id else r.kind
+                                      for r in m.pinned_by)
+            return _Trust("pinned", f"pinned manifest {pinned}, {_pin_words(m.pinned_by)}", m,
+                          None, roots=m.pinned_by, proven=proven, manifest_vouch=vouch)
+        notes.append(
+            f"{pinned}: manifest of unknown origin: not a root of trust (not pinned by you "
+            "on this machine; a copy from elsewhere vouches for nothing)"
+        )
+    found = _find_torrent(path, place)
+    if found is not None:
+        fpm = _piece_map(found)
+        bound = _bound_torrent(fpm, found)
+        if bound is not None:
+            return _Trust("torrent", _torrent_words(fpm, bound), None, fpm,
+                          roots=(_torrent_root(fpm, bound),), proven=True, notes=tuple(notes),
+                          torrent_vouch=f"torrent:{fpm.meta.info_hash}")
+        notes.append(
+            f"{found}: torrent of unknown origin (info-hash {fpm.meta.info_hash} is not a "
+            "published one, nor one you asked `grokfetch get` for): not a root of trust; "
+            "pass it with --torrent if you trust it"
+        )
     advice = (
-        "content not verified: no manifest, pinned manifest or torrent. Get a root of trust "
-        f"with `grokfetch verify {path} --torrent FILE --pin` (the torrent of the published "
+        "content not verified: no root of trust. Get one with "
+        f"`grokfetch verify {path} --torrent FILE --pin` (the torrent of the published "
         "magnet link), or `grokfetch get` into this folder"
     )
     packaged = _packaged_for(place)
     if packaged is not None:
+        proot = PinRoot("manifest", _manifest_digest(packaged), f"packaged {packaged.name}")
         return _Trust(
             "packaged",
             f"packaged manifest {packaged.name} (sizes, and the hashes it has)",
             packaged,
             None,
             advice,
+            roots=(proot,),
+            proven=True,
+            notes=tuple(notes),
+            manifest_vouch=f"packaged:{packaged.name}",
         )
-    return _Trust(None, "none (presence and structure only)", None, None, advice)
+    return _Trust(None, "none (presence and structure only)", None, None, advice,
+                  notes=tuple(notes))
 
 
-def _torrent_words(pm: PieceMap) -> str:
+@dataclass(frozen=True)
+class RootChoice:
+    """The root of trust a run would use, decided without reading any checkpoint bytes."""
+
+    kind: str | None  # as VerifyReport.trust
+    text: str
+    proven: bool  # a file that matches it counts as proven
+    torrent: str | None  # the .torrent whose pieces vouch
+    manifest: Manifest | str | os.PathLike[str] | None  # the manifest that vouches
+    notes: tuple[str, ...] = ()
+
+
+def find_root(
+    path: str | os.PathLike[str],
+    *,
+    manifest: Manifest | str | os.PathLike[str] | None = None,
+    torrent: str | os.PathLike[str] | None = None,
+    accept_first_use: bool = False,
+) -> RootChoice:
+    """Which root of trust ``verify`` would use for ``path`` (what ``verify --pin`` pins
+    against), by the same rules; raises as ``verify`` does for a malformed manifest."""
+    p = Path(path)
+    t = _choose_trust(p, _locate(p), manifest, torrent, accept_first_use)
+    return RootChoice(
+        kind=t.kind,
+        text=t.text,
+        proven=t.proven,
+        torrent=t.pm.source if t.pm is not None else None,
+        manifest=manifest if t.explicit_manifest else None,
+        notes=t.notes,
+    )
+
+
+def _pin_words(roots: tuple[PinRoot, ...]) -> str:
+    if roots and all(r.kind == "first-use" for r in roots):
+        return "pinned on first use: proves only that nothing changed since"
+    if not roots:
+        return "with no record of what proved it (pinned by an older grokfetch): not proven"
+    return f"proven by {roots_words(roots)}"
+
+
+def _manifest_digest(m: Manifest) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(m.to_dict(), indent=1).encode()).hexdigest()
+
+
+def _bound_torrent(pm: PieceMap, found: Path) -> str | None:
+    """Why a .torrent found in the folder may vouch, or None: a published info-hash, or
+    the one the user asked `get` for in this destination (get's authenticated record)."""
+    published = _published_info_hashes()
+    ih = pm.meta.info_hash
+    if ih in published:
+        return f"the published {published[ih]} torrent"
+    asked = asked_info_hashes(found.parent / STATE_DIR)
+    if ih in asked:
+        return f"the one you asked `grokfetch get` for: {asked[ih]}"
+    return None
+
+
+def _torrent_root(pm: PieceMap, label: str | None = None) -> PinRoot:
+    if label is None:
+        published = _published_info_hashes()
+        name = published.get(pm.meta.info_hash)
+        label = f"the published {name} torrent" if name else f"{pm.source}, as you named it"
+    return PinRoot("torrent", pm.meta.info_hash, label, now())
+
+
+def _torrent_words(pm: PieceMap, bound: str | None = None) -> str:
     words = f"torrent {pm.source} (info-hash {pm.meta.info_hash}"
     published = _published_info_hashes()
-    if pm.meta.info_hash in published:
+    if bound is not None:
+        words += f", {bound}"
+    elif pm.meta.info_hash in published:
         words += f", the published {published[pm.meta.info_hash]} magnet link"
     return words + ")"
 
@@ -833,6 +987,12 @@ def _extras(place: _Place, expected: set[Path]) -> list[FileResult]:
                     if _is_below(p, place.root) or p.parent == place.ckpt_dir
                     else str(p)
                 )
+                if _TENSOR_RE.search(rel):
+                    # a checkpoint file no root vouches for: it would be loaded, so it counts
+                    out.append(FileResult(
+                        rel, UNVERIFIED, size=size,
+                        detail="a checkpoint tensor file the root of trust does not list"))
+                    continue
                 out.append(FileResult(rel, EXTRA, detail="not in the file list", size=size))
     return out
 
@@ -856,6 +1016,7 @@ def verify(
     progress: ProgressFactory | None = None,
     seed: int | None = None,
     layers: str | None = None,
+    accept_first_use: bool = False,
 ) -> VerifyReport:
     """Check every file under ``path`` against the best available root of trust.
 
@@ -868,7 +1029,7 @@ def verify(
     desc)`` returns a bar with ``update(n)``/``close()``.  ``seed`` fixes
     --quick's random sample.  ``layers`` ('0-3,10'): only those layers' files plus the
     embedding and final norm (what ``get --layers`` fetched); the others are neither
-    checked nor reported.
+    checked nor reported.  ``accept_first_use``: a pin made on first use counts as proven.
 
     Raises UsageError / ManifestError (exit 2) when it cannot run, TorrentError
     (exit 4) for a torrent that cannot vouch for these files.
@@ -876,7 +1037,7 @@ def verify(
     t0 = time.monotonic()
     path = Path(path)
     place = _locate(path)
-    trust = _choose_trust(path, place, manifest, torrent)
+    trust = _choose_trust(path, place, manifest, torrent, accept_first_use)
     xs = _expected(trust, place)
     # Every listed file is looked at (a missing unselected file still takes the blame for
     # torrent pieces it shares), but only the selected ones are checked and reported.
@@ -963,7 +1124,7 @@ def verify(
     for x in sel:
         if x.rel not in results:
             results[x.rel] = _unverified(x, x.disk.stat().st_size, f"content not verified ({why})")
-    files = [results[x.rel] for x in sel]
+    files = [_vouched(results[x.rel], trust) for x in sel]
     files += _extras(place, {x.disk for x in xs})
     unverified = {f.path for f in files if f.status == UNVERIFIED}
     advice = trust.advice if unverified else None
@@ -981,6 +1142,7 @@ def verify(
             "some files have no hash to check their content against: pass the torrent of the "
             f"published magnet link with `grokfetch verify {path} --torrent FILE --pin`"
         )
+    uncovered = _not_listed(trust, {x.rel for x in xs}, layers, place)
     return VerifyReport(
         root=place.root,
         root_of_trust=trust.text,
@@ -994,39 +1156,132 @@ def verify(
         advice=advice,
         manifest=trust.manifest,
         torrent=trust.pm.source if trust.pm is not None else None,
+        roots=trust.roots,
+        notes=trust.notes,
+        unproven=_why_unproven(trust, files, uncovered, quick),
     )
+
+
+def _vouched(r: FileResult, trust: _Trust) -> FileResult:
+    """Name the root that proved an OK file (the checks only know which hash matched)."""
+    if r.status != OK:
+        return r
+    who = trust.torrent_vouch if r.vouched_by == "torrent" else trust.manifest_vouch
+    return replace(r, vouched_by=who)
+
+
+def _not_listed(trust: _Trust, listed: set[str], layers: str | None, place: _Place) -> list[str]:
+    """Files the model's layout expects that the root of trust does not list (a manifest of
+    a subset): nothing vouches for them, whether they are on disk or not."""
+    m = trust.manifest
+    if m is None or m.config is None or m.repack is not None:
+        return []
+    if not any(_TENSOR_RE.search(rel) for rel in listed):
+        return []
+    from grokfetch.layout import parse_layer_spec
+
+    chosen = set(parse_layer_spec(layers, m.config.num_layers)) if layers is not None else None
+    return [
+        s.file
+        for s in param_list(m.config)
+        if s.file not in listed and (chosen is None or s.layer is None or s.layer in chosen)
+    ]
+
+
+def _why_unproven(
+    trust: _Trust, files: list[FileResult], uncovered: list[str], quick: bool
+) -> str | None:
+    """One line naming what kept the run from proving every file, or None when it did."""
+    if quick:
+        return "--quick samples the files: it proves nothing"
+    if trust.kind is None:
+        n = sum(f.status == UNVERIFIED for f in files)
+        first = next((f.path for f in files if f.status == UNVERIFIED), None)
+        note = f"; {trust.notes[0]}" if trust.notes else ""
+        return f"no root of trust: {n} file(s) UNVERIFIED" + (
+            f" (first: {first})" if first else "") + note
+    if not trust.proven:
+        return f"{trust.text}"
+    bad = [f for f in files if f.status == UNVERIFIED]
+    if bad:
+        return f"{bad[0].path}: UNVERIFIED ({bad[0].detail})" + (
+            f"; and {len(bad) - 1} more file(s)" if len(bad) > 1 else "")
+    if uncovered:
+        return (f"{uncovered[0]}: the layout expects it but the root of trust does not list "
+                f"it ({len(uncovered)} such file(s))")
+    return None
 
 
 # -- pinning -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PinResult:
+    """A pin that was written: where, what proved it, and the pass that proved it."""
+
+    path: Path  # the pinned manifest
+    manifest: Manifest
+    roots: tuple[PinRoot, ...]
+    report: VerifyReport  # the pin pass as a verification: every file OK, vouched by its root
+
+    @property
+    def proven(self) -> bool:
+        return roots_proven(self.roots)
+
+
 def pin(
     path: str | os.PathLike[str],
     *,
-    base: Manifest | None = None,
     torrent: str | os.PathLike[str] | None = None,
+    manifest: Manifest | str | os.PathLike[str] | None = None,
+    first_use: bool = False,
+    base: Manifest | None = None,
     chunk_size: int | None = None,
     jobs: int | None = None,
     progress: ProgressFactory | None = None,
-) -> Path:
-    """Write the pinned manifest (BLAKE3 of every file and chunk) into the checkpoint root.
+) -> PinResult:
+    """Prove the folder against its root and pin it, in one read of every byte.
 
-    The file list comes from ``base`` (its names, sizes, parameters, SHA-256
-    values, sources and config are carried over), else from ``torrent``, else
-    from the layout of the checkpoint found at ``path``.  The caller vouches
-    that the bytes are right; nothing is compared here except sizes (a file
-    whose size differs from ``base`` stops the pin).  Returns the manifest path.
+    The roots: ``torrent`` (its SHA-1 pieces) and/or ``manifest`` (its BLAKE3 /
+    SHA-256 values); with neither, ``first_use=True`` pins whatever is on disk and
+    says so.  Each file is read once; the blocks that go into its BLAKE3 (whole
+    file and ``chunk_size`` chunks) are the blocks its pieces and hashes are checked
+    on.  ``base`` (the model's manifest) gives names, parameters, config and
+    sources; any hash it carries is checked too.  The pin records its roots
+    (``pinned_by``) and is tagged with the user's key (``grokfetch.trust``).
+
+    Raises PinRefused (exit 1) naming the file (and piece or byte range) that is
+    missing, not a regular file, of the wrong size, or fails a root, and writes
+    nothing; UsageError when there is nothing to pin against.
     """
+    t0 = time.monotonic()
     p = Path(path)
     place = _locate(p)
     pm = _piece_map(torrent) if torrent is not None else None
-    if base is None and pm is not None:
-        base = _packaged_by_info_hash(pm.meta.info_hash)  # grok-1: names, params, SHA-256
+    roots: list[PinRoot] = []
+    mroot: Manifest | None = None
+    if manifest is not None:
+        if isinstance(manifest, Manifest):
+            mroot, digest, label = manifest, _manifest_digest(manifest), manifest.name
+        else:
+            lm = load_manifest_file(manifest)
+            mroot, digest, label = lm.manifest, lm.sha256, str(manifest)
+        _check_torrent_matches(mroot, pm)
+        roots.append(PinRoot("manifest", digest, label, now()))
+    if pm is not None:
+        roots.append(_torrent_root(pm))
+        if base is None and mroot is None:
+            base = _packaged_by_info_hash(pm.meta.info_hash)  # grok-1: names, params, SHA-256
+    if not roots and not first_use:
+        raise UsageError(f"{p}: nothing to pin against: pass --torrent or --manifest (a root "
+                         "of trust), or trust what is on disk on first use")
+    info = mroot or base
     if chunk_size is None:
-        chunk_size = base.chunk_size if base is not None else DEFAULT_CHUNK_SIZE
-    entries: list[FileEntry]
-    config = base.config if base is not None else None
-    if base is not None:
+        chunk_size = info.chunk_size if info is not None else DEFAULT_CHUNK_SIZE
+    config = info.config if info is not None else None
+    if mroot is not None:
+        entries = list(mroot.files)
+    elif base is not None:
         entries = list(base.files)
     elif pm is not None:
         specs = _layout_specs(place, None)
@@ -1042,31 +1297,116 @@ def pin(
         entries = [_entry_for(s.file, -1, s) for s in param_list(config)]
     if config is None:
         config = _inferred_config(place)
+    tfiles = {rel: f for rel, _, f in _torrent_files(pm, place)} if pm is not None else {}
 
-    sizes = {}
+    # Up front: every file is there, a regular file (never open a FIFO), of its size.
+    sizes: dict[str, int] = {}
     for e in entries:
         disk = place.disk(e.path)
         try:
-            st = disk.stat()
+            st = os.stat(disk)
+        except FileNotFoundError:
+            raise PinRefused(f"{disk}: missing: not pinned") from None
         except OSError as err:
-            raise UsageError(f"{disk}: cannot pin: {err.strerror or err}") from None
-        if e.size >= 0 and st.st_size != e.size:
-            raise UsageError(f"{disk}: cannot pin: {st.st_size} bytes, expected {e.size}")
+            raise PinRefused(f"{disk}: {err.strerror or err}: not pinned") from None
+        import stat as stat_mod
+
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise PinRefused(f"{disk}: not a regular file: not pinned")
+        want = e.size if e.size >= 0 else (tfiles[e.path].size if e.path in tfiles else -1)
+        if want >= 0 and st.st_size != want:
+            raise PinRefused(f"{disk}: {st.st_size} bytes, expected {want}: not pinned")
         sizes[e.path] = st.st_size
-    bar = progress(sum(sizes.values()), "pin") if progress is not None else NullBar()
+    extra_stream = 0
+    if pm is not None:
+        ours = {tfiles[e.path].index for e in entries if e.path in tfiles}
+        extra_stream = sum(f.size for f in pm.meta.real_files() if f.index not in ours)
+    bar = progress(sum(sizes.values()) + extra_stream, "pin") if progress else NullBar()
     counter = _Progress(bar)
 
-    def one(e: FileEntry) -> FileEntry:
-        d = file_digests(place.disk(e.path), chunk_size, on_bytes=counter)
-        if d.size != sizes[e.path]:
-            raise UsageError(f"{e.path}: changed size while it was being hashed")
-        return replace(e, size=d.size, blake3=d.blake3, chunks=d.chunks)
-
+    digests: dict[str, FileDigests] = {}
+    check = None
     try:
-        pinned = list(parallel_map(one, entries, jobs or os.cpu_count() or 1))
+        if pm is not None:
+            from grokfetch.pieces import find_strip, hash_with_pieces
+
+            index_of = {e.path: tfiles[e.path].index for e in entries if e.path in tfiles}
+            want_sha = {index_of[e.path]: bool(e.sha256) for e in entries if e.path in index_of}
+            by_index, check = hash_with_pieces(
+                pm, place.root, strip=find_strip(pm.meta, place.root), blake3_files=want_sha,
+                chunk_size=chunk_size, jobs=jobs, on_bytes=counter,
+            )
+            for rel, i in index_of.items():
+                if i in by_index:
+                    digests[rel] = by_index[i]
+            rest = [e for e in entries if e.path not in index_of or sizes[e.path] == 0]
+        else:
+            rest = entries
+
+        def one(e: FileEntry) -> tuple[str, FileDigests]:
+            d = digest_file(place.disk(e.path), chunk_size, sha256=bool(e.sha256),
+                            on_bytes=counter)
+            return e.path, d
+
+        for rel, found in parallel_map(one, rest, jobs or os.cpu_count() or 1):
+            digests[rel] = found
+    except OSError as err:
+        raise PinRefused(f"{err.filename or p}: {err.strerror or err}: not pinned") from None
     finally:
         bar.close()
-    sources = base.sources if base is not None else Sources()
+
+    results: list[FileResult] = []
+    pinned: list[FileEntry] = []
+    tvouch = f"torrent:{pm.meta.info_hash}" if pm is not None else None
+    mvouch = f"manifest:{roots[0].id}" if mroot is not None else None
+    uncovered: list[str] = []
+    for e in entries:
+        d = digests.get(e.path)
+        disk = place.disk(e.path)
+        if d is None or d.size != sizes[e.path]:
+            raise PinRefused(f"{disk}: changed while it was being hashed: not pinned")
+        problem = _hash_problem(e, d, chunk_size)
+        if problem:
+            raise PinRefused(f"{disk}: {problem}: not pinned")
+        vouch = None
+        hashes: tuple[str, ...] = ()
+        if mroot is not None and (e.blake3 or e.sha256 or e.chunks):
+            vouch = mvouch
+            hashes = tuple(h for h in ("blake3", "sha256") if getattr(e, h)) or ("blake3",)
+        f = tfiles.get(e.path)
+        if check is not None and f is not None and f.size:
+            bad = sorted(set(check.failed) & set(check.pm.pieces_of(f)))
+            if bad:
+                lo, hi = check.bad_ranges(f)[0]
+                raise PinRefused(
+                    f"{disk}: torrent piece {bad[0]} (bytes {lo}-{hi}) does not match the "
+                    f"torrent{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}: not pinned"
+                )
+            blocked = sorted(set(check.unchecked) & set(check.pm.pieces_of(f)))
+            if blocked and vouch is None:
+                raise PinRefused(
+                    f"{disk}: torrent piece {blocked[0]} cannot be checked "
+                    f"({check.unchecked[blocked[0]]}): not pinned"
+                )
+            if not blocked:
+                vouch, hashes = vouch or tvouch, hashes or ("torrent",)
+        elif f is not None and vouch is None:  # an empty file: its size is all there is
+            vouch, hashes = tvouch, ("torrent",)
+        if vouch is None:
+            if not first_use:
+                raise PinRefused(
+                    f"{disk}: nothing vouches for it (no hash in the manifest, not in the "
+                    "torrent): not pinned"
+                )
+            uncovered.append(e.path)
+            vouch, hashes = "first-use", ("first-use",)
+        results.append(FileResult(e.path, OK, vouch, hashes=hashes, size=d.size,
+                                  expected_size=e.size if e.size >= 0 else None))
+        pinned.append(replace(e, size=d.size, blake3=d.blake3, chunks=d.chunks))
+    if uncovered or not roots:
+        roots.append(PinRoot("first-use", None, f"{len(uncovered)} file(s) nothing proved"
+                             if roots else None, now()))
+    sources = info.sources if info is not None else Sources()
     if pm is not None and not sources.info_hash:
         sources = replace(
             sources,
@@ -1074,20 +1414,73 @@ def pin(
             trackers=list(pm.meta.trackers),
             web_seeds=list(pm.meta.web_seeds),
         )
-    name = base.name if base is not None else (pm.meta.name if pm is not None else place.root.name)
+    name = info.name if info is not None else (pm.meta.name if pm is not None else place.root.name)
     m = Manifest(
         name=name,
         files=pinned,
-        license=base.license if base is not None else None,
+        license=info.license if info is not None else None,
         pinned=True,
         config=config,
         sources=sources,
         chunk_size=chunk_size,
-        repack=base.repack if base is not None else None,
-        notes=base.notes if base is not None else None,
+        repack=info.repack if info is not None else None,
+        notes=info.notes if info is not None else None,
+        pinned_by=tuple(roots),
     )
-    out = place.root / MANIFEST_NAME
-    save_manifest(m, out)
+    out = save_pin(m, place.root / MANIFEST_NAME)
+    report = VerifyReport(
+        root=place.root,
+        root_of_trust=f"pin pass: {roots_words(roots)}",
+        trust="torrent" if pm is not None and mroot is None else ("manifest" if mroot else None),
+        files=results + _extras(place, {place.disk(e.path) for e in entries}),
+        info_hash=pm.meta.info_hash if pm is not None else None,
+        bytes_hashed=counter.done,
+        seconds=time.monotonic() - t0,
+        manifest=m,
+        torrent=pm.source if pm is not None else None,
+        roots=tuple(roots),
+        unproven=None if roots_proven(roots) else _pin_words(tuple(roots)),
+    )
+    return PinResult(out, m, tuple(roots), report)
+
+
+def _hash_problem(e: FileEntry, d: FileDigests, chunk_size: int) -> str | None:
+    """What a file's digests from the pin pass contradict in its manifest entry, if anything."""
+    if e.blake3 and d.blake3 != e.blake3:
+        bad = [i for i, c in enumerate(e.chunks or []) if i >= len(d.chunks) or d.chunks[i] != c]
+        if bad:
+            lo, hi = chunk_range(bad[0], d.size, chunk_size)
+            return f"blake3 hash mismatch in bytes {lo}-{hi - 1} (chunk {bad[0]})"
+        return "blake3 hash mismatch"
+    if e.sha256 and d.sha256 != e.sha256:
+        return "sha256 hash mismatch"
+    if not e.blake3 and e.chunks and d.chunks != e.chunks:
+        return "blake3 chunk hash mismatch"
+    return None
+
+
+def file_set_problems(path: str | os.PathLike[str], manifest: Manifest) -> list[str]:
+    """What keeps the folder from holding exactly ``manifest``'s files: one line per file
+    missing, not a regular file (checked with stat: a FIFO is never opened) or of the
+    wrong size.  Reads no content (``seed`` checks this before it serves anything)."""
+    import stat as stat_mod
+
+    place = _locate(path)
+    out = []
+    for e in manifest.files:
+        disk = place.disk(e.path)
+        try:
+            st = os.stat(disk)
+        except FileNotFoundError:
+            out.append(f"{e.path}: missing")
+            continue
+        except OSError as err:
+            out.append(f"{e.path}: {err.strerror or err}")
+            continue
+        if not stat_mod.S_ISREG(st.st_mode):
+            out.append(f"{e.path}: not a regular file")
+        elif st.st_size != e.size:
+            out.append(f"{e.path}: {st.st_size} bytes, the pin says {e.size}")
     return out
 
 
@@ -1106,6 +1499,9 @@ def _entry_for(rel: str, size: int, spec: ParamSpec | None) -> FileEntry:
 
 __all__ = [
     "FileResult",
+    "PinResult",
+    "RootChoice",
+    "find_root",
     "VerifyReport",
     "verify",
     "pin",

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The pin key lives in the user's config folder: give the whole session (and every
+# grokfetch subprocess it starts, which inherits the environment) its own, so tests
+# never read or write the real one.  Set before anything pins (synth does).
+_CONFIG = tempfile.mkdtemp(prefix="grokfetch-test-config-")
+os.environ["GROKFETCH_CONFIG_DIR"] = _CONFIG
+atexit.register(shutil.rmtree, _CONFIG, True)
 
 from grokfetch.synth import synthesize
 
