@@ -1365,15 +1365,15 @@ def pin(
         disk = place.disk(e.path)
         if d is None or d.size != sizes[e.path]:
             raise PinRefused(f"{disk}: changed while it was being hashed: not pinned")
-        problem = _hash_problem(e, d, chunk_size)
-        if problem:
-            raise PinRefused(f"{disk}: {problem}: not pinned")
         vouch = None
         hashes: tuple[str, ...] = ()
         if mroot is not None and (e.blake3 or e.sha256 or e.chunks):
             vouch = mvouch
             hashes = tuple(h for h in ("blake3", "sha256") if getattr(e, h)) or ("blake3",)
         f = tfiles.get(e.path)
+        problem = _hash_problem(e, d, chunk_size)
+        if problem and (check is None or f is None):
+            raise PinRefused(f"{disk}: {problem}: not pinned")
         if check is not None and f is not None and f.size:
             bad = sorted(set(check.failed) & set(check.pm.pieces_of(f)))
             if bad:
@@ -1388,8 +1388,12 @@ def pin(
                     f"{disk}: torrent piece {blocked[0]} cannot be checked "
                     f"({check.unchecked[blocked[0]]}): not pinned"
                 )
+            if problem:  # the pieces passed, yet a hash the pin would carry disagrees
+                raise PinRefused(f"{disk}: {problem}: not pinned")
             if not blocked:
                 vouch, hashes = vouch or tvouch, hashes or ("torrent",)
+        elif problem:
+            raise PinRefused(f"{disk}: {problem}: not pinned")
         elif f is not None and vouch is None:  # an empty file: its size is all there is
             vouch, hashes = tvouch, ("torrent",)
         if vouch is None:

@@ -17,7 +17,7 @@ _CONFIG = tempfile.mkdtemp(prefix="grokfetch-test-config-")
 os.environ["GROKFETCH_CONFIG_DIR"] = _CONFIG
 atexit.register(shutil.rmtree, _CONFIG, True)
 
-from grokfetch.synth import synthesize
+from grokfetch.synth import synthesize  # noqa: E402 (after the key folder is set)
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "data" / "golden"

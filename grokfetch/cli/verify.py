@@ -10,6 +10,7 @@ the torrent cannot vouch, 6 when nothing is wrong but not everything was proven.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,7 @@ def verify_cmd(
     """
     if trust_on_first_use and not do_pin:
         raise UsageError("--trust-on-first-use only makes sense with --pin")
+    accept_first_use = accept_first_use or trust_on_first_use  # asked to trust it: accepted
     if do_pin and quick:
         raise UsageError("--pin needs a full verification; drop --quick")
     if do_pin and layers is not None:
@@ -225,4 +227,7 @@ def _pin(
         )
     except PinRefused as e:
         return check(), None, str(e)  # the full report names every bad file and range
-    return res.report, res.path, None
+    report = res.report
+    if tofu and report.unproven is not None:  # the user asked to trust first use
+        report = replace(report, unproven=None)
+    return report, res.path, None
