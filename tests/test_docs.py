@@ -46,7 +46,7 @@ def test_exit_codes_documented_match_the_code():
     from grokfetch import errors
 
     for const in ("EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "EXIT_BAD_CHECKPOINT",
-                  "EXIT_TORRENT", "EXIT_DISK", "EXIT_INTERRUPTED"):
+                  "EXIT_TORRENT", "EXIT_DISK", "EXIT_UNPROVEN", "EXIT_INTERRUPTED"):
         code = getattr(errors, const)
         assert re.search(rf"^\| {code} \|", README, re.M), const
 
