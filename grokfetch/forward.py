@@ -46,7 +46,7 @@ import numpy as np
 
 
 class Config(Protocol):
-    """The fields of ``grokfetch.layout.ModelConfig`` (official names) this file reads."""
+    """The fields of ``grokfetch.format.layout.ModelConfig`` (official names) this file reads."""
 
     @property
     def emb_size(self) -> int: ...  # D, width of the residual stream

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import GrokfetchError, ManifestError
+from grokfetch.format.layout import ModelConfig
 from grokfetch.fsutil import atomic_write_json, safe_relpath
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
-from grokfetch.layout import ModelConfig
 
 FORMAT = "grokfetch-manifest"
 FORMAT_VERSION = 1

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from grokfetch.layout import GROK1, param_list
+from grokfetch.format.arrays import BFLOAT16
+from grokfetch.format.layout import GROK1, param_list
+from grokfetch.format.pickle_writer import ArrayData, pickled_size
 from grokfetch.manifest import FileEntry, Manifest, Sources
-from grokfetch.pickle_writer import ArrayData, pickled_size
-from grokfetch.reader import BFLOAT16
 
 GROK1_INFO_HASH = "5f96d43576e3d386c9ba65b883210a393b68210e"
 GROK1_TRACKERS = [

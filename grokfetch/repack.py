@@ -55,32 +55,29 @@ from grokfetch.errors import (
     Interrupted,
     UsageError,
 )
-from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
-from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
-from grokfetch.layout import ModelConfig, ParamSpec, parse_layer_spec
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
-from grokfetch.progress import NullBar
-from grokfetch.reader import ParamFile, scan
-from grokfetch.safetensors_io import (
-    BFLOAT16,
-    DEFAULT_ZSTD_LEVEL,
-    SourceArray,
-    Tensor,
-    write_safetensors,
-)
-from grokfetch.weights import (
+from grokfetch.format import sglang
+from grokfetch.format.arrays import BFLOAT16
+from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.layout import (
+    ModelConfig,
+    ParamSpec,
     check_config_fits,
     complete_layers,
     holds_only,
+    layer_selection,
     layers_text,
+    select_layers,
 )
+from grokfetch.format.pickle_reader import ParamFile, scan
+from grokfetch.format.safetensors import DEFAULT_ZSTD_LEVEL, Tensor, write_safetensors
+from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
+from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
+from grokfetch.progress import NullBar
 
 LAYOUTS = ("per-tensor", "sglang")
 DTYPES = ("keep", "bf16", "f32")
 DEFAULT_SHARD_SIZE = 5 * 10**9  # SGLang/HF convention: shards of about 5 GB
-JOURNAL_NAME = ".grokfetch-repack-journal.jsonl"
-CONFIG_NAME = "config.json"
-INDEX_NAME = "model.safetensors.index.json"
 TOOL = f"grokfetch {__version__}"
 # Test seam: seconds to sleep after every block written, so a test can SIGKILL
 # a run part-way through.  Never set in normal use.
@@ -227,11 +224,6 @@ def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int) -> dict[
     return out
 
 
-def _src(pf: ParamFile, name: str) -> SourceArray:
-    a = pf.arrays[name]
-    return SourceArray(pf.path, a.offset, a.dtype, tuple(a.shape))
-
-
 # -- plans ------------------------------------------------------------------------------
 
 
@@ -260,7 +252,7 @@ def plan_per_tensor(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, 
             "tool": TOOL,
         }
         if spec.kind == "quantized":
-            w, s = _src(pf, "weight"), _src(pf, "scales")
+            w, s = pf.arrays["weight"], pf.arrays["scales"]
             g = s.shape[-2]
             meta["quantization_groups"] = str(g)
             if dtype == "keep":
@@ -270,7 +262,7 @@ def plan_per_tensor(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, 
             else:
                 tensors = (Tensor("weight", w, _OUT_DTYPES[dtype], scales=s),)
         else:
-            a = _src(pf, "array")
+            a = pf.arrays["array"]
             meta["quantization_groups"] = "none"
             out = None if dtype in ("keep", "f32") else _OUT_DTYPES[dtype]
             tensors = (Tensor("weight", a, out),)
@@ -281,84 +273,12 @@ def plan_per_tensor(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, 
             param=spec.module, kind=spec.kind, layer=spec.layer,
         ))
     config = json.dumps(ckpt.config.to_dict(), indent=1) + "\n"
-    return Plan(outputs, {CONFIG_NAME: config.encode()})
+    return Plan(outputs, {sglang.CONFIG_NAME: config.encode()})
 
 
 def _numeric_order(spec: ParamSpec) -> tuple[int, str]:
     """Embedding and final norm first, then layers 0, 1, 2, ... (not the file order)."""
     return (-1 if spec.layer is None else spec.layer, spec.module)
-
-
-# JAX module (below decoder_layer_L/) -> SGLang name (below model.layers.L.).
-SGLANG_LAYER_NAMES = {
-    "rms_norm": "pre_attn_norm",
-    "rms_norm_1": "post_attn_norm",
-    "rms_norm_2": "pre_moe_norm",
-    "rms_norm_3": "post_moe_norm",
-    "multi_head_attention/query": "self_attn.q_proj",
-    "multi_head_attention/key": "self_attn.k_proj",
-    "multi_head_attention/value": "self_attn.v_proj",
-    "multi_head_attention/linear": "self_attn.o_proj",
-    "router": "block_sparse_moe.gate",
-    "moe/linear": "block_sparse_moe.experts.{e}.w1",
-    "moe/linear_v": "block_sparse_moe.experts.{e}.w3",
-    "moe/linear_1": "block_sparse_moe.experts.{e}.w2",
-}
-
-
-def sglang_tensors(spec: ParamSpec, pf: ParamFile, out: np.dtype) -> list[Tensor]:
-    """The SGLang tensors one parameter becomes (names, [out, in], experts split)."""
-    if spec.module == "language_model/in_out_embed":
-        # Raw copies: SGLang multiplies by embedding/output_multiplier_scale itself.
-        a = _src(pf, "array")
-        return [Tensor("model.embed_tokens.weight", a, out), Tensor("lm_head.weight", a, out)]
-    if spec.module == "language_model/rms_norm":
-        return [Tensor("model.norm.weight", _src(pf, "array"), out)]
-    sub = spec.short
-    base = f"model.layers.{spec.layer}.{SGLANG_LAYER_NAMES[sub]}"
-    if sub.startswith("rms_norm"):
-        return [Tensor(f"{base}.weight", _src(pf, "array"), out)]
-    if sub == "router":  # SGLang keeps the gate in float32 ([E, D] = transposed [D, E])
-        return [Tensor(f"{base}.weight", _src(pf, "array"), np.dtype(np.float32),
-                       transpose=True)]
-    w, s = _src(pf, "weight"), _src(pf, "scales")
-    if sub.startswith("moe/"):
-        return [Tensor(f"{base.format(e=e)}.weight", w, out, scales=s, expert=e, transpose=True)
-                for e in range(w.shape[0])]
-    return [Tensor(f"{base}.weight", w, out, scales=s, transpose=True)]
-
-
-def hf_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
-    """config.json for SGLang (and transformers' AutoConfig / llama.cpp's converter)."""
-    return {
-        "architectures": ["Grok1ForCausalLM"],
-        "model_type": "mixtral",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.emb_size,
-        "intermediate_size": cfg.ffn_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_q_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.key_size,
-        "num_local_experts": cfg.num_experts,
-        "num_experts_per_tok": cfg.num_selected_experts,
-        "max_position_embeddings": cfg.sequence_len,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_base,
-        "hidden_act": "gelu_pytorch_tanh",
-        "embedding_multiplier_scale": cfg.embedding_multiplier_scale,
-        "output_multiplier_scale": cfg.output_multiplier_scale,
-        "attn_logit_softcapping": cfg.attn_logit_softcap,
-        "pad_token_id": cfg.pad_token,
-        "eos_token_id": cfg.eos_token,
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16" if dtype == "bf16" else "float32",
-        # SGLang defaults load_presharded_moe to true under tensor parallelism.
-        "load_presharded_moe": False,
-        "load_presharded_attn": False,
-        "load_presharded_embedding": False,
-        "load_presharded_mlp": False,
-    }
 
 
 def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
@@ -368,10 +288,9 @@ def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, Para
     items: list[tuple[Tensor, ParamSpec]] = []
     head: list[tuple[Tensor, ParamSpec]] = []
     for spec in sorted(params, key=_numeric_order):
-        for t in sglang_tensors(spec, found[spec.index], out):
-            (head if t.name in ("model.norm.weight", "lm_head.weight") else items).append(
-                (t, spec))
-    items += sorted(head, key=lambda ts: ts[0].name != "model.norm.weight")
+        for t in sglang.tensors_for(spec, found[spec.index], out):
+            (head if t.name in (sglang.FINAL_NORM, sglang.LM_HEAD) else items).append((t, spec))
+    items += sorted(head, key=lambda ts: ts[0].name != sglang.FINAL_NORM)
     shards: list[list[tuple[Tensor, ParamSpec]]] = [[]]
     size = 0
     for t, spec in items:
@@ -406,8 +325,9 @@ def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, Para
         "weight_map": dict(sorted(weight_map.items())),
     }
     extra = {
-        CONFIG_NAME: (json.dumps(hf_config(ckpt.config, dtype), indent=1) + "\n").encode(),
-        INDEX_NAME: (json.dumps(index, indent=1) + "\n").encode(),
+        sglang.CONFIG_NAME: (json.dumps(sglang.config_to_hf(ckpt.config, dtype), indent=1)
+                             + "\n").encode(),
+        sglang.INDEX_NAME: (json.dumps(index, indent=1) + "\n").encode(),
     }
     return Plan(outputs, extra)
 
@@ -598,12 +518,7 @@ def repack(
     if layers is None:
         params = list(ckpt.params)
     else:
-        wanted = set(parse_layer_spec(layers, cfg.num_layers) if isinstance(layers, str)
-                     else layers)
-        bad = [x for x in wanted if not 0 <= x < cfg.num_layers]
-        if bad:
-            raise UsageError(f"layers {bad} outside 0-{cfg.num_layers - 1}")
-        params = [p for p in ckpt.params if p.layer is None or p.layer in wanted]
+        params = select_layers(ckpt.params, layer_selection(layers, cfg.num_layers))
 
     found = scan_sources(ckpt, params)
     hashes = source_hashes(ckpt, params, jobs)

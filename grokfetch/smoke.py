@@ -35,8 +35,8 @@ import numpy as np
 
 from grokfetch import forward
 from grokfetch.errors import DiskError, UsageError
+from grokfetch.format.layout import ModelConfig
 from grokfetch.fsutil import TMP_MARK, atomic_write
-from grokfetch.layout import ModelConfig
 from grokfetch.weights import ModelWeights, open_weights
 
 RMS_FACTOR = 10.0  # a layer's output RMS must lie within [in / 10, in * 10]

@@ -26,14 +26,20 @@ from typing import BinaryIO
 
 import numpy as np
 
-from grokfetch.checkpoint import tensor_files
 from grokfetch.errors import DiskError, GrokfetchError, UsageError
+from grokfetch.format.arrays import BFLOAT16
+from grokfetch.format.layout import (
+    CKPT_DIR,
+    GROK1,
+    ModelConfig,
+    ParamSpec,
+    param_list,
+    tensor_files,
+)
+from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_file
 from grokfetch.fsutil import TMP_MARK, atomic_write, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
-from grokfetch.layout import CKPT_DIR, GROK1, ModelConfig, ParamSpec, param_list
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
-from grokfetch.pickle_writer import ArrayData, pickled_size, write_param_file
-from grokfetch.reader import BFLOAT16
 
 PRESETS: dict[str, ModelConfig] = {
     # The default: small (~7 MB) but with every feature of the real thing:

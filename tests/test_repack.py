@@ -20,10 +20,11 @@ from test_safetensors_io import dequant
 
 from grokfetch.checkpoint import open_checkpoint
 from grokfetch.cli import cli
+from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.pickle_reader import scan
 from grokfetch.hashing import file_digests
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.reader import scan
-from grokfetch.repack import JOURNAL_NAME, parse_compress, per_tensor_rel, repack
+from grokfetch.repack import parse_compress, per_tensor_rel, repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 CHUNK = 64 * 1024  # small chunks so the manifests' chunk lists are exercised

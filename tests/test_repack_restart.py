@@ -18,9 +18,10 @@ from test_repack import assert_manifest_verifies
 import grokfetch
 from grokfetch import repack as repack_mod
 from grokfetch.cli import cli
+from grokfetch.format.folder import JOURNAL_NAME
 from grokfetch.fsutil import TMP_MARK
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.repack import JOURNAL_NAME, repack
+from grokfetch.repack import repack
 
 CHUNK = 64 * 1024
 REPO = Path(grokfetch.__file__).resolve().parent.parent

@@ -21,11 +21,11 @@ from conftest import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grokfetch import reader
 from grokfetch.checkpoint import open_checkpoint
 from grokfetch.cli import cli
-from grokfetch.layout import ModelConfig
-from grokfetch.pickle_writer import ArrayData, write_param_file
+from grokfetch.format import pickle_reader
+from grokfetch.format.layout import ModelConfig
+from grokfetch.format.pickle_writer import ArrayData, write_param_file
 from grokfetch.repack import repack
 from grokfetch.smoke import parse_tokens
 
@@ -90,7 +90,7 @@ def rewrite_param(root: Path, module: str, change) -> str:
     """Rewrite one parameter file of the checkpoint at ``root`` with ``change(arrays)`` applied."""
     spec = open_checkpoint(root).param(module)
     path = root / spec.file
-    pf = reader.scan(path)
+    pf = pickle_reader.scan(path)
     arrays = {name: np.array(a) for name, a in pf.load().items()}  # copies, not memmaps
     change(arrays)
     write_param_file(path, pf.kind, {name: ArrayData.of(a) for name, a in arrays.items()})
@@ -152,7 +152,7 @@ def test_multipliers_are_the_exact_constants_not_their_bf16_roundings(tmp_path):
     code, _ = run(GOLDEN, "--all", "--config", GOLDEN_CONFIG, "--tokens", "3,9",
                   "--save", tmp_path / "o.npz")
     assert code == 0
-    table = reader.scan(GOLDEN / "ckpt-0" / "tensor00000_000").open("array")
+    table = pickle_reader.scan(GOLDEN / "ckpt-0" / "tensor00000_000").open("array")
     out = np.load(tmp_path / "o.npz")
     np.testing.assert_array_equal(out["h0"], table[[3, 9]] * np.float32(78.38367176906169))
 
