@@ -1,4 +1,4 @@
-"""Shared fixtures: synthesized checkpoints and the golden tiny checkpoint."""
+"""Shared fixtures: synthesized checkpoints (shared helpers live in helpers.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,6 @@ from pathlib import Path
 import pytest
 
 from grokfetch.synth import synthesize
-
-HERE = Path(__file__).parent
-GOLDEN = HERE / "data" / "golden"
-
-
-def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
-    """Corrupt one byte in place (XOR with ``mask``): the smallest possible damage."""
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ mask]))
-
-
-def by_path(report) -> dict:
-    """A verify report's file results by relative path."""
-    return {f.path: f for f in report.files}
 
 
 @pytest.fixture(scope="session")

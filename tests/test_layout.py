@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import GOLDEN
 
 from grokfetch.errors import UsageError
 from grokfetch.format.layout import (
@@ -15,7 +16,6 @@ from grokfetch.format.layout import (
     select_layers,
 )
 from grokfetch.manifest import load_manifest
-from tests.conftest import GOLDEN
 
 
 def test_real_config_file_positions_follow_string_sorted_layers():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import GOLDEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,6 @@ from grokfetch.format.pickle_reader import scan
 from grokfetch.format.pickle_writer import ArrayData, write_param_file
 from grokfetch.manifest import load_manifest
 from grokfetch.synth import param_arrays
-from tests.conftest import GOLDEN
 
 
 def _materialise(spec, seed=0):

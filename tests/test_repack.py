@@ -313,7 +313,7 @@ def test_sources_without_a_manifest_are_hashed(copy_ckpt, tmp_path):
 
 
 def test_a_config_with_too_few_layers_is_refused_before_writing(tmp_path):
-    from conftest import GOLDEN
+    from helpers import GOLDEN
 
     cfg = json.loads((GOLDEN / "layout.json").read_text())["meta"]["config"] | {"num_layers": 10}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
@@ -342,7 +342,7 @@ def test_a_partial_checkpoint_says_which_layers_it_can_repack(copy_ckpt, tmp_pat
 def test_an_inferred_config_is_flagged_not_silently_pinned_into_dest(tmp_path):
     # The golden files do not record the head size (16): inference guesses 32, and the
     # repack's manifest and config.json would carry the guess as if it were a fact.
-    from conftest import GOLDEN
+    from helpers import GOLDEN
 
     r = CliRunner().invoke(cli, ["repack", str(GOLDEN), str(tmp_path / "g"), "-q"])
     assert r.exit_code == 0, r.output

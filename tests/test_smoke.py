@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import GOLDEN
+from helpers import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import by_path, flip_byte
 
 from grokfetch import hashing
 from grokfetch.errors import ManifestError, UsageError
@@ -29,7 +30,6 @@ from grokfetch.verify import (
     pin,
     verify,
 )
-from tests.conftest import by_path, flip_byte
 
 BIG = "ckpt-0/tensor00000_000"  # the embedding, 262,306 bytes: chunks 0-4 of 64 KiB
 CHUNK = 64 * 1024

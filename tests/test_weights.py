@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import zstandard
-from conftest import GOLDEN
+from helpers import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
