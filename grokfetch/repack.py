@@ -79,9 +79,6 @@ LAYOUTS = ("per-tensor", "sglang")
 DTYPES = ("keep", "bf16", "f32")
 DEFAULT_SHARD_SIZE = 5 * 10**9  # SGLang/HF convention: shards of about 5 GB
 TOOL = f"grokfetch {__version__}"
-# Test seam: seconds to sleep after every block written, so a test can SIGKILL
-# a run part-way through.  Never set in normal use.
-_DELAY_ENV = "GROKFETCH_REPACK_TEST_DELAY"
 
 _OUT_DTYPES = {"bf16": BFLOAT16, "f32": np.dtype(np.float32)}
 
@@ -682,7 +679,6 @@ def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: in
                journal: _Journal, bar: Any) -> dict[str, FileEntry]:
     """Write ``todo`` with ``jobs`` threads, journal each as it finishes, stop at an error."""
     stop = threading.Event()
-    delay = float(os.environ.get(_DELAY_ENV) or 0)
     bar_lock = threading.Lock()
 
     def on_bytes(n: int) -> None:
@@ -690,8 +686,6 @@ def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: in
             raise Interrupted("repack stopped")
         with bar_lock:
             bar.update(n)
-        if delay:
-            time.sleep(delay)
 
     def one(o: Output) -> FileEntry:
         res = write_safetensors(inside(dest, o.rel), o.tensors, o.metadata,
