@@ -24,7 +24,8 @@ from grokfetch.format.folder import JOURNAL_NAME
 from grokfetch.format.pickle_reader import scan
 from grokfetch.hashing import file_digests
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.repack import parse_compress, per_tensor_rel, repack
+from grokfetch.repack.plan import parse_compress, per_tensor_rel
+from grokfetch.repack.run import repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 CHUNK = 64 * 1024  # small chunks so the manifests' chunk lists are exercised
@@ -280,7 +281,7 @@ def test_layer_runs_add_up_in_one_dest(mini_ckpt, tmp_path):
 def test_not_enough_space_is_refused_before_writing(mini_ckpt, tmp_path, monkeypatch):
     import shutil
 
-    from grokfetch import repack as repack_mod
+    from grokfetch.repack import run as repack_mod
 
     real = shutil.disk_usage
     monkeypatch.setattr(repack_mod.shutil, "disk_usage",
@@ -383,7 +384,7 @@ def test_src_given_as_dot_inside_ckpt_0_still_finds_the_pinned_manifest(mini_ckp
 
 def test_a_journal_symlinked_outside_dest_is_refused_and_never_appended_to(mini_ckpt,
                                                                            tmp_path):
-    from grokfetch import repack as repack_mod
+    from grokfetch.repack.journal import Journal
 
     dest, outside = tmp_path / "d", tmp_path / "outside.txt"
     dest.mkdir()
@@ -393,7 +394,7 @@ def test_a_journal_symlinked_outside_dest_is_refused_and_never_appended_to(mini_
     assert r.exit_code == 2 and "'.grokfetch-repack-journal.jsonl': resolves outside" in r.stderr
     assert [p.name for p in dest.iterdir()] == [JOURNAL_NAME]  # refused before writing
     # and the journal itself never follows a link, whoever plants it when
-    journal = repack_mod._Journal(dest / JOURNAL_NAME, {}, CHUNK)
+    journal = Journal(dest / JOURNAL_NAME, {}, CHUNK)
     entry = load_manifest(mini_ckpt / MANIFEST_NAME).files[0]
     with pytest.raises(OSError):
         journal.add(entry)

@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from test_repack import assert_manifest_verifies
 
 import grokfetch
-from grokfetch import repack as repack_mod
 from grokfetch.cli import cli
 from grokfetch.format.folder import JOURNAL_NAME
 from grokfetch.fsutil import TMP_MARK
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.repack import repack
+from grokfetch.repack import run as repack_mod
+from grokfetch.repack.run import repack
 
 CHUNK = 64 * 1024
 REPO = Path(grokfetch.__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def stall_after(n: int) -> str:
     part-way through writing each further one (a temp file on disk) until it is killed."""
     return f"""
 import threading
-import grokfetch.repack as _repack
+import grokfetch.repack.run as _repack
 _write, _started = _repack.write_safetensors, []
 def _write_then_stall(*args, on_bytes, **kwargs):
     _started.append(None)
@@ -70,7 +70,7 @@ def test_sigkill_part_way_then_rerun_gives_the_same_result(mini_ckpt, tmp_path):
     env = dict(os.environ, GROKFETCH_NO_PROGRESS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # Same small chunk size as the reference run, so the two manifests compare equal.
-    code = stall_after(15) + ("import sys; from grokfetch.repack import repack; "
+    code = stall_after(15) + ("import sys; from grokfetch.repack.run import repack; "
                               f"repack(sys.argv[1], sys.argv[2], jobs=1, chunk_size={CHUNK})")
     proc = subprocess.Popen([sys.executable, "-c", code, str(mini_ckpt), str(dest)], env=env)
     try:

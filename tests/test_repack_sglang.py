@@ -17,7 +17,7 @@ from grokfetch.format.pickle_reader import scan
 from grokfetch.format.sglang import INDEX_NAME
 from grokfetch.format.sglang import LAYER_NAMES as SGLANG_LAYER_NAMES
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.repack import repack
+from grokfetch.repack.run import repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

@@ -26,8 +26,8 @@ from grokfetch.cli import cli
 from grokfetch.format import pickle_reader
 from grokfetch.format.layout import ModelConfig
 from grokfetch.format.pickle_writer import ArrayData, write_param_file
-from grokfetch.repack import repack
-from grokfetch.smoke import parse_tokens
+from grokfetch.model.smoke import parse_tokens
+from grokfetch.repack.run import repack
 
 GOLDEN_CONFIG = GOLDEN / "layout.json"  # meta.config: key_size 16 is not in the shapes
 TOKENS = json.loads((GOLDEN / "tokens.json").read_text())
@@ -364,7 +364,7 @@ def test_an_sglang_folder_without_our_manifest_is_read_with_its_config_json(
 def test_zstd_streams_evicted_between_reads_restart_correctly(
     mini_ckpt, mini_repacks, monkeypatch
 ):
-    from grokfetch import weights
+    from grokfetch.model import weights
 
     monkeypatch.setattr(weights, "MAX_STREAMS", 2)
     code, output = run(mini_ckpt, "--all", "--compare", mini_repacks["per-tensor-keep-zstd:3"])
@@ -431,7 +431,7 @@ def test_save_to_an_unwritable_path_is_refused_before_the_run(mini_ckpt, tmp_pat
 
 def test_save_failing_after_the_run_is_a_disk_error_naming_the_file(mini_ckpt, tmp_path):
     from grokfetch.errors import DiskError
-    from grokfetch.smoke import save_outputs, smoke
+    from grokfetch.model.smoke import save_outputs, smoke
 
     report = smoke(mini_ckpt, layer=0, check_weights=False)
     (tmp_path / "a-file").write_text("")

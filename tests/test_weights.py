@@ -15,12 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from grokfetch import weights
 from grokfetch.errors import CheckpointFormatError
 from grokfetch.format import pickle_reader
 from grokfetch.format.files import FileBytes, ZstdBytes
 from grokfetch.format.layout import ModelConfig
-from grokfetch.weights import (
+from grokfetch.model import weights
+from grokfetch.model.weights import (
     RowMatrix,
     dequantize,
     open_weights,

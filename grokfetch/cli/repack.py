@@ -9,7 +9,8 @@ import click
 from grokfetch.cli.base import cli, echo_json, stderr
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.progress import bytes_bar
-from grokfetch.repack import DEFAULT_SHARD_SIZE, DTYPES, LAYOUTS, RepackResult, repack
+from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, DTYPES, LAYOUTS
+from grokfetch.repack.run import RepackResult, repack
 
 
 def _size(n: float) -> str:

@@ -1,7 +1,7 @@
 """Weights for the reference forward pass, read lazily from any layout grokfetch knows.
 
 ``open_weights(path)`` looks at ``path`` and returns a ``ModelWeights`` (the
-loader interface ``grokfetch.forward`` expects) for one of:
+loader interface ``grokfetch.model.forward`` expects) for one of:
 
 * an original checkpoint folder (``ckpt-0/tensor*_000``, read through the
   safe opcode-walking reader, never unpickled);
@@ -59,9 +59,9 @@ from grokfetch.format.layout import (
 )
 from grokfetch.format.pickle_reader import scan
 from grokfetch.format.safetensors import read_header
-from grokfetch.forward import LayerWeights
 from grokfetch.fsutil import inside
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.model.forward import LayerWeights
 
 BLOCK_ELEMENTS = 4 << 20  # values per dequantized block: 16 MiB of float32 scratch
 # The dtypes a grokfetch output (or an HF download of one) holds; anything else is refused.
@@ -212,7 +212,7 @@ def _check_shape(where: str, a: ArrayRef, shape: tuple[int, ...]) -> None:
 
 
 class ModelWeights:
-    """Lazy weights of one model (the interface grokfetch.forward reads).
+    """Lazy weights of one model (the interface grokfetch.model.forward reads).
 
     Subclasses say where a parameter's arrays are (``_arrays``); this class
     turns them into LayerWeights.  ``exact`` is True when every dequantized

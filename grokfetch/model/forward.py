@@ -25,7 +25,7 @@ query heads per key/value head, d = key_size, E experts, k selected experts,
 F = ffn_size, V = vocab_size.  There is no batch dimension and no padding
 mask: the smoke test runs one unpadded sequence.
 
-Weights come from a loader (``grokfetch.weights``) with this interface:
+Weights come from a loader (``grokfetch.model.weights``) with this interface:
 ``embedding_rows(tokens)``, ``embedding_blocks()``, ``final_norm()`` and
 ``layer(i) -> LayerWeights``.  A linear weight is either a float32 array
 [K, N] or a lazy ``Matrix`` that yields float32 row blocks, so that a
