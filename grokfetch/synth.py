@@ -172,8 +172,7 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
         entries.append(FileEntry(
             path=spec.file, size=size, blake3=digests.blake3, chunks=digests.chunks,
             param=spec.module, kind=spec.kind, layer=spec.layer,
-            arrays=[{"name": a.name, "dtype": a.dtype, "shape": list(a.shape)}
-                    for a in spec.arrays],
+            arrays=[a.to_dict() for a in spec.arrays],
         ))
         if progress:
             progress(size)

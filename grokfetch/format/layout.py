@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+
 from grokfetch.errors import UsageError
+from grokfetch.format.arrays import BFLOAT16
 
 CKPT_DIR = "ckpt-0"
 SCALE_GROUPS = 8  # the 8 tensor-parallel shards of the original training run
@@ -158,12 +161,20 @@ class ArraySpec:
     shape: tuple[int, ...]
 
     @property
+    def numpy_dtype(self) -> np.dtype:
+        return BFLOAT16 if self.dtype == "bfloat16" else np.dtype(self.dtype)
+
+    @property
     def itemsize(self) -> int:
-        return {"float32": 4, "int8": 1, "bfloat16": 2}[self.dtype]
+        return self.numpy_dtype.itemsize
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        """How a manifest entry lists it: {"name", "dtype", "shape"}."""
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
 @dataclass(frozen=True)
