@@ -40,6 +40,7 @@ from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_
 from grokfetch.fsutil import TMP_MARK, atomic_write, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
+from grokfetch.units import format_bytes
 
 PRESETS: dict[str, ModelConfig] = {
     # The default: small (~7 MB) but with every feature of the real thing:
@@ -240,12 +241,8 @@ def _check_space(root: Path, cfg: ModelConfig, seed: int, preset: str) -> None:
         plural = "" if cfg.num_layers == 1 else "s"
         raise DiskError(
             f"{root}: a synthetic {preset} checkpoint with {cfg.num_layers} layer{plural} needs "
-            f"{_gb(need)}, only {_gb(free)} free; use --layers N for fewer layers"
+            f"{format_bytes(need)}, only {format_bytes(free)} free; use --layers N for fewer layers"
         )
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def synth_size(cfg: ModelConfig, seed: int = 0) -> int:

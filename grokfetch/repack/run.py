@@ -47,6 +47,7 @@ from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, save_manifest
 from grokfetch.progress import NullBar
 from grokfetch.repack.journal import Journal, load_records, recipe, still_good
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, TOOL, Output, Plan, RepackOptions, make_plan
+from grokfetch.units import format_bytes
 
 ProgressFactory = Callable[[int, str], Any]
 _P = typing.ParamSpec("_P")
@@ -342,8 +343,8 @@ def _check_space(dest: Path, todo: list[Output], level: int | None) -> None:
     need = sum(o.payload for o in todo)
     free = shutil.disk_usage(dest).free
     if level is None and need > free:
-        raise DiskError(f"{dest}: needs {need / 1e9:.1f} GB for {len(todo)} output files, "
-                        f"only {free / 1e9:.1f} GB free")
+        raise DiskError(f"{dest}: needs {format_bytes(need)} for {len(todo)} output files, "
+                        f"only {format_bytes(free)} free")
 
 
 def _describe(s: dict[str, Any]) -> str:
