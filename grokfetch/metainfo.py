@@ -41,7 +41,8 @@ MAX_PIECE = 16 * 1024 * 1024
 TARGET_PIECES = 2000
 
 # The file every Grok-1 checkpoint starts with; the folder holding it is the
-# checkpoint folder (docs/FORMAT.md: the torrent's root name is undocumented).
+# checkpoint folder (the torrent's root name is undocumented: docs/FORMAT.md, "Where the
+# checkpoint comes from").
 FIRST_TENSOR = "tensor00000_000"
 
 

@@ -1,7 +1,7 @@
 """The parameter list of a Grok-1-shaped model, in checkpoint file order.
 
 The checkpoint holds one pickle file per parameter, ``ckpt-0/tensor{i:05d}_000``
-(docs/FORMAT.md),
+(docs/FORMAT.md, "Names and file order"),
 where ``i`` is the parameter's position in ``jax.tree_util`` flatten order.
 JAX sorts dict keys *as strings*, so the layers come 0, 1, 10, 11, ..., 19, 2,
 20, ... - not 0..63.  A converter that assumes numeric order silently

@@ -2,8 +2,8 @@
 
 SGLang's Grok-1 loader (``Grok1ForCausalLM``) reads safetensors shards with
 an index (``model.safetensors.index.json``) and an HF-style ``config.json``.
-Its tensors differ from the checkpoint's in three ways (README, "The SGLang /
-llama.cpp layout"; docs/FORMAT.md):
+Its tensors differ from the checkpoint's in three ways (docs/FORMAT.md, "The
+SGLang layout"; README, "The SGLang / llama.cpp layout"):
 
 * names: ``model.layers.L.self_attn.q_proj.weight`` for
   ``transformer/decoder_layer_L/multi_head_attention/query``, and so on;

@@ -1,7 +1,7 @@
 """A readable numpy reference of the Grok-1 forward pass (one function per block).
 
 This follows the official implementation (xai-org/grok-1 ``model.py``) as
-written up in ``GROK1_FORMAT.md``; it is meant to be read next to it::
+written up in docs/FORMAT.md, "The model"; it is meant to be read next to it::
 
     h0 = embeddings[tokens] * embedding_multiplier_scale
     for each of the num_layers decoder layers:
