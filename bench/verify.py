@@ -41,7 +41,7 @@ from grokfetch.manifest import FileEntry, Manifest  # noqa: E402
 from grokfetch.metainfo import build_torrent  # noqa: E402
 from grokfetch.verify import pin, verify  # noqa: E402
 
-# (count, bytes each): the real checkpoint's sizes (GROK1_FORMAT.md), fewer of each.
+# (count, bytes each): the real checkpoint's sizes (docs/FORMAT.md, "The files"), fewer of each.
 SHAPE = [
     (2, 1_611_137_347),  # MoE linear / linear_v
     (4, 37_847_359),  # attention output

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import GrokfetchError, ManifestError
+from grokfetch.format.layout import ModelConfig
 from grokfetch.fsutil import atomic_write_bytes, atomic_write_json, safe_relpath
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
-from grokfetch.layout import ModelConfig
 from grokfetch.trust import PinRoot, pin_is_authentic, roots_proven, write_tag
 
 FORMAT = "grokfetch-manifest"

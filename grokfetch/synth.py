@@ -26,11 +26,19 @@ from typing import BinaryIO
 
 import numpy as np
 
-from grokfetch.checkpoint import tensor_files
 from grokfetch.errors import DiskError, GrokfetchError, UsageError
+from grokfetch.format.arrays import BFLOAT16
+from grokfetch.format.layout import (
+    CKPT_DIR,
+    GROK1,
+    ModelConfig,
+    ParamSpec,
+    param_list,
+    tensor_files,
+)
+from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_file
 from grokfetch.fsutil import TMP_MARK, atomic_write, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
-from grokfetch.layout import CKPT_DIR, GROK1, ModelConfig, ParamSpec, param_list
 from grokfetch.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -39,9 +47,8 @@ from grokfetch.manifest import (
     save_manifest,
     save_pin,
 )
-from grokfetch.pickle_writer import ArrayData, pickled_size, write_param_file
-from grokfetch.reader import BFLOAT16
 from grokfetch.trust import PinRoot, now
+from grokfetch.units import format_bytes
 
 PRESETS: dict[str, ModelConfig] = {
     # The default: small (~7 MB) but with every feature of the real thing:
@@ -174,8 +181,7 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
         entries.append(FileEntry(
             path=spec.file, size=size, blake3=digests.blake3, chunks=digests.chunks,
             param=spec.module, kind=spec.kind, layer=spec.layer,
-            arrays=[{"name": a.name, "dtype": a.dtype, "shape": list(a.shape)}
-                    for a in spec.arrays],
+            arrays=[a.to_dict() for a in spec.arrays],
         ))
         if progress:
             progress(size)
@@ -245,12 +251,8 @@ def _check_space(root: Path, cfg: ModelConfig, seed: int, preset: str) -> None:
         plural = "" if cfg.num_layers == 1 else "s"
         raise DiskError(
             f"{root}: a synthetic {preset} checkpoint with {cfg.num_layers} layer{plural} needs "
-            f"{_gb(need)}, only {_gb(free)} free; use --layers N for fewer layers"
+            f"{format_bytes(need)}, only {format_bytes(free)} free; use --layers N for fewer layers"
         )
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def synth_size(cfg: ModelConfig, seed: int = 0) -> int:

@@ -50,6 +50,14 @@ from grokfetch.errors import (
     TorrentError,
     UsageError,
 )
+from grokfetch.format.layout import (
+    CKPT_DIR,
+    ArraySpec,
+    ModelConfig,
+    ParamSpec,
+    file_name,
+    param_list,
+)
 from grokfetch.fsutil import TMP_MARK, safe_relpath
 from grokfetch.hashing import (
     DEFAULT_CHUNK_SIZE,
@@ -64,7 +72,6 @@ from grokfetch.hashing import (
     sha256_file,
     zero_digest,
 )
-from grokfetch.layout import CKPT_DIR, ArraySpec, ModelConfig, ParamSpec, file_name, param_list
 from grokfetch.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -629,7 +636,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
             for rel, s in specs.items()
         ]
     # Too damaged to infer the model: check the tensor files there are, and the gaps.
-    from grokfetch.checkpoint import tensor_files
+    from grokfetch.format.layout import tensor_files
 
     present = tensor_files(place.ckpt_dir)
     return [
@@ -641,7 +648,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
 def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: _Place) -> set[str]:
     """The files of layers ``spec`` ('0-3,10') plus the embedding and final norm: what
     ``get --layers`` fetched.  Needs each file's layer, from the manifest or the layout."""
-    from grokfetch.layout import parse_layer_spec
+    from grokfetch.format.layout import parse_layer_spec, select_layers
 
     unknown = [x.rel for x in xs if not x.layer_known]
     if unknown:
@@ -656,7 +663,7 @@ def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: _Place) -
     else:
         num_layers = 1 + max((x.layer for x in xs if x.layer is not None), default=-1)
     layers = set(parse_layer_spec(spec, num_layers))
-    return {x.rel for x in xs if x.layer is None or x.layer in layers}
+    return {x.rel for x in select_layers(xs, layers)}
 
 
 def _torrent_files(pm: PieceMap, place: _Place) -> list[tuple[str, Path, Any]]:
@@ -739,7 +746,7 @@ def _structure(x: _Expect) -> str | None:
     if not x.tensor:
         return None
     from grokfetch.checkpoint import compare
-    from grokfetch.reader import scan
+    from grokfetch.format.pickle_reader import scan
 
     try:
         found = scan(x.disk)
@@ -1178,7 +1185,7 @@ def _not_listed(trust: _Trust, listed: set[str], layers: str | None, place: _Pla
         return []
     if not any(_TENSOR_RE.search(rel) for rel in listed):
         return []
-    from grokfetch.layout import parse_layer_spec
+    from grokfetch.format.layout import parse_layer_spec
 
     chosen = set(parse_layer_spec(layers, m.config.num_layers)) if layers is not None else None
     return [

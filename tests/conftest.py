@@ -1,4 +1,4 @@
-"""Shared fixtures: synthesized checkpoints and the golden tiny checkpoint."""
+"""Shared fixtures: synthesized checkpoints (shared helpers live in helpers.py)."""
 
 from __future__ import annotations
 
@@ -18,23 +18,6 @@ os.environ["GROKFETCH_CONFIG_DIR"] = _CONFIG
 atexit.register(shutil.rmtree, _CONFIG, True)
 
 from grokfetch.synth import synthesize  # noqa: E402 (after the key folder is set)
-
-HERE = Path(__file__).parent
-GOLDEN = HERE / "data" / "golden"
-
-
-def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
-    """Corrupt one byte in place (XOR with ``mask``): the smallest possible damage."""
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ mask]))
-
-
-def by_path(report) -> dict:
-    """A verify report's file results by relative path."""
-    return {f.path: f for f in report.files}
 
 
 @pytest.fixture(scope="session")

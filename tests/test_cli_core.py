@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from helpers import GOLDEN
 
 from grokfetch.cli import cli
-from tests.conftest import GOLDEN
 
 
 def run(*args):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from grokfetch.cli import cli
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.repack import repack
+from grokfetch.repack.run import repack
 from grokfetch.synth import synthesize
 
 

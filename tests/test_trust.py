@@ -19,6 +19,7 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 from click.testing import CliRunner
+from helpers import flip_byte
 from lt_helpers import LOOPBACK, GetProc, SeederProc, run_get
 
 from grokfetch.cli import cli
@@ -29,7 +30,6 @@ from grokfetch.pieces import load_piece_map
 from grokfetch.synth import synthesize
 from grokfetch.torrent import NetOptions, Seeder
 from grokfetch.trust import TAG_NAME
-from tests.conftest import flip_byte
 
 BIG = "ckpt-0/tensor00000_000"
 PIECE = 16 * 1024

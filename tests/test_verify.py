@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+from helpers import by_path, flip_byte
 
 from grokfetch import hashing
 from grokfetch.errors import ManifestError, PinRefused, UsageError
@@ -30,7 +31,6 @@ from grokfetch.verify import (
     pin,
     verify,
 )
-from tests.conftest import by_path, flip_byte
 
 BIG = "ckpt-0/tensor00000_000"  # the embedding, 262,306 bytes: chunks 0-4 of 64 KiB
 CHUNK = 64 * 1024

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from helpers import flip_byte
 
 from grokfetch.cli import cli
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.metainfo import build_torrent
-from tests.conftest import flip_byte
 
 BIG = "ckpt-0/tensor00000_000"
 

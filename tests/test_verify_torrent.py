@@ -11,6 +11,7 @@ import functools
 from pathlib import Path
 
 import pytest
+from helpers import by_path, flip_byte
 
 from grokfetch.errors import TorrentError, UsageError
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
@@ -18,7 +19,6 @@ from grokfetch.metainfo import build_torrent
 from grokfetch.pieces import load_piece_map
 from grokfetch.trust import remember_torrent
 from grokfetch.verify import FAILED, MISSING, OK, UNVERIFIED, pin, verify
-from tests.conftest import by_path, flip_byte
 
 flip = functools.partial(flip_byte, mask=0x80)
 

@@ -9,7 +9,7 @@ import click
 from grokfetch.cli.base import cli, echo_json
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.errors import EXIT_PROBLEMS, UsageError
-from grokfetch.smoke import (
+from grokfetch.model.smoke import (
     Comparison,
     SmokeReport,
     check_save_path,
@@ -18,7 +18,7 @@ from grokfetch.smoke import (
     save_outputs,
     smoke_compare,
 )
-from grokfetch.weights import open_weights
+from grokfetch.model.weights import open_weights
 
 BAR_WIDTH = 30
 
