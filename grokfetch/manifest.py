@@ -358,10 +358,12 @@ def parse_manifest_bytes(data: bytes, origin: str) -> Manifest:
         raise ManifestError(f"{origin}: cannot read: {e}") from None
     try:
         d = json.loads(text, object_pairs_hook=_no_duplicate_keys(origin))
+        return _parse(d, origin)
     except json.JSONDecodeError as e:
         raise ManifestError(f"{origin}: not valid JSON (line {e.lineno}, column {e.colno}: "
                             f"{e.msg})") from None
-    return _parse(d, origin)
+    except RecursionError:  # nesting no manifest has: a crafted file
+        raise ManifestError(f"{origin}: nested too deeply to be a manifest") from None
 
 
 def load_manifest(name_or_path: str | os.PathLike[str]) -> Manifest:
@@ -421,7 +423,7 @@ def _authentic_pin(data: bytes) -> bool:
     back exactly the bytes that carry it (any edit, or another key, fails)."""
     try:
         d = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     if not isinstance(d, dict) or not isinstance(d.get("pin_tag"), str):
         return False
