@@ -30,9 +30,11 @@ download is still writing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -103,7 +105,17 @@ def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
 
 
 def _open(path: str | os.PathLike[str]) -> int:
-    return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    """An fd for reading a regular file; OSError for anything else (a FIFO that replaced
+    the file is opened without blocking and refused, never read: that would hang)."""
+    return open_regular(path)
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+    return fd
 
 
 # -- whole file --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from grokfetch.errors import GrokfetchError, ManifestError
 from grokfetch.format.layout import ModelConfig
 from grokfetch.fsutil import atomic_write_bytes, atomic_write_json, safe_relpath
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
-from grokfetch.trust import PinRoot, pin_is_authentic, roots_proven, write_tag
+from grokfetch.trust import PinRoot, authentic, roots_proven, tag
 
 FORMAT = "grokfetch-manifest"
 FORMAT_VERSION = 1
@@ -358,10 +358,12 @@ def parse_manifest_bytes(data: bytes, origin: str) -> Manifest:
         raise ManifestError(f"{origin}: cannot read: {e}") from None
     try:
         d = json.loads(text, object_pairs_hook=_no_duplicate_keys(origin))
+        return _parse(d, origin)
     except json.JSONDecodeError as e:
         raise ManifestError(f"{origin}: not valid JSON (line {e.lineno}, column {e.colno}: "
                             f"{e.msg})") from None
-    return _parse(d, origin)
+    except RecursionError:  # nesting no manifest has: a crafted file
+        raise ManifestError(f"{origin}: nested too deeply to be a manifest") from None
 
 
 def load_manifest(name_or_path: str | os.PathLike[str]) -> Manifest:
@@ -384,7 +386,7 @@ def load_manifest_file(path: str | os.PathLike[str]) -> LoadedManifest:
     p = resolve_manifest(path)
     data = read_manifest_bytes(p)
     m = parse_manifest_bytes(data, str(p))
-    return LoadedManifest(m, p, hashlib.sha256(data).hexdigest(), pin_is_authentic(p, data))
+    return LoadedManifest(m, p, hashlib.sha256(data).hexdigest(), _authentic_pin(data))
 
 
 def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
@@ -394,16 +396,41 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
 
 
 def save_pin(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
-    """Write a pinned manifest and tag its exact bytes with this user's key.
+    """Write a pinned manifest, tagged with this user's key (``pin_tag``, grokfetch.trust).
 
-    Only code that has just proven the bytes (or was told to trust them on
-    first use, recorded in ``pinned_by``) calls this.
+    The tag is the HMAC of the exact bytes the file has without it: the document is
+    serialised, tagged, and written with the tag as its last field.  Only code that
+    has just proven the bytes (or was told to trust them on first use, recorded in
+    ``pinned_by``) calls this.
     """
     path = Path(path)
-    data = (json.dumps(manifest.to_dict(), indent=1) + "\n").encode()
-    atomic_write_bytes(path, data)
-    write_tag(path, data)
+    d = manifest.to_dict()
+    d["pin_tag"] = tag(_untagged_bytes(d), "pin")
+    atomic_write_bytes(path, _serialise(d))
     return path
+
+
+def _serialise(d: dict[str, Any]) -> bytes:
+    return (json.dumps(d, indent=1) + "\n").encode()  # what atomic_write_json writes
+
+
+def _untagged_bytes(d: dict[str, Any]) -> bytes:
+    return _serialise({k: v for k, v in d.items() if k != "pin_tag"})
+
+
+def _authentic_pin(data: bytes) -> bool:
+    """The bytes are a pin this user wrote: re-serialised without their tag, they give
+    back exactly the bytes that carry it (any edit, or another key, fails)."""
+    try:
+        d = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(d, dict) or not isinstance(d.get("pin_tag"), str):
+        return False
+    untagged = _untagged_bytes(d)
+    if _serialise({**json.loads(untagged), "pin_tag": d["pin_tag"]}) != data:
+        return False  # not our serialisation: whatever the tag says, it is not these bytes
+    return authentic(untagged, "pin", d["pin_tag"])
 
 
 def proven_pin(root: str | os.PathLike[str], accept_first_use: bool = False) -> Manifest | None:

@@ -26,7 +26,14 @@ from typing import Any
 
 from grokfetch.errors import TorrentError, UnsafePathError
 from grokfetch.fsutil import safe_relpath
-from grokfetch.hashing import DEFAULT_CHUNK_SIZE, FileDigests, digest_file, feed_file, parallel_map
+from grokfetch.hashing import (
+    DEFAULT_CHUNK_SIZE,
+    FileDigests,
+    digest_file,
+    feed_file,
+    open_regular,
+    parallel_map,
+)
 from grokfetch.metainfo import TorrentFile, TorrentMeta, load_torrent
 
 # Pieces are hashed in reads of at most this many bytes, so memory stays
@@ -207,7 +214,7 @@ def _piece_matches(pm: PieceMap, root: str, strip: int, piece: int) -> bool:
             continue
         rel = rel_path(f, strip)
         try:
-            fd = os.open(os.path.join(root, rel), os.O_RDONLY)
+            fd = open_regular(os.path.join(root, rel))  # a FIFO: refused, never read
         except FileNotFoundError:
             raise _Unreadable(f"{rel} is missing") from None
         except OSError as e:

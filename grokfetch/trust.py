@@ -8,13 +8,14 @@ it is bound to something the sender cannot forge:
 * a ``.torrent`` whose info-hash is a packaged model's published one, or the
   one the user asked ``get`` for (recorded, authenticated, in get's state
   folder);
-* a pinned manifest that *this user* wrote: its exact bytes carry an
-  HMAC-SHA256 tag made with a per-user secret key kept under the user's
-  config folder (``$GROKFETCH_CONFIG_DIR``, else
-  ``$XDG_CONFIG_HOME/grokfetch``, else ``~/.config/grokfetch``; created 0600
-  on the first pin).  A pin that arrives from another machine fails the
-  check: it is reported as "manifest of unknown origin" and vouches for
-  nothing.
+* a pinned manifest that *this user* wrote: its last field, ``pin_tag``, is
+  the HMAC-SHA256 of the exact bytes of the rest of the file, made with a
+  per-user secret key kept under the user's config folder
+  (``$GROKFETCH_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/grokfetch``, else
+  ``~/.config/grokfetch``; created 0600 on the first pin).  Nothing but the
+  manifest is written into the folder.  A pin that arrives from another
+  machine fails the check: it is reported as "manifest of unknown origin"
+  and vouches for nothing.
 
 A pin records what proved its bytes (``pinned_by``, inside the authenticated
 manifest): one ``PinRoot`` per root, e.g. the torrent's info-hash, the SHA-256
@@ -40,11 +41,9 @@ from typing import Any
 from grokfetch.errors import ManifestError, UsageError
 from grokfetch.fsutil import atomic_write_bytes
 
-STATE_DIR = ".grokfetch"  # beside the pinned manifest: its tag; in get's DEST: resume data
+STATE_DIR = ".grokfetch"  # in get's DEST: resume data, and the info-hash the user asked for
 KEY_NAME = "pin.key"
-TAG_NAME = "manifest.hmac"  # STATE_DIR/TAG_NAME beside grokfetch-manifest.json
 ROOTS_NAME = "roots.json"  # STATE_DIR/ROOTS_NAME: info-hashes the user asked `get` for
-TAG_FORMAT = "grokfetch-pin-tag"
 
 # kind -> (proves the bytes, how the report describes it)
 ROOT_KINDS: dict[str, tuple[bool, str]] = {
@@ -171,35 +170,6 @@ def authentic(data: bytes, purpose: str, tag_hex: str) -> bool:
         return False
     want = hmac.new(key, purpose.encode() + b"\0" + data, hashlib.sha256).hexdigest()
     return hmac.compare_digest(want, tag_hex)
-
-
-# -- pinned manifests --------------------------------------------------------------------
-
-
-def tag_path(manifest_path: Path) -> Path:
-    return manifest_path.parent / STATE_DIR / TAG_NAME
-
-
-def write_tag(manifest_path: Path, data: bytes) -> None:
-    """Tag the exact bytes just written to ``manifest_path`` as this user's pin."""
-    doc = {"format": TAG_FORMAT, "manifest": manifest_path.name,
-           "sha256": hashlib.sha256(data).hexdigest(), "hmac_sha256": tag(data, "pin")}
-    out = tag_path(manifest_path)
-    out.parent.mkdir(exist_ok=True)
-    atomic_write_bytes(out, json.dumps(doc, indent=1).encode())
-
-
-def pin_is_authentic(manifest_path: Path, data: bytes) -> bool:
-    """True when ``data`` (the manifest's bytes) carries this user's tag."""
-    p = tag_path(manifest_path)
-    try:
-        st = os.stat(p)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
-            return False
-        doc = json.loads(p.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and authentic(data, "pin", doc.get("hmac_sha256", ""))
 
 
 # -- torrents the user asked for -----------------------------------------------------------

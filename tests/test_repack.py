@@ -42,8 +42,9 @@ def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
 
 
-def assert_manifest_verifies(dest: Path) -> None:
-    """What `grokfetch verify DEST` checks: every listed file hashes right, nothing extra."""
+def assert_manifest_verifies(dest: Path, proven: bool = True) -> None:
+    """What `grokfetch verify DEST` checks: every listed file hashes right, nothing extra;
+    and the pin is proven when its source's was (exit 0), else says so (exit 6)."""
     m = load_manifest(dest / MANIFEST_NAME)
     assert m.pinned and m.repack is not None
     for e in m.files:
@@ -52,7 +53,9 @@ def assert_manifest_verifies(dest: Path) -> None:
     on_disk = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
     assert on_disk == {e.path for e in m.files} | {MANIFEST_NAME}
     r = CliRunner().invoke(cli, ["verify", str(dest)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == (0 if proven else 6), r.output
+    if not proven:
+        assert "from a checkpoint pinned by a source nothing proved" in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +313,7 @@ def test_sources_without_a_manifest_are_hashed(copy_ckpt, tmp_path):
     for e in m.files:
         if e.source:
             assert e.source["blake3"] == pinned.file(e.source["file"]).blake3
-    assert_manifest_verifies(res.dest)
+    assert_manifest_verifies(res.dest, proven=False)  # nothing proved the source
 
 
 def test_a_config_with_too_few_layers_is_refused_before_writing(tmp_path):

@@ -29,7 +29,6 @@ from grokfetch.metainfo import build_torrent
 from grokfetch.pieces import load_piece_map
 from grokfetch.synth import synthesize
 from grokfetch.torrent import NetOptions, Seeder
-from grokfetch.trust import TAG_NAME
 
 BIG = "ckpt-0/tensor00000_000"
 PIECE = 16 * 1024
@@ -75,7 +74,7 @@ def test_a_planted_manifest_never_outranks_the_torrent_you_pass(good, tmp_path, 
     root, t = good
     copy = tampered_copy(root, tmp_path)
     made = run(str(copy), "--pin", "--trust-on-first-use", "--quiet", env=sender)
-    assert made.exit_code == 0 and (copy / ".grokfetch" / TAG_NAME).is_file()  # with its tag
+    assert made.exit_code == 0 and '"pin_tag"' in (copy / MANIFEST_NAME).read_text()
 
     r = run(str(copy), "--torrent", str(t), "--pin")
     assert r.exit_code == 1
@@ -298,3 +297,29 @@ def test_a_pin_proven_by_a_torrent_says_so_and_a_copied_pin_does_not_count(
     # the same folder on the sender's machine: the tag does not check out there
     r = run(str(root), "--quiet", env=sender)
     assert r.exit_code == 6 and "manifest of unknown origin" in r.stderr
+
+
+# repack -------------------------------------------------------------------------------
+
+
+def test_repack_takes_source_hashes_only_from_a_proven_pin(copy_ckpt, tmp_path, sender):
+    from grokfetch.repack.run import repack
+
+    root = copy_ckpt()
+    real = load_manifest(root / MANIFEST_NAME)
+    # the sender's manifest lies about a file's BLAKE3 (and carries the sender's tag)
+    m = json.loads((root / MANIFEST_NAME).read_text())
+    m["files"][0]["blake3"] = "0" * 64
+    (root / MANIFEST_NAME).write_text(json.dumps(m))
+    out = repack(root, tmp_path / "st").manifest_path
+    got = load_manifest(out)
+    sources = {e.source["file"]: e.source["blake3"] for e in got.files if e.source}
+    assert sources[BIG] == real.file(BIG).blake3  # hashed from the bytes, not the claim
+    assert got.pinned_by[0].kind == "repack" and not got.pinned_by[0].proven
+    r = run(str(tmp_path / "st"), "--quiet")
+    assert r.exit_code == 6 and "a source nothing proved" in r.stderr
+
+    honest = copy_ckpt("honest")  # pinned here (by synth): the repack is proven
+    out = repack(honest, tmp_path / "st2").manifest_path
+    assert load_manifest(out).pinned_by[0].proven
+    assert run(str(tmp_path / "st2"), "--quiet").exit_code == 0
