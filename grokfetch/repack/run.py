@@ -46,7 +46,7 @@ from grokfetch.fsutil import (
 )
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, save_manifest
-from grokfetch.progress import ProgressFactory, no_progress
+from grokfetch.progress import Bar, ProgressFactory, no_progress
 from grokfetch.repack.journal import Journal, load_records, recipe, still_good
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, TOOL, Output, Plan, RepackOptions, make_plan
 from grokfetch.units import format_bytes
@@ -378,7 +378,7 @@ def _remove_unplanned(dest: Path, records: dict[str, tuple[str, FileEntry]],
 
 
 def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: int, jobs: int,
-               journal: Journal, bar: Any) -> dict[str, FileEntry]:
+               journal: Journal, bar: Bar) -> dict[str, FileEntry]:
     """Write ``todo`` with ``jobs`` threads, journal each as it finishes, stop at an error."""
     stop = threading.Event()
     bar_lock = threading.Lock()
