@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -17,6 +18,10 @@ class Bar(Protocol):
     def update(self, n: int) -> Any: ...
     def set_postfix_str(self, s: str, refresh: bool = True) -> Any: ...
     def close(self) -> Any: ...
+
+
+# What a library function takes as ``progress``: (total bytes, description) -> a Bar.
+ProgressFactory = Callable[[int, str], Bar]
 
 
 class NullBar:
@@ -42,6 +47,11 @@ class NullBar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def no_progress(total: int, desc: str) -> Bar:
+    """The default ProgressFactory: nothing shown."""
+    return NullBar()
 
 
 def bytes_bar(total: int, desc: str, enabled: bool | None = None) -> Any:

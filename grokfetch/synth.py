@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from grokfetch.format.layout import (
     tensor_files,
 )
 from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_file
-from grokfetch.fsutil import TMP_MARK, atomic_write, inside, remove_stale_temps
+from grokfetch.fsutil import TMP_MARK, atomic_write, free_space, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
 from grokfetch.manifest import (
     MANIFEST_NAME,
@@ -243,10 +242,7 @@ def _check_space(root: Path, cfg: ModelConfig, seed: int, preset: str) -> None:
     ckpt_dir = root / CKPT_DIR
     if ckpt_dir.is_dir():  # files replaced one by one free their space again
         need -= sum(p.stat().st_size for p in ckpt_dir.iterdir() if p.is_file())
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = free_space(root)
     if need > free:
         plural = "" if cfg.num_layers == 1 else "s"
         raise DiskError(

@@ -284,10 +284,8 @@ def test_layer_runs_add_up_in_one_dest(mini_ckpt, tmp_path):
 def test_not_enough_space_is_refused_before_writing(mini_ckpt, tmp_path, monkeypatch):
     import shutil
 
-    from grokfetch.repack import run as repack_mod
-
     real = shutil.disk_usage
-    monkeypatch.setattr(repack_mod.shutil, "disk_usage",
+    monkeypatch.setattr(shutil, "disk_usage",
                         lambda p: real(p)._replace(free=1_000_000))
     r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(tmp_path / "full")])
     assert r.exit_code == 5

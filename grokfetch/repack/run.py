@@ -9,18 +9,14 @@ parallel, journaling each -> finish (config/index, manifest).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import shutil
 import threading
 import time
-import typing
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from grokfetch.checkpoint import Checkpoint, compare, open_checkpoint
 from grokfetch.errors import (
@@ -41,22 +37,20 @@ from grokfetch.format.layout import (
 )
 from grokfetch.format.pickle_reader import ParamFile, scan
 from grokfetch.format.safetensors import write_safetensors
-from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
+from grokfetch.fsutil import (
+    atomic_write_bytes,
+    free_space,
+    inside,
+    os_errors_as_disk_errors,
+    remove_stale_temps,
+)
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, proven_pin, save_pin
-from grokfetch.progress import NullBar
+from grokfetch.progress import Bar, ProgressFactory, no_progress
 from grokfetch.repack.journal import Journal, load_records, recipe, still_good
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, TOOL, Output, Plan, RepackOptions, make_plan
 from grokfetch.trust import PinRoot, now
 from grokfetch.units import format_bytes
-
-ProgressFactory = Callable[[int, str], Any]
-_P = typing.ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _no_progress(total: int, desc: str) -> Any:
-    return NullBar()
 
 
 @dataclass(frozen=True)
@@ -85,21 +79,6 @@ class RepackResult:
         return len(self.written) + len(self.skipped)
 
 
-def _os_errors_as_disk_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """An OSError the checks did not foresee (permission denied, read-only file system,
-    a path through a file) is still one line naming the file, exit 5 - not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return fn(*args, **kwargs)
-        except OSError as e:
-            where = e.filename if e.filename is not None else "repack"
-            raise DiskError(f"{where}: {e.strerror or e}") from e
-
-    return wrapper
-
-
 @dataclass
 class _Dest:
     """DEST as the run found and prepared it."""
@@ -110,7 +89,7 @@ class _Dest:
     removed_temps: int
 
 
-@_os_errors_as_disk_errors
+@os_errors_as_disk_errors("dest")
 def repack(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -124,7 +103,7 @@ def repack(
     shard_size: int = DEFAULT_SHARD_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     config: ModelConfig | None = None,
-    progress: ProgressFactory = _no_progress,
+    progress: ProgressFactory = no_progress,
 ) -> RepackResult:
     """Repack the checkpoint at ``src`` into safetensors files under ``dest``.
 
@@ -347,7 +326,7 @@ def _check_dest(dest: Path, ckpt: Checkpoint) -> None:
 def _check_space(dest: Path, todo: list[Output], level: int | None) -> None:
     """Refuse up front rather than fill the disk half-way (compressed sizes are unknown)."""
     need = sum(o.payload for o in todo)
-    free = shutil.disk_usage(dest).free
+    free = free_space(dest)
     if level is None and need > free:
         raise DiskError(f"{dest}: needs {format_bytes(need)} for {len(todo)} output files, "
                         f"only {format_bytes(free)} free")
@@ -405,7 +384,7 @@ def _remove_unplanned(dest: Path, records: dict[str, tuple[str, FileEntry]],
 
 
 def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: int, jobs: int,
-               journal: Journal, bar: Any) -> dict[str, FileEntry]:
+               journal: Journal, bar: Bar) -> dict[str, FileEntry]:
     """Write ``todo`` with ``jobs`` threads, journal each as it finishes, stop at an error."""
     stop = threading.Event()
     bar_lock = threading.Lock()
