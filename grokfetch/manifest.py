@@ -31,6 +31,7 @@ from grokfetch.layout import ModelConfig
 FORMAT = "grokfetch-manifest"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "grokfetch-manifest.json"  # the pinned manifest inside a checkpoint root
+JOURNAL_NAME = ".grokfetch-repack-journal.jsonl"  # an unfinished repack's record, in its DEST
 
 _HEX = {"blake3": 64, "sha256": 64}
 _INFO_HASH = re.compile(r"^[0-9a-f]{40}$")

@@ -58,7 +58,14 @@ from grokfetch.errors import (
 from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
 from grokfetch.layout import ModelConfig, ParamSpec, parse_layer_spec
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
+from grokfetch.manifest import (
+    JOURNAL_NAME,
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    load_manifest,
+    save_manifest,
+)
 from grokfetch.progress import NullBar
 from grokfetch.reader import ParamFile, scan
 from grokfetch.safetensors_io import (
@@ -78,7 +85,6 @@ from grokfetch.weights import (
 LAYOUTS = ("per-tensor", "sglang")
 DTYPES = ("keep", "bf16", "f32")
 DEFAULT_SHARD_SIZE = 5 * 10**9  # SGLang/HF convention: shards of about 5 GB
-JOURNAL_NAME = ".grokfetch-repack-journal.jsonl"
 CONFIG_NAME = "config.json"
 INDEX_NAME = "model.safetensors.index.json"
 TOOL = f"grokfetch {__version__}"
