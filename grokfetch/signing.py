@@ -729,11 +729,16 @@ def verify_bundle(
     if not good:
         raise SignatureError(f"{where}: the signature does not verify with {signer}: the "
                              "statement was altered after signing, or another key signed it")
-    return _parse_statement(payload, where, signer, method, hint, cert_info)
+    return parse_statement(payload, where, signer, method, hint, cert_info)
 
 
-def _parse_statement(payload: bytes, where: str, signer: str, method: str, hint: str,
-                     cert_info: dict[str, str]) -> SignedModel:
+def parse_statement(payload: bytes, where: str, signer: str = "", method: str = "",
+                    hint: str = "", cert_info: dict[str, str] | None = None) -> SignedModel:
+    """Read a DSSE payload as an OMS v1.0 statement; check its form and its root digest.
+
+    Only call this on a payload whose signature verified (``verify_bundle``):
+    a statement alone proves nothing.
+    """
     try:
         st = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -797,7 +802,8 @@ def _parse_statement(payload: bytes, where: str, signer: str, method: str, hint:
     if got_root != want_root:
         raise SignatureError(f"{where}: statement is inconsistent: subject digest {want_root} "
                              f"but its resources hash to {got_root}")
-    model = SignedModel(signer, method, hint, name, want_root, ser, resources, where, cert_info)
+    model = SignedModel(signer, method, hint, name, want_root, ser, resources, where,
+                        cert_info or {})
     model.files()  # shards must tile each file: checked now, one error line
     return model
 

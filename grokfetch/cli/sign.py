@@ -38,7 +38,8 @@ from grokfetch.signing import DEFAULT_SIGNATURE, sign_folder
 @click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
               help="Files (or shards) hashed at once (default: one per CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar or summary: only the signature's path, on stdout.")
 def sign_cmd(folder: str, key: str, signature: str | None, certificate: str | None,
              hash_type: str, shard_size: int | None, ignore_paths: tuple[str, ...],
              jobs: int | None, as_json: bool, quiet: bool) -> None:
@@ -65,7 +66,9 @@ def sign_cmd(folder: str, key: str, signature: str | None, certificate: str | No
                     jobs=jobs, progress=progress)
     if as_json:
         echo_json(r.to_dict())
-    elif not quiet:
+        return
+    click.echo(str(r.signature))  # stdout: the signature's path, for scripts
+    if not quiet:
         s = r.serialization
         how = s.hash_type + (f", shards of {s.shard_size} bytes" if s.method == "shards" else "")
         rate = f" ({r.bytes_hashed / 1e9 / r.seconds:.2f} GB/s)" if r.seconds > 0 else ""
@@ -73,4 +76,3 @@ def sign_cmd(folder: str, key: str, signature: str | None, certificate: str | No
                f"in {r.seconds:.1f} s{rate}")
         stderr(f"signer: {r.signer}")
         stderr(f"left out: {', '.join(s.ignore_paths)}")
-        click.echo(str(r.signature))
