@@ -361,6 +361,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def default_jobs(algorithm: str) -> int:
+    """Hash threads for a pool of whole files: one per core for BLAKE3 (a large file's
+    hash splits across cores by itself), two per core for SHA-256 and BLAKE2b, whose
+    hash of one file cannot split: with one thread per core, the last large files leave
+    cores idle while they finish; two per core keep every core busy to the end, at one
+    more mmap window (WINDOW bytes) per thread."""
+    cores = os.cpu_count() or 1
+    return cores if algorithm == "blake3" else 2 * cores
+
+
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int | None) -> Iterator[R]:
     """``map(fn, items)`` on ``jobs`` threads, results in order, a bounded window ahead.
 

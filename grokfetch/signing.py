@@ -48,7 +48,7 @@ from typing import Any
 
 from grokfetch.errors import DiskError, GrokfetchError, SignatureError, UsageError
 from grokfetch.fsutil import atomic_write_bytes, safe_relpath
-from grokfetch.hashing import ALGORITHMS, parallel_map, range_digest
+from grokfetch.hashing import ALGORITHMS, default_jobs, parallel_map, range_digest
 from grokfetch.manifest import JOURNAL_NAME, MANIFEST_NAME
 from grokfetch.progress import NullBar
 from grokfetch.verify import STATE_DIR
@@ -479,7 +479,7 @@ def hash_folder(
 
     order = sorted(tasks, key=lambda t: -((t.end if t.end >= 0 else t.size) - t.start))
     try:
-        out = list(parallel_map(one, order, jobs or os.cpu_count() or 1))
+        out = list(parallel_map(one, order, jobs or default_jobs(serialization.hash_type)))
     finally:
         bar.close()
     out.sort(key=lambda r: r.name)  # the spec: lexicographic by name (code points)

@@ -54,6 +54,7 @@ from grokfetch.hashing import (
     blake3_file,
     chunk_digests,
     chunk_range,
+    default_jobs,
     file_digests,
     num_chunks,
     parallel_map,
@@ -230,12 +231,17 @@ class _Place:
         return p.relative_to(self.root).as_posix()
 
 
-def _locate(path: str | os.PathLike[str]) -> _Place:
+def _folder(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such folder")
     if not p.is_dir():
         raise UsageError(f"{p}: not a folder")
+    return p
+
+
+def _locate(path: str | os.PathLike[str]) -> _Place:
+    p = _folder(path)
     if (p / MANIFEST_NAME).is_file():  # a pinned checkpoint root or a repack output
         if (p / CKPT_DIR).is_dir():
             return _Place(p, p / CKPT_DIR)
@@ -962,8 +968,8 @@ def verify(
         if manifest is not None or torrent is not None:
             raise UsageError("--signature is a root of trust on its own: drop --manifest and "
                              "--torrent")
-        _locate(path)  # exists, is a folder
-        place = _Place(path, None)  # names in a signature are relative to the signed folder
+        # names in a signature are relative to the signed folder itself
+        place = _Place(_folder(path), None)
         trust = _signature_trust(signature)
     else:
         place = _locate(path)
@@ -1030,6 +1036,8 @@ def verify(
 
         # Large files first: the long hashes start early, the small ones fill the gaps.
         order = sorted(hashed, key=lambda x: -sizes[x.rel])
+        if jobs is None and trust.signed is not None:
+            jobs = default_jobs(trust.signed.serialization.hash_type)
         for r in parallel_map(one, order, jobs or os.cpu_count() or 1):
             results[r.path] = r
         if trust.pm is not None and by_torrent:
