@@ -51,13 +51,13 @@ from grokfetch.fsutil import atomic_write_bytes, safe_relpath
 from grokfetch.hashing import ALGORITHMS, default_jobs, parallel_map, range_digest
 from grokfetch.manifest import JOURNAL_NAME, MANIFEST_NAME
 from grokfetch.progress import NullBar
-from grokfetch.verify import STATE_DIR
+from grokfetch.verify import SIGNATURE_NAME, STATE_DIR
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
-DEFAULT_SIGNATURE = "model.sig"
+DEFAULT_SIGNATURE = SIGNATURE_NAME
 DEFAULT_SHARD_SIZE = 1_000_000_000  # the spec's default: 1 GB
 
 # Excluded by every OMS signer (matched as top-level paths of the model folder).
@@ -402,7 +402,11 @@ def enumerate_files(folder: Path, serialization: Serialization) -> list[tuple[st
     and an empty set.
     """
     out: list[tuple[str, Path, int]] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def unreadable(err: OSError) -> None:  # a folder we cannot list must not go unsigned
+        raise UsageError(f"{err.filename}: cannot list: {err.strerror or err}")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         base = Path(dirpath)
         rel_dir = base.relative_to(folder).as_posix()
         keep = []
@@ -425,7 +429,10 @@ def enumerate_files(folder: Path, serialization: Serialization) -> list[tuple[st
             except UnicodeEncodeError:
                 raise UsageError(f"{p!r}: file name is not UTF-8; an OMS signature "
                                  "cannot name it") from None
-            st = p.lstat()
+            try:
+                st = p.lstat()
+            except OSError as e:
+                raise UsageError(f"{p}: {e.strerror or e}") from None
             if stat.S_ISLNK(st.st_mode):
                 raise UsageError(f"{p}: a symbolic link; OMS signatures made here do not follow "
                                  "links (allow_symlinks: false): replace it by the file")
@@ -469,8 +476,11 @@ def hash_folder(
             bar.update(n)
 
     def one(t: _Task) -> Resource:
-        digest, n = range_digest(t.disk, t.start, t.end, serialization.hash_type,
-                                 on_bytes=on_bytes)
+        try:
+            digest, n = range_digest(t.disk, t.start, t.end, serialization.hash_type,
+                                     on_bytes=on_bytes)
+        except OSError as e:
+            raise UsageError(f"{t.disk}: cannot read: {e.strerror or e}") from None
         want = (t.end if t.end >= 0 else t.size) - t.start
         if n != want or (t.end < 0 and t.disk.stat().st_size != t.size):
             raise UsageError(f"{t.disk}: changed size while it was being hashed")
@@ -704,7 +714,10 @@ def verify_bundle(
             raise SignatureError(f"{where}: certificate {_subject(chain[0])} is not for signing "
                                  "(no digitalSignature key usage or codeSigning extended usage)")
         key = chain[0].public_key()
-        _ec_hash(key)
+        try:
+            _ec_hash(key)
+        except UsageError as e:
+            raise SignatureError(f"{where}: certificate {_subject(chain[0])}: {e}") from None
         hint = key_hint(key)
         fp = hashlib.sha256(_der(chain[0])).hexdigest()
         method = "certificate"

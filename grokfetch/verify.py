@@ -99,6 +99,7 @@ STATUSES = (OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA)
 # and a random one.  On the real checkpoint that reads ~12% of the bytes.
 QUICK_SAMPLES = 2
 STATE_DIR = ".grokfetch"  # get's resume data folder inside its destination: not an extra file
+SIGNATURE_NAME = "model.sig"  # where `grokfetch sign` (and model_signing) put the signature
 _TENSOR_RE = re.compile(r"(^|/)tensor\d{5}_\d{3}$")
 
 ProgressFactory = Callable[[int, str], Any]
@@ -894,8 +895,10 @@ def _extras(
                 p = Path(dirpath) / name
                 if p in expected or p in seen or name in skip_names or TMP_MARK in name:
                     continue
-                if Path(dirpath) == place.root and name.endswith(".torrent"):
-                    continue
+                if Path(dirpath) == place.root and (
+                    name.endswith(".torrent") or name == SIGNATURE_NAME
+                ):
+                    continue  # get's saved torrent, `grokfetch sign`'s signature
                 seen.add(p)
                 try:
                     size = p.stat().st_size

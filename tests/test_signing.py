@@ -365,3 +365,27 @@ def test_bad_arguments_and_keys_are_one_line_with_a_documented_exit_code(
     (folder / "model.sig").write_text("not json")
     r = gf("verify", str(folder), "--public-key", str(me.public))
     assert r.exit_code == EXIT_SIGNATURE and "not a JSON signature bundle" in r.stderr
+
+
+def test_quick_samples_signed_shards_and_is_refused_for_whole_file_digests(
+        tmp_path, mini_ckpt, keys):
+    me, _ = keys
+    folder = tmp_path / "model"
+    shutil.copytree(mini_ckpt / "ckpt-0", folder)
+    sign_folder(folder, me.private)
+    r = gf("verify", str(folder), "--public-key", str(me.public), "--quick")
+    assert r.exit_code == EXIT_USAGE and "whole-file digests only: drop --quick" in r.stderr
+    sign_folder(folder, me.private, shard_size=50_000)
+    r = gf("verify", str(folder), "--public-key", str(me.public), "--quick", "--json")
+    assert r.exit_code == 0, r.output
+    big = next(f for f in json.loads(r.stdout)["files"] if f["path"] == "tensor00000_000")
+    assert big["detail"].startswith("quick: size and 2 of 6 chunks (sha256)")
+
+
+def test_a_signed_and_pinned_checkpoint_still_passes_a_strict_verify_against_its_pin(
+        ckpt, keys):
+    me, _ = keys
+    sign_folder(ckpt, me.private)
+    r = gf("verify", str(ckpt), "--strict", "--quiet")  # the pinned manifest: model.sig is ours
+    assert r.exit_code == 0, r.output
+    assert "root of trust: pinned manifest" in r.stderr
