@@ -58,7 +58,6 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 DEFAULT_SIGNATURE = SIGNATURE_NAME
-DEFAULT_SHARD_SIZE = 1_000_000_000  # the spec's default: 1 GB
 
 # Excluded by every OMS signer (matched as top-level paths of the model folder).
 SPEC_IGNORES = (".git", ".gitattributes", ".github", ".gitignore")
