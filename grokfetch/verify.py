@@ -4,16 +4,16 @@
 ones, and if not, which file and which part of it is wrong.  It needs a
 *root of trust*: something that says what the bytes should be.  In order:
 
-1. an explicit manifest (``--manifest NAME|PATH``);
+1. an explicit manifest (``--manifest NAME|PATH``), or an OMS signature
+   (``--signature`` with ``--public-key`` or ``--certificate``):
+   ``grokfetch.signing`` checks the bundle and hands over the signed digest
+   of every file (or shard) as a ``SignedModel``;
 2. the pinned manifest ``grokfetch-manifest.json`` that ``get`` or
    ``verify --pin`` left in the checkpoint root (BLAKE3 of every file and of
    every 64 MiB chunk);
 3. the torrent metadata (``--torrent FILE``, or the .torrent ``get`` saved):
    the SHA-1 piece hashes, which the info-hash in the published magnet link
    vouches for - the only published root of trust for Grok-1;
-   An OMS signature (``--signature`` with ``--public-key`` or ``--certificate``)
-   is an explicit root too: ``grokfetch.signing`` checks the bundle and hands
-   over the signed digest of every file (or shard) as a ``SignedModel``.
 4. failing those, the packaged manifest of a model whose files these are
    (grok-1: every size, and the SHA-256 the Hugging Face mirror shows for 34
    files).  Files with no hash get a structural check only, and the report
