@@ -15,6 +15,7 @@ EXIT_BAD_CHECKPOINT = 3  # a checkpoint file failed the safe reader's checks
 EXIT_TORRENT = 4  # torrent / network problem (bad metadata, torrent disagrees with manifest)
 EXIT_DISK = 5  # not enough free space, disk full or I/O error while writing
 EXIT_UNPROVEN = 6  # verify: nothing wrong found, but no root of trust proved every file
+EXIT_SIGNATURE = 7  # an OMS signature does not hold: wrong key, altered, untrusted, malformed
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (GROKFETCH_DEBUG=1 shows the traceback)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM (state saved where applicable)
 EXIT_BROKEN_PIPE = 141  # stdout's reader went away (`| head`): 128 + SIGPIPE, as for any tool
@@ -70,6 +71,13 @@ class TorrentError(GrokfetchError):
     """The torrent or the swarm cannot give us what we need."""
 
     exit_code = EXIT_TORRENT
+
+
+class SignatureError(GrokfetchError):
+    """An OMS signature does not hold: malformed bundle, another key, a bad signature, an
+    untrusted certificate, or a statement that contradicts itself."""
+
+    exit_code = EXIT_SIGNATURE
 
 
 class DiskError(GrokfetchError):

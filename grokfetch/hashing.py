@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import blake3
 
@@ -116,6 +116,48 @@ def open_regular(path: str | os.PathLike[str]) -> int:
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
     return fd
+
+
+# Hash names as OMS signatures spell them (grokfetch's own manifests use blake3 and sha256).
+ALGORITHMS = ("sha256", "blake2b", "blake3")
+
+
+def new_hasher(algorithm: str, length: int = 0) -> Any:
+    """A hashlib-style object for ``algorithm``; BLAKE3 of ``length`` >= THREADED_FILE bytes
+    uses blake3's threads (one large file or range splits across every core)."""
+    if algorithm == "blake3":
+        return blake3.blake3(max_threads=blake3.blake3.AUTO if length >= THREADED_FILE else 1)
+    if algorithm in ("sha256", "blake2b"):
+        return hashlib.new(algorithm)
+    raise ValueError(f"unsupported hash algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
+
+
+def range_digest(
+    path: str | os.PathLike[str],
+    start: int,
+    end: int,
+    algorithm: str,
+    *,
+    on_bytes: OnBytes | None = None,
+) -> tuple[str, int]:
+    """(hex digest, bytes read) of bytes [start, end) of a file; fewer bytes if it is shorter.
+
+    ``end=-1`` means to the end of the file: the whole-file digest.
+    """
+    fd = _open(path)
+    try:
+        if end < 0:
+            end = os.fstat(fd).st_size
+        h = new_hasher(algorithm, end - start)
+        done = 0
+        for block in _blocks(fd, start, end):
+            h.update(block)
+            done += len(block)
+            if on_bytes:
+                on_bytes(len(block))
+        return h.hexdigest(), done
+    finally:
+        os.close(fd)
 
 
 # -- whole file --------------------------------------------------------------------------
@@ -212,24 +254,24 @@ def chunk_digests(
     indices: Iterable[int] | None = None,
     *,
     on_bytes: OnBytes | None = None,
+    algorithm: str = "blake3",
 ) -> dict[int, str]:
-    """BLAKE3 of the chosen chunks (default: all) of a file, by chunk index.
+    """BLAKE3 (or ``algorithm``) of the chosen chunks (default: all) of a file, by index.
 
-    Used to locate damage after a whole-file mismatch, and by ``--quick`` to
-    sample a few chunks.  Chunks past the end of a short file are left out.
+    Used to locate damage after a whole-file mismatch, by ``--quick`` to
+    sample a few chunks, and for the shards of an OMS signature (SHA-256 of
+    each ``shard_size`` range).  Chunks past the end of a short file are left out.
     """
     fd = _open(path)
     try:
         size = os.fstat(fd).st_size
         todo = range(num_chunks(size, chunk_size)) if indices is None else sorted(set(indices))
-        threads = blake3.blake3.AUTO if chunk_size >= THREADED_FILE else 1
-        h = blake3.blake3(max_threads=threads)
         out: dict[int, str] = {}
         for i in todo:
             start, end = chunk_range(i, size, chunk_size)
             if start >= size:
                 continue
-            h.reset()
+            h = new_hasher(algorithm, chunk_size)
             for block in _blocks(fd, start, end):
                 h.update(block)
                 if on_bytes:
@@ -385,9 +427,10 @@ def blake3_and_sha256(
         os.close(fd)
 
 
-def zero_digest(length: int) -> str:
-    """BLAKE3 of ``length`` zero bytes: tells a zero-filled (preallocated) chunk apart."""
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO if length >= THREADED_FILE else 1)
+def zero_digest(length: int, algorithm: str = "blake3") -> str:
+    """BLAKE3 (or ``algorithm``) of ``length`` zero bytes: tells a zero-filled
+    (preallocated) chunk apart."""
+    h = new_hasher(algorithm, length)
     block = bytes(min(length, WINDOW))
     left = length
     while left:
@@ -402,6 +445,16 @@ def zero_digest(length: int) -> str:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def default_jobs(algorithm: str) -> int:
+    """Hash threads for a pool of whole files: one per core for BLAKE3 (a large file's
+    hash splits across cores by itself), two per core for SHA-256 and BLAKE2b, whose
+    hash of one file cannot split: with one thread per core, the last large files leave
+    cores idle while they finish; two per core keep every core busy to the end, at one
+    more mmap window (WINDOW bytes) per thread."""
+    cores = os.cpu_count() or 1
+    return cores if algorithm == "blake3" else 2 * cores
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int | None) -> Iterator[R]:

@@ -51,6 +51,7 @@ ROOT_KINDS: dict[str, tuple[bool, str]] = {
     "manifest": (True, "manifest"),  # every byte matched an explicit manifest's hashes
     "synth": (True, "written here by grokfetch synth"),  # generated and hashed as written
     "repack": (True, "written here by grokfetch repack"),  # proven iff its source was
+    "signature": (True, "OMS signature by key"),  # an OMS signature that verified
     "first-use": (False, "first use"),  # nothing proved the bytes: trust on first use
 }
 

@@ -5,7 +5,10 @@ ones, and if not, which file and which part of it is wrong.  It needs a
 *root of trust*, named by who vouches for the bytes (``grokfetch.trust``),
 never by which file happens to be in the folder:
 
-1. what the user names: ``--manifest NAME|PATH`` and/or ``--torrent FILE``.
+1. what the user names: ``--manifest NAME|PATH`` and/or ``--torrent FILE``,
+   or an OMS signature (``--signature`` with ``--public-key`` or
+   ``--certificate``: ``grokfetch.signing`` checks the bundle and hands over
+   the signed digest of every file or shard as a ``SignedModel``).
    An explicit root is the root of the run: every file is checked against
    it, and a pinned manifest in the folder adds nothing;
 2. otherwise the pinned manifest ``grokfetch-manifest.json``, only when this
@@ -66,9 +69,11 @@ from grokfetch.hashing import (
     blake3_file,
     chunk_digests,
     chunk_range,
+    default_jobs,
     digest_file,
     num_chunks,
     parallel_map,
+    range_digest,
     sha256_file,
     zero_digest,
 )
@@ -98,6 +103,7 @@ from grokfetch.trust import (
 # imported where used.
 if TYPE_CHECKING:
     from grokfetch.pieces import PieceCheck, PieceMap
+    from grokfetch.signing import SignedModel
 
 # File statuses, as printed.  OK: the content matched a hash (or, with
 # --quick, the size and the sampled chunks did).  FAILED: size, hash or
@@ -116,6 +122,7 @@ STATUSES = (OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA)
 # Chunks (or pieces) per file that --quick hashes: the first (it holds the header)
 # and a random one.  On the real checkpoint that reads ~12% of the bytes.
 QUICK_SAMPLES = 2
+SIGNATURE_NAME = "model.sig"  # where `grokfetch sign` (and model_signing) put the signature
 _TENSOR_RE = re.compile(r"(^|/)tensor\d{5}_\d{3}$")
 
 ProgressFactory = Callable[[int, str], Any]
@@ -175,6 +182,7 @@ class VerifyReport:
     roots: tuple[PinRoot, ...] = ()  # who vouched (for a pin: what proved it)
     notes: tuple[str, ...] = ()  # files found that are no root of trust, roots not used
     unproven: str | None = None  # why the run proved less than every file (None: proven)
+    signed: SignedModel | None = field(default=None, repr=False)  # the OMS signature checked
 
     @property
     def content_proven(self) -> bool:
@@ -201,6 +209,8 @@ class VerifyReport:
     def ok(self) -> bool:
         """No file failed, is missing or unreadable (with --strict: and no extra or unverified)."""
         bad = {FAILED, MISSING, UNREADABLE} | ({EXTRA, UNVERIFIED} if self.strict else set())
+        if self.signed is not None:
+            bad.add(EXTRA)  # OMS: a file the signature does not cover fails verification
         return not any(f.status in bad for f in self.files)
 
     @property
@@ -224,6 +234,7 @@ class VerifyReport:
             "bytes_hashed": self.bytes_hashed,
             "seconds": round(self.seconds, 3),
             "advice": self.advice,
+            "signature": self.signed.to_dict() if self.signed is not None else None,
             "files": [f.to_dict() for f in self.files],
         }
 
@@ -256,12 +267,17 @@ class _Place:
         return p.relative_to(self.root).as_posix()
 
 
-def _locate(path: str | os.PathLike[str]) -> _Place:
+def _folder(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such folder")
     if not p.is_dir():
         raise UsageError(f"{p}: not a folder")
+    return p
+
+
+def _locate(path: str | os.PathLike[str]) -> _Place:
+    p = _folder(path)
     near = [p] + [q.parent for q in (p, p.resolve()) if q.name == CKPT_DIR]
     for where in near:
         if os.path.lexists(where / MANIFEST_NAME):
@@ -319,6 +335,10 @@ class _Expect:
     tfile: Any = None  # pieces' TorrentFile, when the torrent vouches for this file
     layer: int | None = None  # the decoder layer the file belongs to (None: embedding, norm)
     layer_known: bool = False  # ``layer`` comes from the manifest or the layout
+    chunk_size: int | None = None  # when ``chunks`` are not the manifest's (signature shards)
+    chunk_hash: str = "blake3"  # the algorithm of ``chunks``
+    other: tuple[str, str] | None = None  # (algorithm, hex) of the whole file, another hash
+    no_links_below: Path | None = None  # refuse a path through a symlink below this folder
 
 
 def _spec_from_entry(e: FileEntry, index: int) -> ParamSpec | None:
@@ -372,6 +392,37 @@ class _Trust:
     explicit_manifest: bool = False  # the user named the manifest (a root for pin)
     manifest_vouch: str | None = None  # vouched_by of a file a manifest hash proved
     torrent_vouch: str | None = None  # vouched_by of a file the torrent's pieces proved
+    signed: SignedModel | None = None
+
+
+def _signature_trust(signed: SignedModel) -> _Trust:
+    s = signed.serialization
+    how = s.hash_type + (f", shards of {s.shard_size} bytes" if s.method == "shards" else "")
+    root = PinRoot("signature", signed.signer, f"OMS signature {signed.signature_path}")
+    return _Trust("signature", f"OMS signature {signed.signature_path}, signed by "
+                  f"{signed.signer} ({how})", signed=signed, roots=(root,), proven=True,
+                  manifest_vouch=f"signature:{signed.signer}")
+
+
+def _signed_expect(signed: SignedModel, place: _Place) -> list[_Expect]:
+    """What the signature says each file is: whole digests map onto the engine's
+    sha256/blake3 fields, shards onto its chunk hashes."""
+    s = signed.serialization
+    out = []
+    for f in signed.files():
+        x = _Expect(f.path, place.root / f.path, f.size, layer_known=False,
+                    no_links_below=None if s.allow_symlinks else place.root)
+        if f.shards is not None:
+            x.chunks, x.chunk_size, x.chunk_hash = f.shards, s.shard_size, f.algorithm
+        elif f.algorithm == "sha256":
+            x.sha256 = f.digest
+        elif f.algorithm == "blake3":
+            x.blake3 = f.digest
+        else:
+            assert f.digest is not None
+            x.other = (f.algorithm, f.digest)
+        out.append(x)
+    return out
 
 
 def _packaged_for(place: _Place) -> Manifest | None:
@@ -591,6 +642,8 @@ def _check_torrent_matches(m: Manifest, pm: PieceMap | None) -> None:
 def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
     """The files that should be there, with what is known about each."""
     out: list[_Expect] = []
+    if trust.signed is not None:
+        return _signed_expect(trust.signed, place)
     if trust.manifest is not None:
         # The manifest says what each file holds; the layout is only inferred from the
         # files when there is no manifest (that reads headers, and imports numpy).
@@ -713,6 +766,9 @@ class _Progress:
 
 def _stat(x: _Expect) -> FileResult | None:
     """Presence, type and size; a FileResult when that already decides the verdict."""
+    if x.no_links_below is not None and _through_link(x.no_links_below, x.disk):
+        return FileResult(x.rel, FAILED, expected_size=x.size,
+                          detail="a symbolic link (or below one); the signature allows none")
     try:
         st = x.disk.stat()
     except FileNotFoundError:
@@ -739,6 +795,15 @@ def _stat(x: _Expect) -> FileResult | None:
             x.rel, FAILED, detail=what, bad_ranges=rng, size=st.st_size, expected_size=x.size
         )
     return None
+
+
+def _through_link(root: Path, p: Path) -> bool:
+    """Whether any component of ``p`` below ``root`` is a symbolic link."""
+    while p != root and p != p.parent:
+        if p.is_symlink():
+            return True
+        p = p.parent
+    return False
 
 
 def _structure(x: _Expect) -> str | None:
@@ -793,6 +858,8 @@ def _check_hashed(
 ) -> FileResult:
     """Check a file against the manifest's BLAKE3 / SHA-256 / chunk hashes."""
     base: dict[str, Any] = {"size": size, "expected_size": x.size}
+    chunk_size = x.chunk_size or chunk_size
+    alg = x.chunk_hash
     if quick:
         # The header is cheap to parse and catches a zero-filled (preallocated) file.
         problem = _structure(x)
@@ -801,16 +868,16 @@ def _check_hashed(
         if not x.chunks:
             return FileResult(x.rel, OK, None, "quick: size only (no chunk hashes)", **base)
         picks = _sample(len(x.chunks), rng)
-        got = chunk_digests(x.disk, chunk_size, picks, on_bytes=on_bytes)
+        got = chunk_digests(x.disk, chunk_size, picks, on_bytes=on_bytes, algorithm=alg)
         bad = [i for i in picks if got.get(i) != x.chunks[i]]
         if bad:
             return _chunk_failure(x, size, chunk_size, got, bad, base)
         return FileResult(
             x.rel,
             OK,
-            "blake3",
-            f"quick: size and {len(picks)} of {len(x.chunks)} chunks (blake3)",
-            hashes=("blake3",),
+            alg,
+            f"quick: size and {len(picks)} of {len(x.chunks)} chunks ({alg})",
+            hashes=(alg,),
             **base,
         )
     matched: list[str] = []
@@ -824,11 +891,14 @@ def _check_hashed(
         whole = blake3_file(x.disk, on_bytes=on_bytes)
         (matched if whole == x.blake3 else mismatched).append("blake3")
     elif x.chunks:
-        got = chunk_digests(x.disk, chunk_size, on_bytes=on_bytes)
+        got = chunk_digests(x.disk, chunk_size, on_bytes=on_bytes, algorithm=alg)
         bad = [i for i in range(len(x.chunks)) if got.get(i) != x.chunks[i]]
         if bad:
             return _chunk_failure(x, size, chunk_size, got, bad, base)
-        matched.append("blake3")
+        matched.append(alg)
+    elif x.other is not None:
+        got_other, _ = range_digest(x.disk, 0, -1, x.other[0], on_bytes=on_bytes)
+        (matched if got_other == x.other[1] else mismatched).append(x.other[0])
     if x.sha256:
         if got_sha is None:
             got_sha = sha256_file(x.disk, on_bytes=on_bytes)
@@ -867,12 +937,15 @@ def _chunk_failure(
     ranges = _merge(
         (chunk_range(i, size, chunk_size)[0], chunk_range(i, size, chunk_size)[1] - 1) for i in bad
     )
-    zeros = all(got.get(i) == zero_digest(_chunk_len(i, size, chunk_size)) for i in bad)
+    zeros = all(
+        got.get(i) == zero_digest(_chunk_len(i, size, chunk_size), x.chunk_hash) for i in bad
+    )
     n = len(x.chunks or [])
     which = ", ".join(str(i) for i in bad[:8]) + (" ..." if len(bad) > 8 else "")
+    unit = "shard" if x.chunk_size else "chunk"  # a signature's shards, or a manifest's chunks
     detail = (
         f"hash mismatch in bytes {_ranges_text(ranges)} "
-        f"(chunk{'s' if len(bad) > 1 else ''} {which} of {n})"
+        f"({unit}{'s' if len(bad) > 1 else ''} {which} of {n})"
     )
     if zeros:
         detail += "; those bytes are all zero (never written: an incomplete download?)"
@@ -967,8 +1040,11 @@ def _torrent_results(
     return out
 
 
-def _extras(place: _Place, expected: set[Path]) -> list[FileResult]:
-    """Files on disk below the root that the file list does not name."""
+def _extras(
+    place: _Place, expected: set[Path], signed: SignedModel | None = None
+) -> list[FileResult]:
+    """Files on disk below the root that the file list does not name (or, against a
+    signature, that it neither signs nor ignores)."""
     skip_names = {MANIFEST_NAME}
     out = []
     roots = [place.root]
@@ -982,18 +1058,25 @@ def _extras(place: _Place, expected: set[Path]) -> list[FileResult]:
                 p = Path(dirpath) / name
                 if p in expected or p in seen or name in skip_names or TMP_MARK in name:
                     continue
-                if Path(dirpath) == place.root and name.endswith(".torrent"):
-                    continue
+                if Path(dirpath) == place.root and (
+                    name.endswith(".torrent") or name == SIGNATURE_NAME
+                ):
+                    continue  # get's saved torrent, `grokfetch sign`'s signature
                 seen.add(p)
                 try:
                     size = p.stat().st_size
                 except OSError:
                     size = None
+                if signed is not None and _unsigned_ok(signed, place, p, size):
+                    continue
                 rel = (
                     place.rel(p)
                     if _is_below(p, place.root) or p.parent == place.ckpt_dir
                     else str(p)
                 )
+                if signed is not None:
+                    out.append(FileResult(rel, EXTRA, detail="not signed", size=size))
+                    continue
                 if _TENSOR_RE.search(rel):
                     # a checkpoint file no root vouches for: it would be loaded, so it counts
                     out.append(FileResult(
@@ -1002,6 +1085,16 @@ def _extras(place: _Place, expected: set[Path]) -> list[FileResult]:
                     continue
                 out.append(FileResult(rel, EXTRA, detail="not in the file list", size=size))
     return out
+
+
+def _unsigned_ok(signed: SignedModel, place: _Place, p: Path, size: int | None) -> bool:
+    """A file on disk that the signature rightly leaves out: an ignore path, the signature
+    file itself, or an empty file under shard serialization (it has no shards)."""
+    if os.path.abspath(p) == os.path.abspath(signed.signature_path):
+        return True
+    if signed.serialization.ignores(p.relative_to(place.root).as_posix()):
+        return True
+    return signed.serialization.method == "shards" and size == 0
 
 
 def _is_below(p: Path, root: Path) -> bool:
@@ -1024,6 +1117,7 @@ def verify(
     seed: int | None = None,
     layers: str | None = None,
     accept_first_use: bool = False,
+    signature: SignedModel | None = None,
 ) -> VerifyReport:
     """Check every file under ``path`` against the best available root of trust.
 
@@ -1037,14 +1131,25 @@ def verify(
     --quick's random sample.  ``layers`` ('0-3,10'): only those layers' files plus the
     embedding and final norm (what ``get --layers`` fetched); the others are neither
     checked nor reported.  ``accept_first_use``: a pin made on first use counts as proven.
+    ``signature``: a verified OMS signature (``grokfetch.signing.verify_bundle``), the
+    root of trust: ``path`` is then the signed folder itself, and files it neither signs
+    nor ignores are problems.
 
     Raises UsageError / ManifestError (exit 2) when it cannot run, TorrentError
     (exit 4) for a torrent that cannot vouch for these files.
     """
     t0 = time.monotonic()
     path = Path(path)
-    place = _locate(path)
-    trust = _choose_trust(path, place, manifest, torrent, accept_first_use)
+    if signature is not None:
+        if manifest is not None or torrent is not None:
+            raise UsageError("--signature is a root of trust on its own: drop --manifest and "
+                             "--torrent")
+        # names in a signature are relative to the signed folder itself
+        place = _Place(_folder(path), None)
+        trust = _signature_trust(signature)
+    else:
+        place = _locate(path)
+        trust = _choose_trust(path, place, manifest, torrent, accept_first_use)
     xs = _expected(trust, place)
     # Every listed file is looked at (a missing unselected file still takes the blame for
     # torrent pieces it shares), but only the selected ones are checked and reported.
@@ -1107,6 +1212,8 @@ def verify(
 
         # Large files first: the long hashes start early, the small ones fill the gaps.
         order = sorted(hashed, key=lambda x: -sizes[x.rel])
+        if jobs is None and trust.signed is not None:
+            jobs = default_jobs(trust.signed.serialization.hash_type)
         for r in parallel_map(one, order, jobs or os.cpu_count() or 1):
             results[r.path] = r
         if trust.pm is not None and by_torrent:
@@ -1132,7 +1239,7 @@ def verify(
         if x.rel not in results:
             results[x.rel] = _unverified(x, x.disk.stat().st_size, f"content not verified ({why})")
     files = [_vouched(results[x.rel], trust) for x in sel]
-    files += _extras(place, {x.disk for x in xs})
+    files += _extras(place, {x.disk for x in xs}, trust.signed)
     unverified = {f.path for f in files if f.status == UNVERIFIED}
     advice = trust.advice if unverified else None
     # The torrent was checked, and only its pieces shared with a broken file are left
@@ -1166,6 +1273,7 @@ def verify(
         roots=trust.roots,
         notes=trust.notes,
         unproven=_why_unproven(trust, files, uncovered, quick),
+        signed=trust.signed,
     )
 
 

@@ -46,7 +46,8 @@ def test_exit_codes_documented_match_the_code():
     from grokfetch import errors
 
     for const in ("EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "EXIT_BAD_CHECKPOINT",
-                  "EXIT_TORRENT", "EXIT_DISK", "EXIT_UNPROVEN", "EXIT_INTERRUPTED"):
+                  "EXIT_TORRENT", "EXIT_DISK", "EXIT_UNPROVEN", "EXIT_SIGNATURE",
+                  "EXIT_INTERRUPTED"):
         code = getattr(errors, const)
         assert re.search(rf"^\| {code} \|", README, re.M), const
 
@@ -80,6 +81,9 @@ def test_every_readme_command_parses_and_the_offline_ones_run(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     synthesize(tmp_path / "grok-1", "mini")
     make_torrent(tmp_path / "grok-1", out=tmp_path / "grok-1.torrent")
+    from tests.oms_helpers import write_key_pair
+
+    write_key_pair(tmp_path, "signing-key")  # what the README's openssl lines make
     runner = CliRunner()
     ran = []
     for args in readme_commands():

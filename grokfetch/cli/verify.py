@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,6 +29,9 @@ from grokfetch.verify import (
     pin,
     verify,
 )
+
+if TYPE_CHECKING:
+    from grokfetch.signing import SignedModel
 
 
 def _summary(r: VerifyReport) -> str:
@@ -52,6 +55,27 @@ def _summary(r: VerifyReport) -> str:
     type=click.Path(dir_okay=False),
     metavar="FILE",
     help="Check against this torrent's SHA-1 piece hashes (the published root of trust).",
+)
+@click.option(
+    "--signature",
+    "-s",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Check against this OMS signature (model.sig, from `grokfetch sign` or "
+    "`model_signing sign`); needs --public-key or --certificate. Default with those: "
+    "FOLDER/model.sig.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False),
+    metavar="PUB.pem",
+    help="The EC public key you trust to have signed FOLDER (key-signed signatures).",
+)
+@click.option(
+    "--certificate",
+    type=click.Path(dir_okay=False),
+    metavar="ROOTS.pem",
+    help="The root certificate(s) you trust (certificate-signed signatures).",
 )
 @click.option(
     "--quick",
@@ -108,6 +132,9 @@ def verify_cmd(
     folder: str,
     manifest: str | None,
     torrent: str | None,
+    signature: str | None,
+    public_key: str | None,
+    certificate: str | None,
     quick: bool,
     layers: str | None,
     strict: bool,
@@ -132,11 +159,19 @@ def verify_cmd(
     size and structure checks, reported as UNVERIFIED, with how to fix that.
 
     \b
+    With --signature (and --public-key or --certificate), an OMS signature is the
+    root of trust instead: the bundle is checked first (envelope, key or
+    certificate chain, signature, statement, root digest), then every file
+    against the digest it signs; files it neither signs nor ignores fail.
+
+    \b
     Exit codes: 0 every file proven by a root of trust named in the report,
     1 problems found, 2 could not run (bad arguments, unreadable, ambiguous or
     unsafe manifest), 4 the torrent is unreadable or is not the one the manifest
     names, 6 nothing wrong found but not every file proven (no root, UNVERIFIED
-    files, a pin made on first use; --allow-unproven makes this 0).
+    files, a pin made on first use; --allow-unproven makes this 0), 7 the
+    signature does not hold (another key, altered, untrusted certificate,
+    malformed).
     """
     if trust_on_first_use and not do_pin:
         raise UsageError("--trust-on-first-use only makes sense with --pin")
@@ -149,10 +184,12 @@ def verify_cmd(
     def progress(total: int, desc: str) -> Any:  # tqdm on a terminal, else a NullBar
         return bytes_bar(total, desc)
 
+    signed = _signed(folder, signature, public_key, certificate, quick, do_pin)
+
     def check() -> VerifyReport:
         return verify(folder, manifest=manifest, torrent=torrent, quick=quick, strict=strict,
                       jobs=jobs, progress=progress, seed=seed, layers=layers,
-                      accept_first_use=accept_first_use)
+                      accept_first_use=accept_first_use, signature=signed)
 
     pinned: Path | None = None
     refused: str | None = None
@@ -189,6 +226,29 @@ def verify_cmd(
     if not report.proven and not quick and not allow_unproven:
         stderr(f"verify: not proven: {report.unproven}")
         raise SystemExit(EXIT_UNPROVEN)
+
+
+def _signed(folder: str, signature: str | None, public_key: str | None,
+            certificate: str | None, quick: bool, do_pin: bool) -> SignedModel | None:
+    """The verified OMS signature, when one is the root of trust (the seam to
+    grokfetch.signing: it checks the bundle, verify checks the files)."""
+    if signature is None and public_key is None and certificate is None:
+        return None
+    if public_key is None and certificate is None:
+        raise UsageError("--signature needs --public-key PUB.pem or --certificate ROOTS.pem: "
+                         "the key or root you trust")
+    if public_key is not None and certificate is not None:
+        raise UsageError("give --public-key or --certificate, not both")
+    if do_pin:
+        raise UsageError("--pin with --signature: the signature already is the root of trust")
+    from grokfetch.signing import DEFAULT_SIGNATURE, verify_bundle
+
+    sig = signature if signature is not None else str(Path(folder) / DEFAULT_SIGNATURE)
+    signed = verify_bundle(sig, public_key=public_key, certificate=certificate)
+    if quick and signed.serialization.method == "files":
+        raise UsageError(f"{sig}: --quick samples shards, and this signature has whole-file "
+                         "digests only: drop --quick")
+    return signed
 
 
 def _pin(
