@@ -38,7 +38,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,8 @@ from grokfetch.errors import (
     TorrentError,
     UsageError,
 )
-from grokfetch.fsutil import atomic_write_bytes, inside
+from grokfetch.fleet import Fleet, FleetStatus, fleet_of
+from grokfetch.fsutil import atomic_write_bytes, atomic_write_json, inside
 from grokfetch.metainfo import TorrentMeta, make_torrent
 from grokfetch.trust import STATE_DIR
 
@@ -199,6 +200,7 @@ class Progress:
     seeds: int
     elapsed: float
     resume_saved_done: int  # wanted bytes covered by the last resume data written (-1: none)
+    fleet: FleetStatus | None = None  # while seeding: the other nodes, as this one sees them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -433,6 +435,44 @@ def _marker_path(state_dir: Path, ih: str) -> Path:
     return state_dir / f"{ih}.running"
 
 
+DONE_NAME = "done.json"
+
+
+def done_marker(dest: str | os.PathLike[str]) -> Path:
+    """DEST/.grokfetch/done.json: written when a get into DEST has every selected byte.
+
+    An init container or readiness probe waits for it (``test -f``); a new get
+    into DEST removes it first, so it never stands beside files being changed.
+    """
+    return Path(dest) / STATE_DIR / DONE_NAME
+
+
+def _write_done_marker(run: _Run, root: Path, manifest_path: Path | None, info_hash: str,
+                       complete: bool) -> None:
+    import datetime
+    import hashlib
+
+    from grokfetch.manifest import load_manifest
+
+    digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest() if manifest_path else None
+    roots = load_manifest(manifest_path).pinned_by if manifest_path else ()
+    atomic_write_json(done_marker(run.dest), {
+        "complete": complete,  # every file, not a --layers/--include selection
+        "layers": run.layers,
+        "include": list(run.include),
+        "root": str(root),
+        "root_of_trust": "; ".join(r.words() for r in roots)
+        or f"torrent {info_hash} (every piece's SHA-1 checked)",
+        "pinned_by": [r.to_dict() for r in roots],
+        "info_hash": info_hash,
+        "manifest": str(manifest_path) if manifest_path else None,
+        "manifest_sha256": digest,
+        "files": len(run.chosen),
+        "bytes": sum(f.size for f in run.chosen),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
 def _have_bytes(params: Any, meta: TorrentMeta | None) -> int:
     """Bytes in the pieces a resume-data snapshot has (comparable to Progress.wanted_done)."""
     if meta is None:
@@ -495,6 +535,7 @@ def download(
     pin: bool = True,
     seed: bool = False,
     seed_ratio: float | None = None,
+    seed_while_needed: float | None = None,
     resume_interval: float = 30.0,
     progress_interval: float = 1.0,
     timeout: float | None = None,
@@ -504,7 +545,9 @@ def download(
     """Download ``source`` (model name, magnet or .torrent) into ``dest``.
 
     Returns when every selected file is verified by its piece hashes (and,
-    with ``seed=True``, after seeding until ``seed_ratio`` or Ctrl-C).
+    with ``seed=True``, after seeding until ``seed_ratio`` or Ctrl-C; with
+    ``seed_while_needed=S``, once no connected peer has needed a piece for S
+    seconds).  A complete download writes the done marker (``done_marker``).
     Raises Interrupted on KeyboardInterrupt (state saved), DiskError on a full
     disk or I/O error (state saved), TorrentError / UnsafePathError when the
     torrent is unusable.  Rerunning with the same arguments continues.
@@ -524,6 +567,9 @@ def download(
     # blocks included) and clobber the resume data; the lock dies with the process.
     lock = _lock_dest(state_dir)
     try:
+        # This run may change the files: whoever waits on the marker must wait again.
+        with contextlib.suppress(FileNotFoundError):
+            done_marker(dest).unlink()
         # What the user asked for vouches for the .torrent this run saves (grokfetch.trust).
         trust.remember_torrent(state_dir, src.info_hash, src.what)
         run = _Run(
@@ -634,8 +680,10 @@ def download(
                 with contextlib.suppress(FileNotFoundError):
                     marker.unlink()
                 root, complete, manifest_path = _finish(run, True)
-            if seed:
-                _seed_on(run, ses, h, start, seed_ratio, progress_interval, on_progress)
+            _write_done_marker(run, root, manifest_path, src.info_hash, complete)
+            if seed or seed_while_needed is not None:
+                _seed_on(run, ses, h, start, seed_ratio, progress_interval, on_progress,
+                         seed_while_needed)
             st = h.status()
             magnet = lt.make_magnet_uri(h.torrent_file())
         except KeyboardInterrupt:
@@ -697,24 +745,39 @@ def _seed_on(
     seed_ratio: float | None,
     progress_interval: float,
     on_progress: Callable[[Progress], None] | None,
+    while_needed: float | None = None,
 ) -> None:
-    """Keep seeding after the download, until ``seed_ratio`` or Ctrl-C (a normal end here)."""
-    run.on_message(
-        "seeding until "
-        + (f"upload ratio {seed_ratio:g}" if seed_ratio is not None else "Ctrl-C")
-    )
+    """Keep seeding after the download: until ``seed_ratio``, Ctrl-C (a normal end here),
+    or - with ``while_needed`` (seconds) - until no connected peer has lacked a piece for
+    that long (a cluster node that leaves once the fleet no longer needs it)."""
+    if while_needed is not None:
+        until = f"no peer has needed a piece for {while_needed:g} s"
+    elif seed_ratio is not None:
+        until = f"upload ratio {seed_ratio:g}"
+    else:
+        until = "Ctrl-C"
+    run.on_message(f"seeding until {until}")
+    fleet = Fleet()
+    last_needed = time.monotonic()
     try:
         while True:
             ses.wait_for_alert(int(progress_interval * 1000))
             for a in ses.pop_alerts():
                 _handle_alert(run, a, ses)
             st = h.status()
+            view = fleet.observe(fleet_of(h))
             if on_progress is not None:
-                on_progress(_progress(st, time.monotonic() - start, run, True))
+                on_progress(replace(_progress(st, time.monotonic() - start, run, True),
+                                    fleet=view))
             if seed_ratio is not None and st.total_payload_upload >= seed_ratio * max(
                 1, st.total_wanted
             ):
                 return
+            if while_needed is not None:
+                if view.needing:
+                    last_needed = time.monotonic()
+                elif time.monotonic() - last_needed >= while_needed:
+                    return
     except KeyboardInterrupt:
         return
 
@@ -983,7 +1046,7 @@ def _state_name(st: Any, done: bool) -> str:
 
 
 def _status_progress(st: Any, *, done: bool, elapsed: float, has_meta: bool = True,
-                     resume_saved_done: int = -1) -> Progress:
+                     resume_saved_done: int = -1, fleet: FleetStatus | None = None) -> Progress:
     """A Progress snapshot from a libtorrent torrent_status (downloads and seeds alike)."""
     return Progress(
         state=_state_name(st, done),
@@ -997,6 +1060,7 @@ def _status_progress(st: Any, *, done: bool, elapsed: float, has_meta: bool = Tr
         seeds=st.num_seeds,
         elapsed=round(elapsed, 3),
         resume_saved_done=resume_saved_done,
+        fleet=fleet,
     )
 
 
@@ -1097,6 +1161,7 @@ class Seeder:
         self.ses: Any = None
         self.h: Any = None
         self.info: SeedInfo | None = None
+        self.fleet = Fleet()
         self._t0 = time.monotonic()
 
     def start(self, check_timeout: float | None = None) -> SeedInfo:
@@ -1218,8 +1283,7 @@ class Seeder:
                 "`grokfetch get ... --repair`, or check it with `grokfetch verify`)"
             )
 
-    def status(self) -> Progress:
-        st = self.h.status()
+    def _drain_alerts(self) -> None:
         for a in self.ses.pop_alerts():
             if isinstance(a, lt.hash_failed_alert):
                 self.say(
@@ -1227,23 +1291,51 @@ class Seeder:
                     f"({piece_files(self.h.torrent_file(), a.piece_index)}); not sent - "
                     f"find the damage with `grokfetch verify {self.folder}`"
                 )
-        return _status_progress(st, done=True, elapsed=time.monotonic() - self._t0)
+
+    def status(self) -> Progress:
+        st = self.h.status()
+        self._drain_alerts()
+        return _status_progress(st, done=True, elapsed=time.monotonic() - self._t0,
+                                fleet=self.fleet.observe(fleet_of(self.h)))
 
     def run(
         self,
         on_status: Callable[[Progress], None] | None = None,
         interval: float = 1.0,
         until: Callable[[Progress], bool] | None = None,
+        *,
+        until_complete: int | None = None,
+        timeout: float | None = None,
     ) -> Progress:
-        """Seed until Ctrl-C (or ``until(progress)`` is true); return the last status."""
+        """Seed until Ctrl-C, ``until(progress)``, or ``until_complete`` peers were seen with
+        every piece; return the last status.
+
+        ``timeout`` (seconds) ends the run too: without ``until_complete`` that is a normal
+        end; with it, a TorrentError saying how many nodes finished (exit 4), so an
+        orchestrator waiting for N nodes learns that they did not all finish.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         last = self.status()
         try:
             while until is None or not until(last):
-                self.ses.wait_for_alert(int(interval * 1000))
+                if until_complete is not None and last.fleet is not None \
+                        and last.fleet.complete >= until_complete:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    if until_complete is not None:
+                        done = last.fleet.complete if last.fleet is not None else 0
+                        raise TorrentError(
+                            f"{self.folder}: {done} of {until_complete} nodes complete after "
+                            f"--seed-timeout {timeout:g} s"
+                        )
+                    break
+                tick = time.monotonic() + interval
+                while (left := tick - time.monotonic()) > 0:  # alerts are handled as they come
+                    if self.ses.wait_for_alert(max(1, int(left * 1000))) is not None:
+                        self._drain_alerts()
                 last = self.status()
                 if on_status is not None:
                     on_status(last)
-                time.sleep(max(0.0, interval - 0.05))
         except KeyboardInterrupt:
             pass
         return self.status()

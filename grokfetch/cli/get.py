@@ -157,6 +157,12 @@ def _net_options(f: Any) -> Any:
 @click.option("--seed", "seed_after", is_flag=True,
               help="Keep seeding when done (until Ctrl-C or --seed-ratio).")
 @click.option("--seed-ratio", type=click.FloatRange(min=0), help="Stop seeding at this ratio.")
+@click.option("--seed-while-needed", is_flag=True,
+              help="When done, keep seeding while a connected peer still lacks pieces; stop "
+                   "once none has for --idle-timeout seconds (cluster nodes).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              metavar="SECONDS", help="With --seed-while-needed: how long no peer may need a "
+                                      "piece before this node stops seeding.")
 @click.option("--resume-interval", type=click.FloatRange(min=0.1), default=30.0,
               show_default=True, help="Seconds between resume-data saves.")
 @click.option("--timeout", type=click.FloatRange(min=1), help="Give up after SECONDS (exit 4).")
@@ -168,8 +174,8 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
             trackers: tuple[str, ...], max_download_rate: str | None, listen: str,
             no_dht: bool, no_utp: bool, max_upload_rate: str | None, repair: bool,
             no_space_check: bool, seed_after: bool, seed_ratio: float | None,
-            resume_interval: float, timeout: float | None, quiet: bool,
-            json_progress: bool) -> None:
+            seed_while_needed: bool, idle_timeout: float, resume_interval: float,
+            timeout: float | None, quiet: bool, json_progress: bool) -> None:
     """Download a checkpoint with BitTorrent, verify every piece, pin its manifest.
 
     SOURCE is a model name from the packaged manifests (default grok-1), a
@@ -180,9 +186,13 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
     Exit codes: 0 done, 2 bad arguments or an unsafe path in the torrent,
     4 torrent/network problem (metadata disagrees with the manifest, --timeout),
     5 not enough space or a disk error (state saved), 130 interrupted (state saved).
+    Once every selected byte is verified, DEST/.grokfetch/done.json is written
+    (what readiness probes wait for).
     """
     if seed_ratio is not None and not seed_after:
         raise UsageError("--seed-ratio needs --seed")
+    if seed_while_needed and seed_after:
+        raise UsageError("--seed-while-needed and --seed are two ways to stop seeding: pick one")
     net = _net(listen, no_dht, no_utp, max_download_rate, max_upload_rate)
     r = Renderer(quiet, json_progress)
     try:
@@ -201,6 +211,7 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
                 space_check=not no_space_check,
                 seed=seed_after,
                 seed_ratio=seed_ratio,
+                seed_while_needed=idle_timeout if seed_while_needed else None,
                 resume_interval=resume_interval,
                 timeout=timeout,
                 progress_interval=1.0 if json_progress else 0.25,
@@ -231,11 +242,19 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
 @_net_options
 @click.option("--full-check", is_flag=True,
               help="Hash every piece before seeding even when a pinned manifest is present.")
+@click.option("--until-complete", type=click.IntRange(min=1), metavar="N",
+              help="Exit (0) once N distinct peers have been seen with every piece.")
+@click.option("--seed-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Stop after SECONDS; with --until-complete, exit 4 if fewer finished.")
+@click.option("--status-interval", type=click.FloatRange(min=1), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="How often the fleet line (peers, nodes complete, upload) is printed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the magnet link.")
 @click.option("--json-progress", is_flag=True,
               help="JSON lines on stdout: the magnet first, then status each second.")
 def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], listen: str,
              no_dht: bool, no_utp: bool, max_upload_rate: str | None, full_check: bool,
+             until_complete: int | None, seed_timeout: float | None, status_interval: float,
              quiet: bool, json_progress: bool) -> None:
     """Verify and seed a checkpoint FOLDER; print its magnet link with this host as a peer.
 
@@ -266,13 +285,51 @@ def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], 
                 click.echo(f"seeding {info.folder} ({info.total:,} bytes, port {info.port}, "
                            f"pieces checked {info.verified}); Ctrl-C to stop", err=True)
 
+        fleet_line = FleetLine(info.total, until_complete, status_interval)
+
         def show(p: torrent.Progress) -> None:
             if json_progress:
                 r.emit({"event": "progress", **p.to_dict()})
+            elif not quiet and (line := fleet_line.due(p)) is not None:
+                click.echo(line, err=True)
 
-        last = seeder.run(on_status=show)
-    seeder.stop()
+        try:
+            last = seeder.run(on_status=show, until_complete=until_complete,
+                              timeout=seed_timeout)
+        finally:
+            seeder.stop()
     if json_progress:
         r.emit({"event": "stopped", **last.to_dict()})
     elif not quiet:
-        click.echo(f"stopped: uploaded {last.uploaded:,} bytes", err=True)
+        click.echo(f"stopped: {fleet_line.text(last)}", err=True)
+
+
+class FleetLine:
+    """The seeder's periodic status line: printed when it changes, at most every ``interval`` s."""
+
+    def __init__(self, total: int, expected: int | None, interval: float) -> None:
+        self.total = max(1, total)
+        self.expected = expected
+        self.interval = interval
+        self.last_text: str | None = None
+        self.last_at = 0.0
+
+    def text(self, p: torrent.Progress) -> str:
+        fleet = p.fleet.line(self.expected) if p.fleet is not None else f"{p.peers} peers"
+        return (
+            f"{fleet}; uploading {p.upload_rate / 1e6:.1f} MB/s, uploaded "
+            f"{p.uploaded / 1e9:.2f} GB ({p.uploaded / self.total:.2f}x the size)"
+        )
+
+    def due(self, p: torrent.Progress) -> str | None:
+        import time
+
+        text = self.text(p)
+        key = text.split(";")[0]  # the rate changes every tick; the fleet is what matters
+        now = time.monotonic()
+        if key == self.last_text and now - self.last_at < self.interval:
+            return None
+        if now - self.last_at < 1.0 and self.last_text is not None:
+            return None
+        self.last_text, self.last_at = key, now
+        return text

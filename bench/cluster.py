@@ -1,0 +1,231 @@
+"""Benchmark a cluster fan-out: 1 seeder and N leechers on 127.0.0.1, every node capped.
+
+    python bench/cluster.py [--nodes 4,8,16] [--size-mb 200] [--cap 10M] [--levers default]
+
+What it does, all on 127.0.0.1 (TCP only, no DHT/LSD/UPnP/NAT-PMP), for each N:
+
+1. writes a synthetic checkpoint-shaped folder (SIZE_MB in FILES files) and a
+   v1 torrent of it;
+2. starts one seeder (`grokfetch seed`, upload capped at CAP) and N leechers
+   as separate processes (`grokfetch get --peer SEEDER --seed`, download and
+   upload capped at CAP), all at once; a leecher knows only the seeder and
+   finds the others through peer exchange, as on a real cluster;
+3. records when each leecher has every byte (its first progress event with
+   all wanted bytes done), and the seeder's payload upload when the last one
+   finished;
+4. prints, per N: the time until all are done against the ideal pipelined
+   broadcast (size / CAP: every node receiving at its cap from the first
+   second), the slowest and fastest node, and the seeder's upload as a
+   multiple of the size.
+
+``--levers`` runs every node with libtorrent settings other than grokfetch's
+defaults (the same CLI, run by this script with the change applied), to
+evaluate each lever on the same data: ``default`` (the product as shipped),
+``super`` (BEP 16 super-seeding on the seeder), ``slots`` (unchoke every
+peer), ``rr`` / ``anti`` (round-robin / anti-leech seed choking), ``queue``
+(deeper request queues), ``suggest`` (the seeder suggests pieces).  Several:
+``--levers default,super``.
+Leechers always keep seeding until every node is done (the bench stops them),
+which is what ``get --seed-while-needed`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from get import LOOPBACK, env, write_data  # noqa: E402 - bench/get.py, beside this file
+
+from grokfetch.metainfo import make_torrent  # noqa: E402
+
+# What each lever changes, on every node (libtorrent settings) and on the seeder alone
+# (a torrent flag).  None: the product exactly as shipped.
+LEVERS: dict[str, dict[str, Any] | None] = {
+    "default": None,
+    "super": {"_super_seeding": True},  # BEP 16, on the seeder
+    "slots": {"unchoke_slots_limit": -1},  # unchoke every interested peer
+    "rr": {"seed_choking_algorithm": 0},  # round_robin
+    "anti": {"seed_choking_algorithm": 2},  # anti_leech
+    "queue": {"request_queue_time": 10, "max_out_request_queue": 1500},
+    "suggest": {"suggest_mode": 1},  # suggest_read_cache: a seeder tells peers what to take
+}
+
+
+@dataclass
+class Node:
+    name: str
+    proc: subprocess.Popen[str]
+    done_at: float | None = None
+    last: dict[str, Any] = field(default_factory=dict)
+    port: int | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def follow(self) -> None:
+        """Read the node's JSON lines until it exits (so its pipe never fills)."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == "seeding":
+                self.port = int(ev["port"])
+                self.started.set()
+            if ev.get("event") == "progress":
+                self.last = ev
+                wanted = ev.get("wanted", 0)
+                if self.done_at is None and wanted > 0 and ev.get("wanted_done", 0) >= wanted:
+                    self.done_at = time.monotonic()
+        self.started.set()
+
+
+def spawn(name: str, cmd: list[str]) -> Node:
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         env=env(), cwd=REPO)
+    node = Node(name, p)
+    threading.Thread(target=node.follow, daemon=True).start()
+    return node
+
+
+def grokfetch_cmd(lever: str, *args: str) -> list[str]:
+    """`grokfetch ARGS`, or with a lever: the same CLI with libtorrent's settings changed."""
+    if LEVERS[lever] is None:
+        return [sys.executable, "-m", "grokfetch", *args]
+    return [sys.executable, __file__, "_node", lever, *args]
+
+
+def _node_with_lever(lever: str, args: list[str]) -> None:
+    """Run the grokfetch CLI in this process with LEVERS[lever] applied to its sessions."""
+    import libtorrent as lt
+
+    from grokfetch import torrent as gt
+    from grokfetch.cli import main as cli_main
+
+    change = dict(LEVERS[lever] or {})
+    super_seeding = change.pop("_super_seeding", False)
+    shipped = gt.session_settings
+    gt.session_settings = lambda net: {**shipped(net), **change}  # type: ignore[assignment]
+    if super_seeding:
+        start = gt.Seeder.start
+
+        def start_super(self: Any, *a: Any, **k: Any) -> Any:
+            info = start(self, *a, **k)
+            self.h.set_flags(lt.torrent_flags.super_seeding)
+            return info
+
+        gt.Seeder.start = start_super  # type: ignore[method-assign]
+    sys.argv = ["grokfetch", *args]
+    cli_main()
+
+
+def run_fanout(work: Path, src: Path, torrent: Path, total: int, n: int, cap: str,
+               cap_bytes: int, lever: str, timeout: float) -> dict[str, Any]:
+    seeder = spawn("seeder", grokfetch_cmd(
+        lever, "seed", str(src), "--torrent", str(torrent), *LOOPBACK, "--max-upload-rate", cap,
+        "--json-progress", "--full-check"))
+    leechers: list[Node] = []
+    try:
+        if not seeder.started.wait(120) or seeder.port is None:
+            raise SystemExit("seeder did not start")
+        t0 = time.monotonic()
+        for i in range(n):
+            dest = work / f"node{i}"
+            leechers.append(spawn(f"node{i}", grokfetch_cmd(
+                lever, "get", str(torrent), "--dest", str(dest),
+                "--peer", f"127.0.0.1:{seeder.port}", *LOOPBACK, "--max-download-rate", cap,
+                "--max-upload-rate", cap, "--seed", "--json-progress", "--no-space-check",
+            )))
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            if all(x.done_at is not None for x in leechers):
+                break
+            dead = [x.name for x in leechers if x.proc.poll() is not None and x.done_at is None]
+            if dead:
+                raise SystemExit(f"{dead[0]} exited ({leechers[0].proc.returncode}) unfinished")
+            time.sleep(0.2)
+        time.sleep(1.2)  # one more status line from the seeder after the last node finished
+        done = [x.done_at - t0 for x in leechers if x.done_at is not None]
+        return {
+            "n": n,
+            "lever": lever,
+            "finished": len(done),
+            "all_done": max(done) if len(done) == n else None,
+            "first": min(done) if done else None,
+            "ideal": total / cap_bytes,
+            "seeder_upload": seeder.last.get("uploaded", 0) / total,
+        }
+    finally:
+        for x in [seeder, *leechers]:
+            x.proc.terminate()
+        for x in [seeder, *leechers]:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                x.proc.wait(timeout=20)
+            if x.proc.poll() is None:
+                x.proc.kill()
+        for i in range(n):
+            shutil.rmtree(work / f"node{i}", ignore_errors=True)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "_node":
+        _node_with_lever(sys.argv[2], sys.argv[3:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", default="4,8,16", help="leecher counts, comma-separated")
+    ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--cap", default="10M", help="per-node rate cap (binary units, like get's)")
+    ap.add_argument("--levers", default="default", help=", ".join(LEVERS))
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per fan-out")
+    ap.add_argument("--workdir", default="/tmp")
+    args = ap.parse_args()
+    from grokfetch.cli.get import parse_rate
+
+    cap_bytes = parse_rate(args.cap)
+    levers = args.levers.split(",")
+    for lv in levers:
+        if lv not in LEVERS:
+            raise SystemExit(f"unknown lever {lv!r}: choose from {', '.join(LEVERS)}")
+    work = Path(tempfile.mkdtemp(prefix="grokfetch-bench-cluster-", dir=args.workdir))
+    try:
+        src = work / "src"
+        total = write_data(src, args.size_mb, args.files)
+        torrent = make_torrent(src, out=work / "bench.torrent")
+        print(f"data: {args.files} files, {total / 1e6:.0f} MB; every node capped at "
+              f"{args.cap}B/s = {cap_bytes / 1e6:.2f} MB/s; ideal broadcast "
+              f"{total / cap_bytes:.1f} s", flush=True)
+        print(f"{'N':>3} {'lever':8} {'all done':>9} {'x ideal':>8} {'first':>7} "
+              f"{'seeder up':>10}", flush=True)
+        for n in (int(x) for x in args.nodes.split(",")):
+            for lv in levers:
+                r = run_fanout(work, src, torrent, total, n, args.cap, cap_bytes, lv,
+                               args.timeout)
+                if r["all_done"] is None:
+                    print(f"{n:>3} {lv:8} {r['finished']}/{n} finished in {args.timeout:.0f} s",
+                          flush=True)
+                    continue
+                print(f"{n:>3} {lv:8} {r['all_done']:8.1f}s {r['all_done'] / r['ideal']:7.2f}x "
+                      f"{r['first']:6.1f}s {r['seeder_upload']:9.2f}x", flush=True)
+        print("(x ideal: all-done time / (size / cap); seeder up: payload uploaded / size; "
+              "targets for N=16: <= 1.3x ideal, <= 1.2x size)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("GROKFETCH_NO_PROGRESS", "1")
+    main()
