@@ -45,6 +45,9 @@ class Sources:
     trackers: list[str] = field(default_factory=list)
     web_seeds: list[str] = field(default_factory=list)  # BEP 19 URLs (parent of the root folder)
     sha256_source: str | None = None  # who published the per-file SHA-256 values
+    # Hugging Face repositories mirroring the files: [{kind, repo, revision, folder}]
+    mirrors: list[dict[str, str]] = field(default_factory=list)
+    torrent_url: str | None = None  # where the published .torrent is served over HTTP(S)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class Manifest:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     repack: dict[str, Any] | None = None  # set on repack outputs: layout, dtype, compress
     notes: str | None = None
+    # What proved the bytes of a pinned manifest when it was not the torrent
+    # (e.g. {kind: "mirror-sha256", by, endpoint, repo, revision}).
+    root_of_trust: dict[str, Any] | None = None
 
     @property
     def total_size(self) -> int:
@@ -106,6 +112,8 @@ class Manifest:
             d["repack"] = self.repack
         if self.notes:
             d["notes"] = self.notes
+        if self.root_of_trust is not None:
+            d["root_of_trust"] = self.root_of_trust
         d["total_size"] = self.total_size
         d["files"] = [_entry_dict(f) for f in self.files]
         return d
@@ -180,12 +188,16 @@ def _parse(d: Any, origin: str) -> Manifest:
     repack = d.get("repack")
     if repack is not None and not isinstance(repack, dict):
         raise _bad(origin, "repack", "must be an object")
+    root = d.get("root_of_trust")
+    if root is not None and not (isinstance(root, dict) and isinstance(root.get("kind"), str)):
+        raise _bad(origin, "root_of_trust", "must be an object with a kind")
     lic = d.get("license")
     if lic is not None and not isinstance(lic, str):
         raise _bad(origin, "license", "must be a string")
     return Manifest(name=name, files=files, license=lic, pinned=pinned, config=config,
                     sources=sources, chunk_size=chunk_size, repack=repack,
-                    notes=d.get("notes") if isinstance(d.get("notes"), str) else None)
+                    notes=d.get("notes") if isinstance(d.get("notes"), str) else None,
+                    root_of_trust=root)
 
 
 def _parse_sources(s: Any, origin: str) -> Sources:
@@ -204,8 +216,25 @@ def _parse_sources(s: Any, origin: str) -> Sources:
             raise _bad(origin, f"sources.{k}", "must be a list of URLs")
         lists[k] = v
     src = s.get("sha256_source")
+    mirrors = s.get("mirrors") or []
+    if not isinstance(mirrors, list):
+        raise _bad(origin, "sources.mirrors", "must be a list")
+    for i, m in enumerate(mirrors):
+        if not (isinstance(m, dict) and isinstance(m.get("repo"), str)
+                and m.get("kind", "huggingface") == "huggingface"
+                and all(isinstance(m.get(k, ""), str) for k in ("revision", "folder"))):
+            raise _bad(origin, f"sources.mirrors[{i}]",
+                       "must be {kind: huggingface, repo, revision, folder}")
+        if m.get("folder"):
+            try:
+                safe_relpath(m["folder"], "mirror folder")
+            except GrokfetchError as err:
+                raise _bad(origin, f"sources.mirrors[{i}]", str(err)) from None
+    turl = s.get("torrent_url")
+    if turl is not None and not (isinstance(turl, str) and turl.startswith(("http://", "https://"))):
+        raise _bad(origin, "sources.torrent_url", "must be an http(s) URL")
     return Sources(magnet, ih, lists["trackers"], lists["web_seeds"],
-                   src if isinstance(src, str) else None)
+                   src if isinstance(src, str) else None, mirrors, turl)
 
 
 def _parse_entry(e: Any, origin: str, where: str, chunk_size: int) -> FileEntry:

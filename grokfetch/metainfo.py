@@ -481,3 +481,62 @@ def sha1_pieces(data: bytes, piece_length: int) -> bytes:
         hashlib.sha1(data[i : i + piece_length]).digest()
         for i in range(0, len(data), piece_length)
     )
+
+
+# --------------------------------------------------------------------------- raw info slice
+
+
+def _bskip(data: bytes, i: int, depth: int = 0) -> int:
+    """Index just past the bencoded value starting at ``data[i]`` (ValueError if malformed)."""
+    if depth > 64:
+        raise ValueError("nested too deeply")
+    c = data[i: i + 1]
+    if c == b"i":
+        end = data.index(b"e", i)
+        int(data[i + 1: end])
+        return end + 1
+    if c in (b"l", b"d"):
+        i += 1
+        while data[i: i + 1] != b"e":
+            if i >= len(data):
+                raise ValueError("unterminated list or dictionary")
+            i = _bskip(data, i, depth + 1)
+        return i + 1
+    if c.isdigit():
+        colon = data.index(b":", i)
+        n = int(data[i:colon])
+        if colon + 1 + n > len(data):
+            raise ValueError("string runs past the end")
+        return colon + 1 + n
+    raise ValueError(f"unexpected byte {c!r} at {i}")
+
+
+def raw_info_slice(data: bytes, what: str = "torrent") -> bytes:
+    """The bytes of a .torrent's top-level ``info`` value exactly as they are in the file.
+
+    The info-hash is the SHA-1 of these bytes.  Decoding and re-encoding
+    would change them whenever the file's keys are not in canonical order,
+    so the value is sliced out, never rebuilt.
+    """
+    try:
+        if data[:1] != b"d":
+            raise ValueError("not a dictionary")
+        i = 1
+        while data[i: i + 1] != b"e":
+            key_end = _bskip(data, i)
+            colon = data.index(b":", i)
+            key = data[colon + 1: key_end]
+            val_end = _bskip(data, key_end)
+            if key == b"info":
+                if data[key_end: key_end + 1] != b"d":
+                    raise ValueError("info is not a dictionary")
+                return data[key_end:val_end]
+            i = val_end
+    except (ValueError, IndexError) as e:
+        raise TorrentError(f"{what}: not a torrent file ({e})") from None
+    raise TorrentError(f"{what}: not a torrent file (no info dictionary)")
+
+
+def info_hash_of_info(info: bytes) -> str:
+    """The v1 info-hash of a raw bencoded info dict."""
+    return hashlib.sha1(info).hexdigest()

@@ -38,13 +38,13 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import libtorrent as lt
 
-from grokfetch import __version__, metainfo
+from grokfetch import __version__, backsource, metainfo
 from grokfetch.errors import DiskError, GrokfetchError, Interrupted, TorrentError, UsageError
 from grokfetch.fsutil import atomic_write_bytes, inside
 from grokfetch.metainfo import TorrentMeta, make_torrent
@@ -106,6 +106,9 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
             | cat.status_notification
             | cat.storage_notification
             | cat.tracker_notification
+            # piece_finished_alert confirms a piece fed from the mirror.  Nothing
+            # per block: block alerts would flood the queue and drop the rest.
+            | cat.piece_progress_notification
         ),
         # A cluster (or a test) runs many peers behind one address: without this
         # libtorrent refuses the second connection from an IP and nothing moves.
@@ -192,6 +195,11 @@ class Progress:
     seeds: int
     elapsed: float
     resume_saved_done: int  # wanted bytes covered by the last resume data written (-1: none)
+    # Back-to-source (grokfetch.backsource): what the manifest says is coming before
+    # the metadata, a status line while waiting, per-source counts and rates.
+    expected: int = 0
+    status: str = ""
+    sources: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +222,7 @@ class DownloadResult:
     complete: bool  # every file of the torrent/manifest was selected and is verified
     manifest_path: Path | None  # pinned manifest, when pinning ran
     magnet: str
+    sources: dict[str, Any] | None = None  # per-source counts (backsource.BackSource.sources)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -424,6 +433,8 @@ class _Run:
     last_save_ok: bool = False
     prio_pending: bool = False  # prioritize_files() not yet applied by the disk thread
     prio_since: float = 0.0
+    back: Any = None  # a backsource.BackSource: torrent URL, mirror pieces, status
+    status: str = ""
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -463,11 +474,11 @@ def _lock_dest(state_dir: Path) -> int:
     return fd
 
 
-def _os_errors_as_disk_errors(fn: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
+def _os_errors_as_disk_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """An OSError escaping the run (DEST unwritable, say) becomes a one-line DiskError."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> DownloadResult:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except BrokenPipeError:  # the caller's stdout went away (`| head`), not the disk
@@ -501,8 +512,19 @@ def download(
     timeout: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_message: Callable[[str], None] | None = None,
-) -> DownloadResult:
+    sources: str = "auto",
+    mirror: Any = None,
+    metadata_timeout: float = 60.0,
+) -> Any:
     """Download ``source`` (model name, magnet or .torrent) into ``dest``.
+
+    ``sources``: "swarm" (BitTorrent only), "mirror" (whole files from the
+    manifest's Hugging Face mirror, each proven by its published SHA-256;
+    returns a mirror.MirrorGetResult), or "auto": the swarm, with the
+    published .torrent URL for the metadata and the mirror for pieces the
+    swarm does not give (see grokfetch.backsource), and whole files from the
+    mirror when no metadata arrives within ``metadata_timeout`` seconds.
+    ``mirror`` is a mirror.MirrorOptions (endpoint, token, connections).
 
     Returns when every selected file is verified by its piece hashes (and,
     with ``seed=True``, after seeding until ``seed_ratio`` or Ctrl-C).
@@ -535,6 +557,10 @@ def download(
             space_check=space_check,
             on_message=say,
         )
+        if sources == "mirror":
+            return backsource.files_from_mirror(man, dest, state_dir, mirror, include=include,
+                                                layers=layers, space_check=space_check, pin=pin,
+                                                on_progress=on_progress, on_message=say)
         peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
         peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
 
@@ -568,6 +594,11 @@ def download(
         if recheck:
             why = "--repair" if repair else "the last run did not exit cleanly"
             say(f"rechecking the data on disk ({why})")
+        if sources in ("auto", "swarm"):
+            run.back = backsource.make(sources, src.info_hash, man, mirror, metadata_timeout,
+                                       need_metadata=ti is None, say=say)
+            if ti is None and space_check:
+                backsource.check_space_from_manifest(dest, man, layers)
         if atp.ti is None and ti is not None:
             atp.ti = ti
 
@@ -611,8 +642,17 @@ def download(
             for addr in peer_addrs:
                 h.connect_peer(addr)
             atomic_write_bytes(marker, str(os.getpid()).encode())
-            _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-                  timeout, on_progress)
+            try:
+                _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
+                      timeout, on_progress)
+            except backsource.FallBackToFiles:
+                _stop_and_save(run, ses, h, marker)
+                ses.remove_torrent(h)
+                h = None
+                return backsource.files_from_mirror(
+                    man, dest, state_dir, mirror, include=include, layers=layers,
+                    space_check=space_check, pin=pin, on_progress=on_progress, on_message=say,
+                    client=run.back.client, started=start)
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
             # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
@@ -633,6 +673,8 @@ def download(
             with contextlib.suppress(Exception):
                 if h is not None:
                     ses.remove_torrent(h)
+            if run.back is not None:
+                run.back.stop()
             del ses
 
         assert run.meta is not None and run.torrent_path is not None  # set once metadata is known
@@ -652,6 +694,7 @@ def download(
             complete=complete,
             manifest_path=manifest_path,
             magnet=magnet,
+            sources=run.back.sources() if run.back is not None else None,
         )
     finally:
         os.close(lock)
@@ -832,6 +875,8 @@ def _write_resume(run: _Run, a: Any) -> None:
 
 
 def _handle_alert(run: _Run, a: Any, ses: Any) -> None:
+    if run.back is not None and run.back.on_alert(a):
+        return  # tracker replies and errors: summarised in the status line
     if isinstance(a, lt.save_resume_data_alert):
         _write_resume(run, a)
         run.pending_saves = max(0, run.pending_saves - 1)
@@ -877,14 +922,23 @@ def _loop(
             _handle_alert(run, a, ses)
         now = time.monotonic()
         st = h.status()
+        if not ti_known and not st.has_metadata and run.back is not None:
+            run.status = run.back.before_metadata(ses, h, st, now)
         if not ti_known and st.has_metadata:
             ti = h.torrent_file()
             meta = metainfo.meta_from_info(ti)
             _prepare(run, ti, meta)
             _prioritize(run, h, metainfo.priorities(meta, run.chosen))
             ti_known = True
-            run.on_message(f"metadata received from peers: {meta.num_pieces} pieces")
+            origin = (run.back.metadata_from if run.back is not None else None) or "peers"
+            run.status = ""
+            run.on_message(f"metadata received from {origin}: {meta.num_pieces} pieces")
             st = h.status()
+        if run.back is not None and ti_known and run.checked and not run.prio_pending:
+            assert run.meta is not None
+            root = run.filemap.root if run.filemap else metainfo.checkpoint_root_of(run.meta)
+            run.back.start_pieces(h, h.torrent_file(), run.chosen, root)
+            run.back.tick(st, now)
         if run.file_error or st.upload_mode:
             msg = run.file_error or f"{run.dest}: writing failed (disk full?); rerun to continue"
             raise DiskError(msg)
@@ -902,6 +956,7 @@ def _loop(
             and st.state not in (_S.checking_files, _S.checking_resume_data)
             and st.total_wanted > 0
             and st.total_wanted_done == st.total_wanted
+            and (run.back is None or run.back.idle())  # no piece parked at priority 0
         )
         if on_progress is not None and (now - last_progress >= progress_interval or done):
             on_progress(_progress(st, now - start, run, done))
@@ -917,9 +972,12 @@ def _loop(
             run.on_message(f"complete: {len(run.chosen)} files verified by their piece hashes")
             return
         if timeout is not None and now - start > timeout and not done:
+            total = st.total_wanted if ti_known else getattr(run.manifest, "total_size", 0)
+            why = "" if run.back is None else "; " + run.back.why_stopped(ses, st, now, ti_known)
             raise TorrentError(
                 f"{src.what}: not complete after {timeout:.0f} s "
-                f"({st.total_wanted_done} of {st.total_wanted} bytes); state saved, rerun"
+                f"({st.total_wanted_done if ti_known else 0:,} of {total:,} bytes{why}); "
+                "state saved, rerun"
             )
 
 
@@ -985,8 +1043,12 @@ def _status_progress(st: Any, *, done: bool, elapsed: float, has_meta: bool = Tr
 
 
 def _progress(st: Any, elapsed: float, run: _Run, done: bool) -> Progress:
-    return _status_progress(st, done=done, elapsed=elapsed, has_meta=run.meta is not None,
-                            resume_saved_done=run.resume_saved_done)
+    p = _status_progress(st, done=done, elapsed=elapsed, has_meta=run.meta is not None,
+                         resume_saved_done=run.resume_saved_done)
+    if run.back is None:
+        return p
+    return replace(p, expected=run.back.expected_total, status=run.status,
+                   sources=run.back.sources())
 
 
 # --------------------------------------------------------------------------- seed

@@ -371,7 +371,12 @@ def _choose_trust(
     if pinned.is_file():
         m = load_manifest(pinned)
         _check_torrent_matches(m, pm)
-        return _Trust("pinned", f"pinned manifest {pinned}", m, pm)
+        what = f"pinned manifest {pinned}"
+        if m.root_of_trust is not None:  # what proved the bytes when the pin was made
+            from grokfetch.mirror import root_text
+
+            what += f", {root_text(m.root_of_trust)}"
+        return _Trust("pinned", what, m, pm)
     if pm is None:
         found = _find_torrent(path, place)
         pm = _piece_map(found) if found is not None else None
