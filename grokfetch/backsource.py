@@ -459,11 +459,11 @@ def make(mode: str, info_hash: str, manifest: Any, opts: Any, metadata_timeout: 
     client = None
     if mode == "auto" and manifest is not None and mirror_spec(manifest) is not None:
         client = client_for(manifest, opts or MirrorOptions())
-    url = None
     src = getattr(manifest, "sources", None)
     ih = (getattr(src, "info_hash", None) or "").lower()
-    if need_metadata and getattr(src, "torrent_url", None) and ih in ("", info_hash.lower()):
-        url = str(getattr(src, "torrent_url"))
+    url: str | None = getattr(src, "torrent_url", None)
+    if not need_metadata or ih not in ("", info_hash.lower()):
+        url = None
     return BackSource(mode, info_hash, manifest, client, url, metadata_timeout, say)
 
 

@@ -144,7 +144,9 @@ class Stats:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {k: v for k, v in asdict(self).items() if k != "lock"}
+            return {"received": self.received, "proven": self.proven,
+                    "rejected": self.rejected, "retries": self.retries,
+                    "last_status": self.last_status, "last_error": self.last_error}
 
 
 class _Transient(Exception):
@@ -450,7 +452,8 @@ def check_published_hashes(remote: dict[str, RemoteFile], manifest: Any, spec: M
             continue
         if r.size != e.size:
             problems.append(f"{e.path} is {r.size} bytes on the mirror, {e.size} in the manifest")
-        elif e.sha256 and r.sha256 != e.sha256:
+        elif e.sha256 and r.sha256 is not None and r.sha256 != e.sha256:
+            # (a small non-LFS file has no SHA-256 on the mirror; its git blob id proves it)
             problems.append(f"{e.path}: the mirror's SHA-256 {r.sha256} is not the packaged "
                             f"{e.sha256}")
         elif r.sha256 is None and r.git_oid is None:
@@ -815,7 +818,7 @@ def get_from_mirror(
     t0 = time.monotonic()
     remote = client.list_files()
     pairs = check_published_hashes(remote, manifest, client.spec, client)
-    packaged = sum(1 for e, _ in pairs if e.sha256)
+    packaged = sum(1 for e, r in pairs if e.sha256 and r.sha256)
     say(f"mirror {client.where}: {len(remote)} files listed; the {packaged} SHA-256 values the "
         f"manifest packages agree with the mirror's")
     outside = [e for e in manifest.files if e.path not in {p.path for p, _ in pairs}]
