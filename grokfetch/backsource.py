@@ -63,6 +63,9 @@ TORRENT_URL_TIMEOUT = 30.0
 MAX_TORRENT_BYTES = 64 << 20
 
 
+_FEEDABLE = (lt.torrent_status.states.downloading, lt.torrent_status.states.finished)
+
+
 class FallBackToFiles(Exception):
     """No metadata in time: continue with whole files from the mirror."""
 
@@ -156,7 +159,8 @@ class PieceFeeder:
         self.ti = ti
         self.client = client
         self.say = say
-        self.max_in_flight = max(1, in_flight)
+        # Bounded by bytes as much as by count: a few 16 MiB pieces, more small ones.
+        self.max_in_flight = max(1, min(32, max(in_flight, (64 << 20) // ti.piece_length())))
         self.slow_swarm = slow_swarm
         self.fs = metainfo.file_layout(ti)
         prefix = root.rstrip("/") + "/" if root else ""
@@ -242,11 +246,18 @@ class PieceFeeder:
     def tick(self, st: Any, now: float, swarm_rate: int) -> None:
         if self.failed_error is not None:
             raise self.failed_error
-        if st.state != lt.torrent_status.states.downloading or st.is_seeding:
-            # add_piece is ignored while checking and once the torrent is a seed
-            return
+        # add_piece is ignored while checking and once the torrent is a seed.
+        # ("finished" is fine: every piece at priority > 0 is there, and the
+        # ones parked at 0 for the mirror are not yet.)
+        feedable = st.state in _FEEDABLE and not st.is_seeding
+        if st.state not in _FEEDABLE and not st.is_seeding:
+            return  # checking: st.pieces means nothing yet
         have = st.pieces
         for p, fl in list(self.flight.items()):
+            if fl.added_at == 0.0 and not feedable:
+                if have[p]:
+                    self.flight.pop(p)  # a seed now: a peer supplied it meanwhile
+                continue
             if fl.added_at == 0.0:
                 assert fl.future is not None
                 if not fl.future.done():
@@ -274,7 +285,7 @@ class PieceFeeder:
                 self.flight.pop(p)
                 self._failed(fl, "was not confirmed by libtorrent")
         self.rate.add(now, self.proven)
-        if len(self.flight) < self.max_in_flight and now - self.last_schedule >= 0.2:
+        if feedable and len(self.flight) < self.max_in_flight and now - self.last_schedule >= 0.02:
             self.last_schedule = now
             self._schedule(have, swarm_rate)
 
@@ -403,6 +414,10 @@ class BackSource:
 
     def idle(self) -> bool:
         return self.feeder is None or self.feeder.idle()
+
+    def wait_ms(self) -> int:
+        """How long the loop may sleep: briefly while HTTP fetches finish off the loop."""
+        return 10 if self.feeder is not None and not self.feeder.idle() else 200
 
     def sources(self) -> dict[str, Any]:
         """Per-source counts and rates (the --json-progress ``sources`` field)."""

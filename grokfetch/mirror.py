@@ -227,18 +227,27 @@ class HubClient:
     def _call_api(self, fn: Callable[[Any], Any]) -> Any:
         from huggingface_hub.errors import HfHubHTTPError
 
-        try:
-            return fn(self._api())
-        except HfHubHTTPError as e:
-            status = e.response.status_code if e.response is not None else None
-            raise MirrorError(f"mirror {self.where}: the Hub API answered HTTP {status} "
-                              f"({self._advice(status)})", status) from None
-        except OSError as e:
-            raise MirrorError(f"mirror {self.endpoint}: unreachable ({e})") from None
-        except Exception as e:  # httpx transport errors and the like
-            if isinstance(e, GrokfetchError):
-                raise
-            raise MirrorError(f"mirror {self.endpoint}: {type(e).__name__}: {e}") from None
+        for attempt in range(self.attempts):
+            try:
+                return fn(self._api())
+            except HfHubHTTPError as e:
+                status = e.response.status_code if e.response is not None else None
+                transient = status is not None and (status in (408, 429) or status >= 500)
+                if transient and attempt + 1 < self.attempts:
+                    self.stats.note(status, f"Hub API HTTP {status}")
+                    wait = _retry_after(e.response.headers.get("Retry-After"))
+                    time.sleep(min(BACKOFF_CAP, wait if wait is not None else 0.5 * 2 ** attempt))
+                    continue
+                raise MirrorError(
+                    f"mirror {self.where}: the Hub API answered HTTP {status} "
+                    f"({self._advice(status)})", status) from None
+            except OSError as e:
+                raise MirrorError(f"mirror {self.endpoint}: unreachable ({e})") from None
+            except Exception as e:  # httpx transport errors and the like
+                if isinstance(e, GrokfetchError):
+                    raise
+                raise MirrorError(f"mirror {self.endpoint}: {type(e).__name__}: {e}") from None
+        raise AssertionError("unreachable")
 
     def _advice(self, status: int | None) -> str:
         if status in (401, 403):

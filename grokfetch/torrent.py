@@ -917,7 +917,7 @@ def _loop(
     last_dial = time.monotonic()
     ti_known = run.meta is not None
     while True:
-        ses.wait_for_alert(200)
+        ses.wait_for_alert(200 if run.back is None else run.back.wait_ms())
         for a in ses.pop_alerts():
             _handle_alert(run, a, ses)
         now = time.monotonic()
