@@ -753,7 +753,7 @@ class MirrorOptions:
     endpoint: str | None = None  # None: HF_ENDPOINT, else the Hub
     token: str | None = None  # None: huggingface_hub's token (HF_TOKEN or the stored login)
     max_connections: int = MAX_CONNECTIONS
-    jobs: int = 4  # files fetched at a time in file mode
+    jobs: int = 0  # files fetched at a time in file mode (0: --max-mirror-connections)
 
 
 def mirror_spec(manifest: Any) -> MirrorSpec | None:
@@ -860,7 +860,8 @@ def get_from_mirror(
             last[0] = now
         progress(done[0], wanted, client.stats.snapshot())
 
-    res = download_files(client, dest, state_dir, todo, jobs=opts.jobs, on_bytes=on_bytes,
+    res = download_files(client, dest, state_dir, todo, jobs=opts.jobs or opts.max_connections,
+                         on_bytes=on_bytes,
                          on_message=say)
     if progress is not None:
         progress(wanted, wanted, client.stats.snapshot())
