@@ -77,7 +77,7 @@ class FileMap:
 
     by_manifest: dict[str, TorrentFile]  # manifest path -> torrent file
     root: str  # folder (relative to DEST, '' = DEST itself) that holds the manifest's paths
-    extra: tuple[TorrentFile, ...]  # torrent files the manifest does not list (never fetched)
+    extra: tuple[TorrentFile, ...]  # torrent files the manifest does not list (outside ckpt-0)
 
 
 # --------------------------------------------------------------------------- make
@@ -386,8 +386,11 @@ def match_manifest(meta: TorrentMeta, entries: Iterable[Any], what: str = "torre
         result[e.path] = hit
         by_suffix[hit.path] = hit
     extra = tuple(f for f in real if f.path not in by_suffix)
+    # The checkpoint folder's file list must be the manifest's; files elsewhere
+    # in the torrent (a README, the tokenizer) are extras, reported and skipped.
+    ckpt_dirs = {posixpath.dirname(f.path) for f in result.values() if _is_tensor(f.path)}
     for f in extra:
-        if _is_tensor(f.path):
+        if _is_tensor(f.path) and (not ckpt_dirs or posixpath.dirname(f.path) in ckpt_dirs):
             problems.append(f"{f.path} is in the torrent but not in the manifest")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

@@ -66,6 +66,7 @@ SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick
 FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
 PRIO_WAIT = 30.0  # seconds to wait for file_prio_alert before judging completion anyway
 REDIAL_EVERY = 5.0  # seconds between re-dialling --peer addresses while unconnected
+TOKENIZER = "tokenizer.model"  # an extra file of the torrent worth fetching with the weights
 ALERT_GRACE = 1.0  # seconds to wait for the file_error_alert behind a stopped torrent
 
 _S = lt.torrent_status.states
@@ -778,17 +779,23 @@ def _is_complete_selection(run: _Run) -> bool:
     if run.meta is None:
         return False
     if run.filemap is not None:
-        return len(run.chosen) == len(run.filemap.by_manifest)
+        listed = set(run.filemap.by_manifest.values())
+        return sum(1 for f in run.chosen if f in listed) == len(listed)
     return len(run.chosen) == len(run.meta.real_files())
 
 
 def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
     """Metadata is known: check it, save the .torrent, choose files, check space."""
     run.meta = meta
+    tokenizer: list[metainfo.TorrentFile] = []
     if run.manifest is not None:
         run.filemap = metainfo.match_manifest(meta, run.manifest.files, meta.name)
         for f in run.filemap.extra:
-            run.on_message(f"not in the manifest, skipped: {f.path}")
+            if f.path.rsplit("/", 1)[-1] == TOKENIZER and not run.include and run.layers is None:
+                tokenizer.append(f)  # what an inference stack needs beside the weights
+                run.on_message(f"not in the manifest, fetched too: {f.path}")
+            else:
+                run.on_message(f"not in the manifest, skipped: {f.path}")
     elif run.layers is not None:
         raise UsageError("--layers needs a manifest (--manifest PATH or a model name)")
     # Every file must land inside DEST (the raw paths were checked already;
@@ -800,7 +807,7 @@ def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
         if run.layers is not None
         else None
     )
-    run.chosen = metainfo.select_files(meta, run.filemap, run.include, layer_paths)
+    run.chosen = metainfo.select_files(meta, run.filemap, run.include, layer_paths) + tokenizer
     wanted = sum(f.size for f in run.chosen)
     if run.torrent_path is None:
         run.torrent_path = run.dest / _torrent_file_name(meta)

@@ -20,7 +20,15 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 from hub_standin import HubStandin, repo_files
-from lt_helpers import GetProc, SeederProc, grokfetch_cmd, run_get, tree_bytes, wait_until
+from lt_helpers import (
+    GetProc,
+    SeederProc,
+    grokfetch_cmd,
+    handmade_torrent,
+    run_get,
+    tree_bytes,
+    wait_until,
+)
 
 from grokfetch import metainfo
 from grokfetch.manifest import load_manifest
@@ -290,3 +298,25 @@ def test_raw_info_slice_is_byte_exact_even_in_non_canonical_order():
             != hashlib.sha1(lt.bencode(lt.bdecode(info_unsorted))).hexdigest())
     with pytest.raises(Exception, match="not a torrent"):
         metainfo.raw_info_slice(b"d4:info")
+
+
+def test_the_tokenizer_beside_the_checkpoint_folder_is_fetched_the_rest_skipped(tmp_path,
+                                                                               mini_ckpt):
+    root = tmp_path / "grok-mini"
+    shutil.copytree(mini_ckpt, root)
+    (root / "tokenizer.model").write_bytes(b"sentencepiece model bytes")
+    (root / "README.md").write_text("hello")
+    files = [(["ckpt-0", p.name], p.read_bytes()) for p in sorted((root / "ckpt-0").iterdir())]
+    files += [(["tokenizer.model"], b"sentencepiece model bytes"), (["README.md"], b"hello")]
+    tpath = tmp_path / "grok-mini.torrent"
+    tpath.write_bytes(handmade_torrent("grok-mini", files, piece_length=PIECE))
+    with SeederProc(root, "--torrent", str(tpath)) as seeder:
+        dest = tmp_path / "dl"
+        g = run_get(str(tpath), "--dest", str(dest), "--peer", seeder.peer, "--source", "swarm",
+                    "--manifest", str(root / "grokfetch-manifest.json"), timeout=90)
+    assert g.proc.returncode == 0, g.stderr
+    assert (dest / "grok-mini" / "tokenizer.model").read_bytes() == b"sentencepiece model bytes"
+    assert not (dest / "grok-mini" / "README.md").exists()
+    assert any("skipped: grok-mini/README.md" in m for m in g.messages())
+    assert g.result()["complete"] is True
+    assert ckpt(dest / "grok-mini") == ckpt(root)
