@@ -246,7 +246,8 @@ class HubClient:
             except Exception as e:  # httpx transport errors and the like
                 if isinstance(e, GrokfetchError):
                     raise
-                raise MirrorError(f"mirror {self.endpoint}: {type(e).__name__}: {e}") from None
+                what = "unreachable" if "Connect" in type(e).__name__ else type(e).__name__
+                raise MirrorError(f"mirror {self.endpoint}: {what} ({e})") from None
         raise AssertionError("unreachable")
 
     def _advice(self, status: int | None) -> str:
