@@ -373,6 +373,10 @@ def _choose_trust(
         _check_torrent_matches(m, pm)
         what = f"pinned manifest {pinned}"
         if m.root_of_trust is not None:  # what proved the bytes when the pin was made
+            if pm is not None:
+                # A pin the mirror's hashes made, and now the torrent: check against
+                # the published root instead (a --pin then upgrades the pin to it).
+                return _Trust("torrent", _torrent_words(pm), None, pm)
             from grokfetch.mirror import root_text
 
             what += f", {root_text(m.root_of_trust)}"

@@ -130,6 +130,13 @@ def test_dead_swarm_no_torrent_url_files_proven_by_sha256(tmp_path, source, info
     assert v.returncode == 0, v.stderr
     assert "proven by the mirror's SHA-256" in v.stdout + v.stderr
     assert REPO in v.stdout + v.stderr
+    # The torrent, once at hand, upgrades the pin to the published root.
+    up = subprocess.run(grokfetch_cmd("verify", str(dest), "--torrent",
+                                      str(source / "ckpt-0.torrent"), "--pin"),
+                        capture_output=True, text=True, cwd=str(tmp_path))
+    assert up.returncode == 0, up.stderr
+    assert f"root of trust: torrent {source / 'ckpt-0.torrent'}" in up.stdout + up.stderr
+    assert load_manifest(dest / "grokfetch-manifest.json").root_of_trust is None
 
 
 def test_mirror_faults_are_survived_and_a_corrupted_range_is_refetched(tmp_path, source,
