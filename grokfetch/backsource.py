@@ -231,9 +231,9 @@ class PieceFeeder:
 
         where = piece_files(self.ti, fl.piece)
         if fl.tries >= PIECE_TRIES:
-            self.failed_error = MirrorError(
+            self._give_up(MirrorError(
                 f"piece {fl.piece} ({where}) from the mirror {self.client.where} {why} "
-                f"{fl.tries} times; nothing of it was kept (rerun, or --source swarm)")
+                f"{fl.tries} times; nothing of it was kept (rerun, or --source swarm)"))
             return
         self.tries[fl.piece] = fl.tries
         self.say(f"piece {fl.piece} from the mirror {why} ({where}); fetching it again")
@@ -243,9 +243,20 @@ class PieceFeeder:
     def idle(self) -> bool:
         return not self.flight
 
+    def _give_up(self, err: BaseException) -> None:
+        """The mirror failed for good: hand every piece back to the swarm."""
+        self.failed_error = err
+        for p in list(self.flight):
+            with contextlib.suppress(Exception):
+                self.h.piece_priority(p, 4)
+        self.flight.clear()
+        self.say(f"{err}; continuing with the swarm only")
+
     def tick(self, st: Any, now: float, swarm_rate: int) -> None:
         if self.failed_error is not None:
-            raise self.failed_error
+            if st.num_peers == 0 and not st.is_seeding:
+                raise self.failed_error  # nobody else can finish it: say why now
+            return
         # add_piece is ignored while checking and once the torrent is a seed.
         # ("finished" is fine: every piece at priority > 0 is there, and the
         # ones parked at 0 for the mirror are not yet.)
@@ -264,10 +275,8 @@ class PieceFeeder:
                     continue
                 err = fl.future.exception()
                 if err is not None:
-                    self.flight.pop(p)
-                    with contextlib.suppress(Exception):
-                        self.h.piece_priority(p, 4)
-                    raise err
+                    self._give_up(err)
+                    break
                 data = fl.future.result()
                 fl.future = None
                 if have[p]:  # a peer was quicker after all
@@ -285,7 +294,7 @@ class PieceFeeder:
                 self.flight.pop(p)
                 self._failed(fl, "was not confirmed by libtorrent")
         self.rate.add(now, self.proven)
-        if feedable and len(self.flight) < self.max_in_flight and now - self.last_schedule >= 0.02:
+        if feedable and len(self.flight) < self.max_in_flight and now - self.last_schedule >= 0.05:
             self.last_schedule = now
             self._schedule(have, swarm_rate)
 

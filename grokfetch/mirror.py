@@ -37,7 +37,6 @@ import json
 import os
 import queue
 import random
-import socket
 import threading
 import time
 import urllib.parse
@@ -425,10 +424,12 @@ class HubClient:
                 conn = cls(host, timeout=IO_TIMEOUT)
             try:
                 yield conn
+            except BaseException:
+                # Whatever stopped the request may have left a body half read:
+                # never hand that connection to the next request.
+                conn.close()
+                raise
             finally:
-                if conn.sock is not None:
-                    with contextlib.suppress(OSError):
-                        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
                 pool.put(conn)
 
     def read_bytes(self, path: str, start: int, end: int) -> bytes:
@@ -580,6 +581,14 @@ def download_files(
             if on_bytes:
                 on_bytes(r.size)
             return
+        if _already_there(final, r):  # e.g. a folder `hf download` filled: proven, kept
+            journal.record(e.path, final, digest)
+            say(f"{e.path}: already on disk with the published hash; kept")
+            with lock:
+                counts["kept"] += r.size
+            if on_bytes:
+                on_bytes(r.size)
+            return
         part = inside(part_dir, e.path + ".part", "manifest path")
         part.parent.mkdir(parents=True, exist_ok=True)
         for attempt in (1, 2):
@@ -651,6 +660,20 @@ def download_files(
                        fetched=counts["fetched"], proven=counts["proven"], kept=counts["kept"],
                        refetched=refetched, elapsed=time.monotonic() - t0,
                        commit=client.resolve_commit())
+
+
+def _already_there(final: Path, r: RemoteFile) -> bool:
+    """A file at its final name, of the right size, whose hash is the published one."""
+    try:
+        if not final.is_file() or final.stat().st_size != r.size:
+            return False
+    except OSError:
+        return False
+    proof = _Proof(r)
+    with open(final, "rb") as f:
+        while b := f.read(8 << 20):
+            proof.update(b)
+    return proof.ok()
 
 
 class _Stopped(Exception):

@@ -327,3 +327,24 @@ def test_the_tokenizer_beside_the_checkpoint_folder_is_fetched_the_rest_skipped(
     assert any("skipped: grok-mini/README.md" in m for m in g.messages())
     assert g.result()["complete"] is True
     assert ckpt(dest / "grok-mini") == ckpt(root)
+
+
+def test_files_already_in_place_with_the_published_hash_are_kept(tmp_path, source, info_hash,
+                                                                 hub):
+    # Say half the files came another way (an earlier `hf download` into DEST).
+    man = write_manifest(tmp_path, source, info_hash, hub)
+    dest = tmp_path / "dl"
+    names = sorted(p for p in hub.files if p.startswith("ckpt-0/"))
+    have, damaged = names[::2], names[1]
+    for rel in have + [damaged]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / rel, dest / rel)
+    data = bytearray((dest / damaged).read_bytes())
+    data[len(data) // 2] ^= 1
+    (dest / damaged).write_bytes(bytes(data))
+    g = run_get("--source", "mirror", "--dest", str(dest), *mirror_args(hub, man), timeout=90)
+    assert g.proc.returncode == 0, g.stderr
+    assert ckpt(dest) == ckpt(source)
+    assert all(hub.served.get(rel, 0) == 0 for rel in have)
+    assert hub.served[damaged] == hub.files[damaged].size  # not trusted: fetched again
+    assert g.result()["kept"] == sum(hub.files[rel].size for rel in have)
