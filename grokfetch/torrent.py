@@ -107,9 +107,10 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
             | cat.status_notification
             | cat.storage_notification
             | cat.tracker_notification
-            # piece_finished_alert confirms a piece fed from the mirror.  Nothing
-            # per block: block alerts would flood the queue and drop the rest.
-            | cat.piece_progress_notification
+            # No piece or block progress: one alert per piece (or 16 KiB block)
+            # floods the queue, and the alerts dropped could be the file error
+            # that says the disk is full.  A piece fed from the mirror is
+            # confirmed by status().pieces; its hash_failed_alert is a status alert.
         ),
         # A cluster (or a test) runs many peers behind one address: without this
         # libtorrent refuses the second connection from an IP and nothing moves.
