@@ -48,6 +48,9 @@ class Sources:
     trackers: list[str] = field(default_factory=list)
     web_seeds: list[str] = field(default_factory=list)  # BEP 19 URLs (parent of the root folder)
     sha256_source: str | None = None  # who published the per-file SHA-256 values
+    # Hugging Face repositories mirroring the files: [{kind, repo, revision, folder}]
+    mirrors: list[dict[str, str]] = field(default_factory=list)
+    torrent_url: str | None = None  # where the published .torrent is served over HTTP(S)
 
 
 @dataclass(frozen=True)
@@ -215,8 +218,25 @@ def _parse_sources(s: Any, origin: str) -> Sources:
             raise _bad(origin, f"sources.{k}", "must be a list of URLs")
         lists[k] = v
     src = s.get("sha256_source")
+    mirrors = s.get("mirrors") or []
+    if not isinstance(mirrors, list):
+        raise _bad(origin, "sources.mirrors", "must be a list")
+    for i, m in enumerate(mirrors):
+        if not (isinstance(m, dict) and isinstance(m.get("repo"), str)
+                and m.get("kind", "huggingface") == "huggingface"
+                and all(isinstance(m.get(k, ""), str) for k in ("revision", "folder"))):
+            raise _bad(origin, f"sources.mirrors[{i}]",
+                       "must be {kind: huggingface, repo, revision, folder}")
+        if m.get("folder"):
+            try:
+                safe_relpath(m["folder"], "mirror folder")
+            except GrokfetchError as err:
+                raise _bad(origin, f"sources.mirrors[{i}]", str(err)) from None
+    turl = s.get("torrent_url")
+    if turl is not None and not (isinstance(turl, str) and turl.startswith(("http://", "https://"))):
+        raise _bad(origin, "sources.torrent_url", "must be an http(s) URL")
     return Sources(magnet, ih, lists["trackers"], lists["web_seeds"],
-                   src if isinstance(src, str) else None)
+                   src if isinstance(src, str) else None, mirrors, turl)
 
 
 def _parse_entry(e: Any, origin: str, where: str, chunk_size: int) -> FileEntry:

@@ -70,6 +70,24 @@ class TorrentMeta:
     def real_files(self) -> list[TorrentFile]:
         return [f for f in self.files if not f.pad]
 
+    def piece_sharers(self, chosen: list[TorrentFile]) -> list[TorrentFile]:
+        """Real files not in ``chosen`` that share a piece with one that is.
+
+        A piece is checked whole: the bytes of such a neighbour are needed to
+        check the chosen file's first or last piece from disk.
+        """
+        spans: list[tuple[TorrentFile, int, int]] = []  # file, first piece, last piece
+        offset = 0
+        for f in self.files:
+            if f.size:
+                spans.append((f, offset // self.piece_length,
+                              (offset + f.size - 1) // self.piece_length))
+            offset += f.size
+        wanted = {f.index for f in chosen}
+        pieces = {p for f, lo, hi in spans if f.index in wanted for p in (lo, hi)}
+        return [f for f, lo, hi in spans
+                if f.index not in wanted and not f.pad and (lo in pieces or hi in pieces)]
+
 
 @dataclass(frozen=True)
 class FileMap:
@@ -77,7 +95,7 @@ class FileMap:
 
     by_manifest: dict[str, TorrentFile]  # manifest path -> torrent file
     root: str  # folder (relative to DEST, '' = DEST itself) that holds the manifest's paths
-    extra: tuple[TorrentFile, ...]  # torrent files the manifest does not list (never fetched)
+    extra: tuple[TorrentFile, ...]  # torrent files the manifest does not list (outside ckpt-0)
 
 
 # --------------------------------------------------------------------------- make
@@ -386,8 +404,11 @@ def match_manifest(meta: TorrentMeta, entries: Iterable[Any], what: str = "torre
         result[e.path] = hit
         by_suffix[hit.path] = hit
     extra = tuple(f for f in real if f.path not in by_suffix)
+    # The checkpoint folder's file list must be the manifest's; files elsewhere
+    # in the torrent (a README, the tokenizer) are extras, reported and skipped.
+    ckpt_dirs = {posixpath.dirname(f.path) for f in result.values() if _is_tensor(f.path)}
     for f in extra:
-        if _is_tensor(f.path):
+        if _is_tensor(f.path) and (not ckpt_dirs or posixpath.dirname(f.path) in ckpt_dirs):
             problems.append(f"{f.path} is in the torrent but not in the manifest")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
@@ -481,3 +502,62 @@ def sha1_pieces(data: bytes, piece_length: int) -> bytes:
         hashlib.sha1(data[i : i + piece_length]).digest()
         for i in range(0, len(data), piece_length)
     )
+
+
+# --------------------------------------------------------------------------- raw info slice
+
+
+def _bskip(data: bytes, i: int, depth: int = 0) -> int:
+    """Index just past the bencoded value starting at ``data[i]`` (ValueError if malformed)."""
+    if depth > 64:
+        raise ValueError("nested too deeply")
+    c = data[i: i + 1]
+    if c == b"i":
+        end = data.index(b"e", i)
+        int(data[i + 1: end])
+        return end + 1
+    if c in (b"l", b"d"):
+        i += 1
+        while data[i: i + 1] != b"e":
+            if i >= len(data):
+                raise ValueError("unterminated list or dictionary")
+            i = _bskip(data, i, depth + 1)
+        return i + 1
+    if c.isdigit():
+        colon = data.index(b":", i)
+        n = int(data[i:colon])
+        if colon + 1 + n > len(data):
+            raise ValueError("string runs past the end")
+        return colon + 1 + n
+    raise ValueError(f"unexpected byte {c!r} at {i}")
+
+
+def raw_info_slice(data: bytes, what: str = "torrent") -> bytes:
+    """The bytes of a .torrent's top-level ``info`` value exactly as they are in the file.
+
+    The info-hash is the SHA-1 of these bytes.  Decoding and re-encoding
+    would change them whenever the file's keys are not in canonical order,
+    so the value is sliced out, never rebuilt.
+    """
+    try:
+        if data[:1] != b"d":
+            raise ValueError("not a dictionary")
+        i = 1
+        while data[i: i + 1] != b"e":
+            key_end = _bskip(data, i)
+            colon = data.index(b":", i)
+            key = data[colon + 1: key_end]
+            val_end = _bskip(data, key_end)
+            if key == b"info":
+                if data[key_end: key_end + 1] != b"d":
+                    raise ValueError("info is not a dictionary")
+                return data[key_end:val_end]
+            i = val_end
+    except (ValueError, IndexError) as e:
+        raise TorrentError(f"{what}: not a torrent file ({e})") from None
+    raise TorrentError(f"{what}: not a torrent file (no info dictionary)")
+
+
+def info_hash_of_info(info: bytes) -> str:
+    """The v1 info-hash of a raw bencoded info dict."""
+    return hashlib.sha1(info).hexdigest()

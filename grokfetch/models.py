@@ -31,6 +31,11 @@ GROK1_MAGNET = (
     "&tr=udp%3A%2F%2Ftracker.coppersurfer.tk%3A6969"
     "&tr=udp%3A%2F%2Ftracker.opentrackr.org%3A1337%2Fannounce"
 )
+# The Hugging Face mirror: the repository root is the checkpoint root.
+GROK1_MIRRORS = [{"kind": "huggingface", "repo": "xai-org/grok-1", "revision": "main",
+                  "folder": "ckpt-0"}]
+# Academic Torrents (the magnet's tracker) serves the published .torrent here.
+GROK1_TORRENT_URL = f"https://academictorrents.com/download/{GROK1_INFO_HASH}.torrent"
 HF_SOURCE = "Hugging Face mirror xai-org/grok-1 (Git LFS oid = SHA-256 of the file), per-file page"
 
 
@@ -63,7 +68,8 @@ def grok1_manifest(sha256_table: dict[str, tuple[str, str]]) -> Manifest:
         config=GROK1,
         sources=Sources(magnet=GROK1_MAGNET, info_hash=GROK1_INFO_HASH,
                         trackers=list(GROK1_TRACKERS), web_seeds=[],
-                        sha256_source=HF_SOURCE),
+                        sha256_source=HF_SOURCE, mirrors=GROK1_MIRRORS,
+                        torrent_url=GROK1_TORRENT_URL),
         notes=("xAI published no per-file hashes: the torrent info-hash is the root of trust. "
                "sha256 values are what the Hugging Face mirror shows for the files listed; "
                "sizes are derived from the layout and the exact pickle framing. Not pinned: "

@@ -44,7 +44,7 @@ from typing import Any
 
 import libtorrent as lt
 
-from grokfetch import __version__, metainfo, trust
+from grokfetch import __version__, backsource, metainfo, trust
 from grokfetch.errors import (
     DiskError,
     GrokfetchError,
@@ -74,6 +74,7 @@ SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick
 FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
 PRIO_WAIT = 30.0  # seconds to wait for file_prio_alert before judging completion anyway
 REDIAL_EVERY = 5.0  # seconds between re-dialling --peer addresses while unconnected
+TOKENIZER = "tokenizer.model"  # an extra file of the torrent worth fetching with the weights
 ALERT_GRACE = 1.0  # seconds to wait for the file_error_alert behind a stopped torrent
 
 _S = lt.torrent_status.states
@@ -114,6 +115,10 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
             | cat.status_notification
             | cat.storage_notification
             | cat.tracker_notification
+            # No piece or block progress: one alert per piece (or 16 KiB block)
+            # floods the queue, and the alerts dropped could be the file error
+            # that says the disk is full.  A piece fed from the mirror is
+            # confirmed by status().pieces; its hash_failed_alert is a status alert.
         ),
         # A cluster (or a test) runs many peers behind one address: without this
         # libtorrent refuses the second connection from an IP and nothing moves.
@@ -201,6 +206,11 @@ class Progress:
     elapsed: float
     resume_saved_done: int  # wanted bytes covered by the last resume data written (-1: none)
     fleet: FleetStatus | None = None  # while seeding: the other nodes, as this one sees them
+    # Back-to-source (grokfetch.backsource): what the manifest says is coming before
+    # the metadata, a status line while waiting, per-source counts and rates.
+    expected: int = 0
+    status: str = ""
+    sources: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,6 +233,7 @@ class DownloadResult:
     complete: bool  # every file of the torrent/manifest was selected and is verified
     manifest_path: Path | None  # pinned manifest, when pinning ran
     magnet: str
+    sources: dict[str, Any] | None = None  # per-source counts (backsource.BackSource.sources)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -425,6 +436,8 @@ class _Run:
     last_save_ok: bool = False
     prio_pending: bool = False  # prioritize_files() not yet applied by the disk thread
     prio_since: float = 0.0
+    back: Any = None  # a backsource.BackSource: torrent URL, mirror pieces, status
+    status: str = ""
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -502,11 +515,11 @@ def _lock_dest(state_dir: Path) -> int:
     return fd
 
 
-def _os_errors_as_disk_errors(fn: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
+def _os_errors_as_disk_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """An OSError escaping the run (DEST unwritable, say) becomes a one-line DiskError."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> DownloadResult:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except BrokenPipeError:  # the caller's stdout went away (`| head`), not the disk
@@ -541,8 +554,19 @@ def download(
     timeout: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_message: Callable[[str], None] | None = None,
-) -> DownloadResult:
+    sources: str = "auto",
+    mirror: Any = None,
+    metadata_timeout: float = 60.0,
+) -> Any:
     """Download ``source`` (model name, magnet or .torrent) into ``dest``.
+
+    ``sources``: "swarm" (BitTorrent only), "mirror" (whole files from the
+    manifest's Hugging Face mirror, each proven by its published SHA-256;
+    returns a mirror.MirrorGetResult), or "auto": the swarm, with the
+    published .torrent URL for the metadata and the mirror for pieces the
+    swarm does not give (see grokfetch.backsource), and whole files from the
+    mirror when no metadata arrives within ``metadata_timeout`` seconds.
+    ``mirror`` is a mirror.MirrorOptions (endpoint, token, connections).
 
     Returns when every selected file is verified by its piece hashes (and,
     with ``seed=True``, after seeding until ``seed_ratio`` or Ctrl-C; with
@@ -582,6 +606,10 @@ def download(
             space_check=space_check,
             on_message=say,
         )
+        if sources == "mirror":
+            return backsource.files_from_mirror(man, dest, state_dir, mirror, include=include,
+                                                layers=layers, space_check=space_check, pin=pin,
+                                                on_progress=on_progress, on_message=say)
         peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
         peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
 
@@ -615,6 +643,11 @@ def download(
         if recheck:
             why = "--repair" if repair else "the last run did not exit cleanly"
             say(f"rechecking the data on disk ({why})")
+        if sources in ("auto", "swarm"):
+            run.back = backsource.make(sources, src.info_hash, man, mirror, metadata_timeout,
+                                       need_metadata=ti is None, say=say)
+            if ti is None and space_check:
+                backsource.check_space_from_manifest(dest, man, layers)
         if atp.ti is None and ti is not None:
             atp.ti = ti
 
@@ -658,8 +691,17 @@ def download(
             for addr in peer_addrs:
                 h.connect_peer(addr)
             atomic_write_bytes(marker, str(os.getpid()).encode())
-            _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-                  timeout, on_progress)
+            try:
+                _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
+                      timeout, on_progress)
+            except backsource.FallBackToFiles:
+                _stop_and_save(run, ses, h, marker)
+                ses.remove_torrent(h)
+                h = None
+                return backsource.files_from_mirror(
+                    man, dest, state_dir, mirror, include=include, layers=layers,
+                    space_check=space_check, pin=pin, on_progress=on_progress, on_message=say,
+                    client=run.back.client, started=start)
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
             # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
@@ -697,6 +739,8 @@ def download(
             with contextlib.suppress(Exception):
                 if h is not None:
                     ses.remove_torrent(h)
+            if run.back is not None:
+                run.back.stop()
             del ses
 
         assert run.meta is not None and run.torrent_path is not None  # set once metadata is known
@@ -716,6 +760,7 @@ def download(
             complete=complete,
             manifest_path=manifest_path,
             magnet=magnet,
+            sources=run.back.sources() if run.back is not None else None,
         )
     finally:
         os.close(lock)
@@ -814,17 +859,31 @@ def _is_complete_selection(run: _Run) -> bool:
     if run.meta is None:
         return False
     if run.filemap is not None:
-        return len(run.chosen) == len(run.filemap.by_manifest)
+        listed = set(run.filemap.by_manifest.values())
+        return sum(1 for f in run.chosen if f in listed) == len(listed)
     return len(run.chosen) == len(run.meta.real_files())
 
 
 def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
     """Metadata is known: check it, save the .torrent, choose files, check space."""
     run.meta = meta
+    tokenizer: list[metainfo.TorrentFile] = []  # extras fetched with the checkpoint
     if run.manifest is not None:
         run.filemap = metainfo.match_manifest(meta, run.manifest.files, meta.name)
+        whole = not run.include and run.layers is None
+        # The whole checkpoint is pinned, and the pin pass checks every piece from disk:
+        # an extra file that shares a piece with it is needed to check that piece.
+        sharers = {f.index for f in meta.piece_sharers(list(run.filemap.by_manifest.values()))}
         for f in run.filemap.extra:
-            run.on_message(f"not in the manifest, skipped: {f.path}")
+            if f.path.rsplit("/", 1)[-1] == TOKENIZER and whole:
+                tokenizer.append(f)  # what an inference stack needs beside the weights
+                run.on_message(f"not in the manifest, fetched too: {f.path}")
+            elif f.index in sharers and whole:
+                tokenizer.append(f)
+                run.on_message(f"not in the manifest, fetched too: {f.path} (it shares a "
+                               "torrent piece with the checkpoint, which the pin checks whole)")
+            else:
+                run.on_message(f"not in the manifest, skipped: {f.path}")
     elif run.layers is not None:
         raise UsageError("--layers needs a manifest (--manifest PATH or a model name)")
     # Every file must land inside DEST (the raw paths were checked already;
@@ -836,7 +895,7 @@ def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
         if run.layers is not None
         else None
     )
-    run.chosen = metainfo.select_files(meta, run.filemap, run.include, layer_paths)
+    run.chosen = metainfo.select_files(meta, run.filemap, run.include, layer_paths) + tokenizer
     wanted = sum(f.size for f in run.chosen)
     if run.torrent_path is None:
         run.torrent_path = run.dest / _torrent_file_name(meta)
@@ -911,6 +970,8 @@ def _write_resume(run: _Run, a: Any) -> None:
 
 
 def _handle_alert(run: _Run, a: Any, ses: Any) -> None:
+    if run.back is not None and run.back.on_alert(a):
+        return  # tracker replies and errors: summarised in the status line
     if isinstance(a, lt.save_resume_data_alert):
         _write_resume(run, a)
         run.pending_saves = max(0, run.pending_saves - 1)
@@ -951,19 +1012,28 @@ def _loop(
     last_dial = time.monotonic()
     ti_known = run.meta is not None
     while True:
-        ses.wait_for_alert(200)
+        ses.wait_for_alert(200 if run.back is None else run.back.wait_ms())
         for a in ses.pop_alerts():
             _handle_alert(run, a, ses)
         now = time.monotonic()
         st = h.status()
+        if not ti_known and not st.has_metadata and run.back is not None:
+            run.status = run.back.before_metadata(ses, h, st, now)
         if not ti_known and st.has_metadata:
             ti = h.torrent_file()
             meta = metainfo.meta_from_info(ti)
             _prepare(run, ti, meta)
             _prioritize(run, h, metainfo.priorities(meta, run.chosen))
             ti_known = True
-            run.on_message(f"metadata received from peers: {meta.num_pieces} pieces")
+            origin = (run.back.metadata_from if run.back is not None else None) or "peers"
+            run.status = ""
+            run.on_message(f"metadata received from {origin}: {meta.num_pieces} pieces")
             st = h.status()
+        if run.back is not None and ti_known and run.checked and not run.prio_pending:
+            assert run.meta is not None
+            root = run.filemap.root if run.filemap else metainfo.checkpoint_root_of(run.meta)
+            run.back.start_pieces(h, h.torrent_file(), run.chosen, root)
+            run.back.tick(st, now)
         if run.file_error or st.upload_mode:
             msg = run.file_error or f"{run.dest}: writing failed (disk full?); rerun to continue"
             raise DiskError(msg)
@@ -981,6 +1051,7 @@ def _loop(
             and st.state not in (_S.checking_files, _S.checking_resume_data)
             and st.total_wanted > 0
             and st.total_wanted_done == st.total_wanted
+            and (run.back is None or run.back.idle())  # no piece parked at priority 0
         )
         if on_progress is not None and (now - last_progress >= progress_interval or done):
             on_progress(_progress(st, now - start, run, done))
@@ -996,9 +1067,12 @@ def _loop(
             run.on_message(f"complete: {len(run.chosen)} files verified by their piece hashes")
             return
         if timeout is not None and now - start > timeout and not done:
+            total = st.total_wanted if ti_known else getattr(run.manifest, "total_size", 0)
+            why = "" if run.back is None else "; " + run.back.why_stopped(ses, st, now, ti_known)
             raise TorrentError(
                 f"{src.what}: not complete after {timeout:.0f} s "
-                f"({st.total_wanted_done} of {st.total_wanted} bytes); state saved, rerun"
+                f"({st.total_wanted_done if ti_known else 0:,} of {total:,} bytes{why}); "
+                "state saved, rerun"
             )
 
 
@@ -1065,8 +1139,12 @@ def _status_progress(st: Any, *, done: bool, elapsed: float, has_meta: bool = Tr
 
 
 def _progress(st: Any, elapsed: float, run: _Run, done: bool) -> Progress:
-    return _status_progress(st, done=done, elapsed=elapsed, has_meta=run.meta is not None,
-                            resume_saved_done=run.resume_saved_done)
+    p = _status_progress(st, done=done, elapsed=elapsed, has_meta=run.meta is not None,
+                         resume_saved_done=run.resume_saved_done)
+    if run.back is None:
+        return p
+    return replace(p, expected=run.back.expected_total, status=run.status,
+                   sources=run.back.sources())
 
 
 # --------------------------------------------------------------------------- seed
@@ -1114,11 +1192,21 @@ def _refuse_odd_files(folder: Path) -> None:
 
 
 def _check_torrent_is_pin(tpath: Path, meta: TorrentMeta, pin: Any) -> None:
-    """The torrent serves exactly the pinned files: none missing, none the pin never saw."""
+    """The torrent serves exactly the pinned files: none missing, none the pin never saw.
+
+    Files beside the checkpoint that the published torrent also carries (a
+    tokenizer, a README) are no checkpoint files: the pin need not list them;
+    they must be on disk (checked with the rest), and like every piece theirs
+    are hashed before they are first sent.
+    """
+    from grokfetch.format.layout import TENSOR_FILE_RE
+
     pinned = {e.path: e.size for e in pin.files}
     served = {}
     for f in meta.real_files():
         rel = next((p for p in pinned if f.path == p or f.path.endswith("/" + p)), None)
+        if rel is None and not TENSOR_FILE_RE.match(f.path.rsplit("/", 1)[-1]):
+            continue
         if rel is None:
             raise UsageError(f"{tpath}: serves {f.path}, which the pinned manifest does not "
                              "list; not seeding")

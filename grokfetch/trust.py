@@ -52,6 +52,8 @@ ROOT_KINDS: dict[str, tuple[bool, str]] = {
     "synth": (True, "written here by grokfetch synth"),  # generated and hashed as written
     "repack": (True, "written here by grokfetch repack"),  # proven iff its source was
     "signature": (True, "OMS signature by key"),  # an OMS signature that verified
+    # every byte matched the SHA-256 a Hugging Face mirror publishes (its tree API's lfs.oid)
+    "mirror-sha256": (True, "the mirror's SHA-256, revision"),
     "first-use": (False, "first use"),  # nothing proved the bytes: trust on first use
 }
 

@@ -1354,6 +1354,7 @@ def pin(
     chunk_size: int | None = None,
     jobs: int | None = None,
     progress: ProgressFactory | None = None,
+    manifest_root: PinRoot | None = None,
 ) -> PinResult:
     """Prove the folder against its root and pin it, in one read of every byte.
 
@@ -1362,7 +1363,9 @@ def pin(
     says so.  Each file is read once; the blocks that go into its BLAKE3 (whole
     file and ``chunk_size`` chunks) are the blocks its pieces and hashes are checked
     on.  ``base`` (the model's manifest) gives names, parameters, config and
-    sources; any hash it carries is checked too.  The pin records its roots
+    sources; any hash it carries is checked too.  ``manifest_root`` says who published
+    the hashes of a ``manifest`` built in memory (the mirror's SHA-256 values, say);
+    by default the manifest itself is the root.  The pin records its roots
     (``pinned_by``) and is tagged with the user's key (``grokfetch.trust``).
 
     Raises PinRefused (exit 1) naming the file (and piece or byte range) that is
@@ -1382,7 +1385,7 @@ def pin(
             lm = load_manifest_file(manifest)
             mroot, digest, label = lm.manifest, lm.sha256, str(manifest)
         _check_torrent_matches(mroot, pm)
-        roots.append(PinRoot("manifest", digest, label, now()))
+        roots.append(manifest_root or PinRoot("manifest", digest, label, now()))
     if pm is not None:
         roots.append(_torrent_root(pm))
         if base is None and mroot is None:

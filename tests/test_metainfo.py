@@ -169,6 +169,17 @@ def test_pad_files_and_extras_are_not_matched():
     assert priorities(meta, select_files(meta, fm)) == [4, 0, 4, 0]
 
 
+def test_extra_files_outside_the_checkpoint_folder_are_accepted():
+    # Like the published torrent, which may hold more than the checkpoint folder.
+    meta = meta_of([("r/ckpt-0/tensor00000_000", 10), ("r/ckpt-0/tensor00001_000", 20),
+                    ("r/tokenizer.model", 7), ("r/README.md", 3),
+                    ("r/old/tensor00002_000", 5)])
+    fm = match_manifest(meta, ENTRIES)
+    assert [f.path for f in fm.extra] == ["r/tokenizer.model", "r/README.md",
+                                          "r/old/tensor00002_000"]
+    assert [f.index for f in select_files(meta, fm)] == [0, 1]
+
+
 @pytest.mark.parametrize("files,message", [
     ([("r/ckpt-0/tensor00000_000", 10)], "ckpt-0/tensor00001_000 is not in the torrent"),
     ([("r/ckpt-0/tensor00000_000", 10), ("r/ckpt-0/tensor00001_000", 21)],

@@ -89,19 +89,32 @@ class Renderer:
         if self.json:  # the library calls once a second (progress_interval)
             self.emit({"event": "progress", **p.to_dict()})
             return
-        if self.quiet or p.wanted <= 0:
+        total = p.wanted if p.wanted > 0 else p.expected  # before the metadata: the manifest's
+        if self.quiet or total <= 0:
             return
         if self.bar is None:
-            self.bar = bytes_bar(p.wanted, "get")
-            self.bar.update(p.wanted_done)
-        else:
-            self.bar.update(p.wanted_done - self.bar.n)
-        self.bar.set_postfix_str(f"{p.peers} peers, {p.seeds} seeds, {p.state}", refresh=False)
+            self.bar = bytes_bar(total, "get")
+        if getattr(self.bar, "total", total) != total:
+            self.bar.total = total
+        self.bar.update(p.wanted_done - self.bar.n)
+        self.bar.set_postfix_str(postfix(p), refresh=p.wanted <= 0)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def postfix(p: torrent.Progress) -> str:
+    """The bar's tail: peers and state, the rate of each source, or the pre-metadata status."""
+    if p.wanted <= 0 and p.status:
+        return f"{p.state}: {p.status}"
+    text = f"{p.peers} peers, {p.seeds} seeds, {p.state}"
+    s = p.sources
+    if s and (s.get("mirror_rate") or s.get("mirror_proven")):
+        text += (f"; swarm {s.get('swarm_rate', 0) / 1e6:.0f} MB/s, "
+                 f"mirror {s.get('mirror_rate', 0) / 1e6:.0f} MB/s")
+    return text
 
 
 def _net(listen: str, no_dht: bool, no_utp: bool, down: str | None, up: str | None) -> Any:
@@ -151,6 +164,21 @@ def _net_options(f: Any) -> Any:
 @click.option("--max-download-rate", metavar="RATE",
               help="Bytes/s, K/M/G suffixes (binary); 0 = unlimited.")
 @_net_options
+@click.option("--source", "source_mode", type=click.Choice(["auto", "swarm", "mirror"]),
+              default="auto", show_default=True,
+              help="auto: the swarm, the published .torrent URL for the metadata, and the "
+                   "manifest's Hugging Face mirror for pieces the swarm does not give (whole "
+                   "files when no metadata comes); swarm: BitTorrent only; mirror: whole files "
+                   "from the mirror, each proven by its published SHA-256.")
+@click.option("--mirror", "mirror_url", metavar="URL",
+              help="Hugging Face compatible endpoint (default: HF_ENDPOINT, else "
+                   "https://huggingface.co). HF_TOKEN is sent to it, never to its CDN.")
+@click.option("--max-mirror-connections", type=click.IntRange(min=1), default=8,
+              show_default=True, help="Connections to each mirror host at a time.")
+@click.option("--metadata-timeout", type=click.FloatRange(min=0), default=60.0,
+              show_default=True,
+              help="auto: seconds to wait for metadata (peers or the torrent URL) before "
+                   "fetching whole files from the mirror.")
 @click.option("--repair", is_flag=True,
               help="Recheck the data on disk and download only the pieces that are bad.")
 @click.option("--no-space-check", is_flag=True, help="Start even if DEST looks too small.")
@@ -171,7 +199,9 @@ def _net_options(f: Any) -> Any:
               help="One JSON object per line on stdout: messages, progress each second, result.")
 def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[str, ...],
             layers: str | None, peers: tuple[str, ...], web_seeds: tuple[str, ...],
-            trackers: tuple[str, ...], max_download_rate: str | None, listen: str,
+            trackers: tuple[str, ...], max_download_rate: str | None, source_mode: str,
+            mirror_url: str | None, max_mirror_connections: int, metadata_timeout: float,
+            listen: str,
             no_dht: bool, no_utp: bool, max_upload_rate: str | None, repair: bool,
             no_space_check: bool, seed_after: bool, seed_ratio: float | None,
             seed_while_needed: bool, idle_timeout: float, resume_interval: float,
@@ -184,7 +214,9 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
 
     \b
     Exit codes: 0 done, 2 bad arguments or an unsafe path in the torrent,
-    4 torrent/network problem (metadata disagrees with the manifest, --timeout),
+    3 a file the mirror's hash proved fails the safe reader,
+    4 torrent/network problem (metadata disagrees with the manifest, --timeout,
+    a .torrent that is not the magnet's, the mirror's bytes failing their hash twice),
     5 not enough space or a disk error (state saved), 130 interrupted (state saved).
     Once every selected byte is verified, DEST/.grokfetch/done.json is written
     (what readiness probes wait for).
@@ -194,6 +226,10 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
     if seed_while_needed and seed_after:
         raise UsageError("--seed-while-needed and --seed are two ways to stop seeding: pick one")
     net = _net(listen, no_dht, no_utp, max_download_rate, max_upload_rate)
+    from grokfetch.mirror import MirrorOptions, endpoint_from
+
+    mirror = MirrorOptions(endpoint=endpoint_from(mirror_url),
+                           max_connections=max_mirror_connections)
     r = Renderer(quiet, json_progress)
     try:
         with sigterm_as_interrupt():
@@ -217,6 +253,9 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
                 progress_interval=1.0 if json_progress else 0.25,
                 on_progress=r.progress,
                 on_message=r.message,
+                sources=source_mode,
+                mirror=mirror,
+                metadata_timeout=metadata_timeout,
             )
     finally:
         r.close()
@@ -225,8 +264,9 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
         return
     if not quiet:
         rate = result.downloaded / max(result.elapsed, 1e-6) / 1e6
+        proof = getattr(result, "root_of_trust", None) or "by their torrent piece hashes"
         click.echo(
-            f"{result.root}: {result.files} files, {result.wanted:,} bytes verified; "
+            f"{result.root}: {result.files} files, {result.wanted:,} bytes verified ({proof}); "
             f"downloaded {result.downloaded:,} bytes in {result.elapsed:.1f} s ({rate:.1f} MB/s)",
             err=True,
         )
