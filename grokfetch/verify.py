@@ -35,9 +35,12 @@ a pin without passing its root in that pass.  A file that fails stops the pin.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
+import stat as stat_mod
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -473,8 +476,9 @@ def _choose_trust(
         if pm is not None and troot is not None:
             what += f", and torrent {pm.source} for files it has no hash for"
             roots += (troot,)
-        if os.path.lexists(pinned) and Path(os.path.abspath(manifest if not isinstance(
-                manifest, Manifest) else "")) != Path(os.path.abspath(pinned)):
+        named_the_pin = not isinstance(manifest, Manifest) and os.path.abspath(
+            manifest) == os.path.abspath(pinned)
+        if os.path.lexists(pinned) and not named_the_pin:
             notes.append(f"{pinned}: not used: the manifest you named is the root of this run")
         return _Trust("manifest", what, m, pm, roots=roots, proven=True, notes=tuple(notes),
                       explicit_manifest=True, manifest_vouch=f"manifest:{mroot.id}",
@@ -577,9 +581,7 @@ def _pin_words(roots: tuple[PinRoot, ...]) -> str:
 
 
 def _manifest_digest(m: Manifest) -> str:
-    import hashlib
-    import json
-
+    """The SHA-256 of a manifest given as an object: of the JSON it would be saved as."""
     return hashlib.sha256(json.dumps(m.to_dict(), indent=1).encode()).hexdigest()
 
 
@@ -775,8 +777,6 @@ def _stat(x: _Expect) -> FileResult | None:
         return FileResult(x.rel, MISSING, expected_size=x.size, detail="no such file")
     except OSError as e:
         return FileResult(x.rel, UNREADABLE, expected_size=x.size, detail=e.strerror or str(e))
-    import stat as stat_mod
-
     if stat_mod.S_ISDIR(st.st_mode):
         return FileResult(x.rel, UNREADABLE, expected_size=x.size, detail="is a folder, not a file")
     if not stat_mod.S_ISREG(st.st_mode):
@@ -1427,8 +1427,6 @@ def pin(
             raise PinRefused(f"{disk}: missing: not pinned") from None
         except OSError as err:
             raise PinRefused(f"{disk}: {err.strerror or err}: not pinned") from None
-        import stat as stat_mod
-
         if not stat_mod.S_ISREG(st.st_mode):
             raise PinRefused(f"{disk}: not a regular file: not pinned")
         want = e.size if e.size >= 0 else (tfiles[e.path].size if e.path in tfiles else -1)
@@ -1585,8 +1583,6 @@ def file_set_problems(path: str | os.PathLike[str], manifest: Manifest) -> list[
     """What keeps the folder from holding exactly ``manifest``'s files: one line per file
     missing, not a regular file (checked with stat: a FIFO is never opened) or of the
     wrong size.  Reads no content (``seed`` checks this before it serves anything)."""
-    import stat as stat_mod
-
     place = _locate(path)
     out = []
     for e in manifest.files:

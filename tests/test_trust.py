@@ -323,3 +323,23 @@ def test_repack_takes_source_hashes_only_from_a_proven_pin(copy_ckpt, tmp_path, 
     out = repack(honest, tmp_path / "st2").manifest_path
     assert load_manifest(out).pinned_by[0].proven
     assert run(str(tmp_path / "st2"), "--quiet").exit_code == 0
+
+
+# the key ------------------------------------------------------------------------------
+
+
+def test_the_pin_key_is_made_once_private_in_the_config_folder(tmp_path, monkeypatch, good):
+    from grokfetch import trust
+
+    root, t = good
+    monkeypatch.delenv("GROKFETCH_CONFIG_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert trust.config_dir() == tmp_path / "xdg" / "grokfetch"
+    assert run(str(root), "--torrent", str(t), "--pin", "--quiet").exit_code == 0
+    key = tmp_path / "xdg" / "grokfetch" / "pin.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    first = key.read_bytes()
+    assert run(str(root), "--quiet").exit_code == 0  # the same key authenticates it
+    assert key.read_bytes() == first  # made once
+    key.write_bytes(os.urandom(32))  # a new key: the old pin is no longer yours
+    assert run(str(root), "--quiet").exit_code == 6
