@@ -67,6 +67,7 @@ FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
 PRIO_WAIT = 30.0  # seconds to wait for file_prio_alert before judging completion anyway
 REDIAL_EVERY = 5.0  # seconds between re-dialling --peer addresses while unconnected
 ALERT_GRACE = 1.0  # seconds to wait for the file_error_alert behind a stopped torrent
+STALL_NOTICE = 60.0  # seconds without new verified data before saying why, and again after each
 
 _S = lt.torrent_status.states
 _STATE_NAMES = {
@@ -308,7 +309,8 @@ def _packaged_manifest_for(info_hash: str) -> Any:
     return m if ih == info_hash.lower() else None
 
 
-def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path) -> Path | None:
+def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
+                   progress: Callable[[int, str], Any] | None = None) -> Path | None:
     """Pin the BLAKE3 manifest after a download (the verify stage's code, shared).
 
     The one seam between get and verify; None when the verify stage is not
@@ -321,7 +323,7 @@ def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path) -> Path | None
     pin = getattr(verify, "pin", None)
     if pin is None:
         return None
-    out = pin(root, base=manifest, torrent=torrent_path)
+    out = pin(root, base=manifest, torrent=torrent_path, progress=progress)
     for attr in ("manifest_path", "path"):
         if hasattr(out, attr):
             return Path(getattr(out, attr))
@@ -424,6 +426,11 @@ class _Run:
     last_save_ok: bool = False
     prio_pending: bool = False  # prioritize_files() not yet applied by the disk thread
     prio_since: float = 0.0
+    pin_progress: Callable[[int, str], Any] | None = None  # the bar of the BLAKE3 pin pass
+    last_gain: float = 0.0  # when verified data last grew (the stall clock)
+    last_done: int = -1
+    last_notice: float = 0.0
+    warned_peers: set[tuple[str, int]] = field(default_factory=set)
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -499,8 +506,10 @@ def download(
     resume_interval: float = 30.0,
     progress_interval: float = 1.0,
     timeout: float | None = None,
+    stall_timeout: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_message: Callable[[str], None] | None = None,
+    pin_progress: Callable[[int, str], Any] | None = None,
 ) -> DownloadResult:
     """Download ``source`` (model name, magnet or .torrent) into ``dest``.
 
@@ -509,6 +518,11 @@ def download(
     Raises Interrupted on KeyboardInterrupt (state saved), DiskError on a full
     disk or I/O error (state saved), TorrentError / UnsafePathError when the
     torrent is unusable.  Rerunning with the same arguments continues.
+    ``stall_timeout``: give up (TorrentError, state saved) when no verified
+    data arrived for that many seconds; a stall is reported through
+    ``on_message`` after STALL_NOTICE seconds either way, saying what
+    libtorrent knows (peers, the piece nobody has, a peer that refuses).
+    ``pin_progress``: the progress factory of the BLAKE3 pin pass at the end.
     """
     net = net or NetOptions()
     say = on_message or (lambda _m: None)
@@ -534,6 +548,7 @@ def download(
             layers=layers,
             space_check=space_check,
             on_message=say,
+            pin_progress=pin_progress,
         )
         peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
         peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
@@ -612,7 +627,7 @@ def download(
                 h.connect_peer(addr)
             atomic_write_bytes(marker, str(os.getpid()).encode())
             _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-                  timeout, on_progress)
+                  timeout, on_progress, stall_timeout)
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
             # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
@@ -665,7 +680,7 @@ def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
     complete = _is_complete_selection(run)
     manifest_path = None
     if pin and complete and run.torrent_path is not None:
-        manifest_path = pin_checkpoint(root, run.manifest, run.torrent_path)
+        manifest_path = pin_checkpoint(root, run.manifest, run.torrent_path, run.pin_progress)
         if manifest_path is not None:
             run.on_message(f"pinned manifest: {manifest_path}")
     elif pin:
@@ -865,12 +880,15 @@ def _loop(
     progress_interval: float,
     timeout: float | None,
     on_progress: Callable[[Progress], None] | None,
+    stall_timeout: float | None = None,
 ) -> None:
     """Run until every selected piece is verified; raise on errors, timeout or Ctrl-C."""
     last_progress = 0.0
     last_save = time.monotonic()
     last_dial = time.monotonic()
     ti_known = run.meta is not None
+    run.last_gain = run.last_notice = time.monotonic()
+    notice_every = STALL_NOTICE if stall_timeout is None else min(STALL_NOTICE, stall_timeout / 2)
     while True:
         ses.wait_for_alert(200)
         for a in ses.pop_alerts():
@@ -893,6 +911,12 @@ def _loop(
         if peers and st.num_peers == 0 and now - last_dial >= REDIAL_EVERY:
             for addr in peers:
                 h.connect_peer(addr)
+                if addr not in run.warned_peers:  # say once why a named peer is not there
+                    run.warned_peers.add(addr)
+                    why = probe_peer(addr)
+                    if why is not None:
+                        run.on_message(f"cannot connect to {addr[0]}:{addr[1]}: {why} "
+                                       f"(retrying every {REDIAL_EVERY:.0f} s)")
             last_dial = now
         done = (
             ti_known
@@ -916,11 +940,71 @@ def _loop(
             _save_resume(run, ses, h, flush=True)
             run.on_message(f"complete: {len(run.chosen)} files verified by their piece hashes")
             return
+        if st.total_wanted_done > run.last_done or st.state in (
+            _S.checking_files, _S.checking_resume_data
+        ):
+            run.last_done = st.total_wanted_done
+            run.last_gain = run.last_notice = now
+        stalled = now - run.last_gain
+        if stall_timeout is not None and stalled >= stall_timeout:
+            raise TorrentError(f"{src.what}: no progress for {stall_timeout:.0f} s: "
+                               f"{stall_text(run, h, st, peers, stalled)}; state saved, rerun")
+        if now - run.last_notice >= notice_every:
+            run.last_notice = now
+            run.on_message(f"no data for {stalled:.0f} s: {stall_text(run, h, st, peers, stalled)}")
         if timeout is not None and now - start > timeout and not done:
             raise TorrentError(
                 f"{src.what}: not complete after {timeout:.0f} s "
-                f"({st.total_wanted_done} of {st.total_wanted} bytes); state saved, rerun"
+                f"({st.total_wanted_done} of {st.total_wanted} bytes; "
+                f"{stall_text(run, h, st, peers, stalled)}); state saved, rerun"
             )
+
+
+def probe_peer(addr: tuple[str, int], timeout: float = 1.0) -> str | None:
+    """Why a TCP connection to ``addr`` fails ('connection refused'), or None if it opens.
+
+    libtorrent drops a failed dial without an alert; a user who named a peer
+    must be told it is not there.
+    """
+    try:
+        with socket.create_connection(addr, timeout=timeout):
+            return None
+    except TimeoutError:
+        return "no answer (timed out)"
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+
+
+def stall_text(run: _Run, h: Any, st: Any, peers: Sequence[tuple[str, int]],
+               stalled: float) -> str:
+    """What libtorrent can tell about a run that gets no data: peers, and what they lack."""
+    n = st.num_peers
+    seeds = st.num_seeds
+    text = f"{n} peer{'' if n == 1 else 's'} ({seeds} seed{'' if seeds == 1 else 's'})"
+    if n == 0:
+        failing = [(a, why) for a in list(peers)[:4] if (why := probe_peer(a)) is not None]
+        if failing:
+            text += "; " + "; ".join(f"{a[0]}:{a[1]}: {why}" for a, why in failing)
+        elif not peers:
+            text += "; no peer found yet (name one with --peer HOST:PORT, or check the network)"
+        return text
+    if run.meta is None:
+        return text + ", waiting for them to send the metadata"
+    with contextlib.suppress(Exception):  # a status query must never end the run
+        prios = h.get_piece_priorities()
+        avail = h.piece_availability()
+        have = st.pieces
+        missing = [i for i, p in enumerate(prios) if p and i < len(have) and not have[i]]
+        lacking = [i for i in missing if i < len(avail) and avail[i] == 0]
+        if lacking:
+            i = lacking[0]
+            more = f" (and {len(lacking) - 1} more pieces)" if len(lacking) > 1 else ""
+            text += (f"; none of them has piece {i}{more}: "
+                     f"{piece_files(h.torrent_file(), i)}")
+        elif missing:
+            text += (f"; they have the {len(missing)} missing piece(s) but send nothing "
+                     "(choked, or the data fails its hash check on their side)")
+    return text
 
 
 def _stopped_error(run: _Run, ses: Any, h: Any, st: Any) -> GrokfetchError:

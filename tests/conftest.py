@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from grokfetch.metainfo import make_torrent
 from grokfetch.synth import synthesize
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "data" / "golden"
+PIECE = 16 * 1024  # the torrents of the BitTorrent tests: libtorrent's smallest piece size
 
 
 def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
@@ -49,3 +51,12 @@ def copy_ckpt(tmp_path: Path, mini_ckpt: Path):
         return dest
 
     return _copy
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory, mini_ckpt: Path) -> Path:
+    """A writable copy of the mini checkpoint with its .torrent beside ckpt-0/ (for seeders)."""
+    root = tmp_path_factory.mktemp("src") / "grok-mini"
+    shutil.copytree(mini_ckpt, root)
+    make_torrent(root, piece_size=PIECE)
+    return root

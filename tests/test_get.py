@@ -31,17 +31,7 @@ from grokfetch import torrent
 from grokfetch.cli import cli
 from grokfetch.manifest import load_manifest
 from grokfetch.metainfo import load_torrent, make_torrent
-
-PIECE = 16 * 1024
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory, mini_ckpt: Path) -> Path:
-    """A writable copy of the mini checkpoint with its .torrent beside ckpt-0/."""
-    root = tmp_path_factory.mktemp("src") / "grok-mini"
-    shutil.copytree(mini_ckpt, root)
-    make_torrent(root, piece_size=PIECE)
-    return root
+from tests.conftest import PIECE
 
 
 @pytest.fixture(scope="module")
@@ -427,8 +417,9 @@ def test_progress_bar_counts_wanted_bytes_and_shows_peers_and_state(monkeypatch)
     from grokfetch.cli import get as get_cli
 
     class Bar:
-        def __init__(self, total: int, desc: str) -> None:
-            self.total, self.n, self.postfix = total, 0, ""
+        def __init__(self, total: int, desc: str, initial: int = 0) -> None:
+            self.total, self.n, self.postfix = total, initial, ""
+            self.initial = initial  # shown, but not counted in the rate
 
         def update(self, n: int) -> None:
             self.n += n
@@ -450,7 +441,7 @@ def test_progress_bar_counts_wanted_bytes_and_shows_peers_and_state(monkeypatch)
                                 seeds=1, **base))
     r.progress(torrent.Progress(state="downloading", wanted=1000, wanted_done=600, peers=4,
                                 seeds=2, **base))
-    assert (r.bar.total, r.bar.n) == (1000, 600)
+    assert (r.bar.total, r.bar.n, r.bar.initial) == (1000, 600, 250)
     assert r.bar.postfix == "4 peers, 2 seeds, downloading"
 
 

@@ -13,19 +13,16 @@ Everything here is option parsing and rendering; the work is in
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from grokfetch import torrent
-from grokfetch.cli.base import cli
+from grokfetch.cli.base import cli, json_errors, sigterm_as_interrupt
 from grokfetch.errors import UsageError
-from grokfetch.progress import bytes_bar
+from grokfetch.progress import NullBar, bytes_bar
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -46,24 +43,6 @@ def parse_rate(text: str | None) -> int:
     return int(value * _UNITS[unit])
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C while downloading: pause, save state, exit 130."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. some test runners): nothing to do
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 class Renderer:
     """Turns torrent callbacks into a tqdm bar, JSON lines, or nothing."""
 
@@ -81,7 +60,7 @@ class Renderer:
             self.emit({"event": "message", "message": text})
         elif not self.quiet:
             if hasattr(self.bar, "write"):  # tqdm: print above the bar, not through it
-                self.bar.write(text, file=sys.stderr)
+                self.bar.write(text)
             else:
                 click.echo(text, err=True)
 
@@ -91,9 +70,8 @@ class Renderer:
             return
         if self.quiet or p.wanted <= 0:
             return
-        if self.bar is None:
-            self.bar = bytes_bar(p.wanted, "get")
-            self.bar.update(p.wanted_done)
+        if self.bar is None:  # what is already on disk is shown, not counted as speed
+            self.bar = bytes_bar(p.wanted, "get", initial=p.wanted_done)
         else:
             self.bar.update(p.wanted_done - self.bar.n)
         self.bar.set_postfix_str(f"{p.peers} peers, {p.seeds} seeds, {p.state}", refresh=False)
@@ -102,6 +80,26 @@ class Renderer:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def pin_bar(self, total: int, desc: str) -> Any:
+        """The bar of get's BLAKE3 pin pass: the download bar ends, this one starts."""
+        self.close()
+        if self.json:
+            self.emit({"event": "message", "message": f"pinning: hashing {total:,} bytes"})
+            return NullBar()
+        return NullBar() if self.quiet else bytes_bar(total, desc)
+
+    def seed_status(self, p: torrent.Progress) -> None:
+        """seed: JSON lines, or a bar of bytes sent (plain lines in a log)."""
+        if self.json:
+            self.emit({"event": "progress", **p.to_dict()})
+            return
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = bytes_bar(None, "seed")  # no total: a counter
+        self.bar.update(p.uploaded - self.bar.n)
+        self.bar.set_postfix_str(f"sent, {p.peers} peers", refresh=False)
 
 
 def _net(listen: str, no_dht: bool, no_utp: bool, down: str | None, up: str | None) -> Any:
@@ -160,6 +158,9 @@ def _net_options(f: Any) -> Any:
 @click.option("--resume-interval", type=click.FloatRange(min=0.1), default=30.0,
               show_default=True, help="Seconds between resume-data saves.")
 @click.option("--timeout", type=click.FloatRange(min=1), help="Give up after SECONDS (exit 4).")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Give up when no data arrived for SECONDS (exit 4, state saved); a stall "
+                   "is reported after 60 s (or half this) either way.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
 @click.option("--json-progress", is_flag=True,
               help="One JSON object per line on stdout: messages, progress each second, result.")
@@ -168,7 +169,8 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
             trackers: tuple[str, ...], max_download_rate: str | None, listen: str,
             no_dht: bool, no_utp: bool, max_upload_rate: str | None, repair: bool,
             no_space_check: bool, seed_after: bool, seed_ratio: float | None,
-            resume_interval: float, timeout: float | None, quiet: bool,
+            resume_interval: float, timeout: float | None, stall_timeout: float | None,
+            quiet: bool,
             json_progress: bool) -> None:
     """Download a checkpoint with BitTorrent, verify every piece, pin its manifest.
 
@@ -181,6 +183,7 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
     4 torrent/network problem (metadata disagrees with the manifest, --timeout),
     5 not enough space or a disk error (state saved), 130 interrupted (state saved).
     """
+    json_errors("lines" if json_progress else None)
     if seed_ratio is not None and not seed_after:
         raise UsageError("--seed-ratio needs --seed")
     net = _net(listen, no_dht, no_utp, max_download_rate, max_upload_rate)
@@ -203,9 +206,11 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
                 seed_ratio=seed_ratio,
                 resume_interval=resume_interval,
                 timeout=timeout,
+                stall_timeout=stall_timeout,
                 progress_interval=1.0 if json_progress else 0.25,
                 on_progress=r.progress,
                 on_message=r.message,
+                pin_progress=r.pin_bar,
             )
     finally:
         r.close()
@@ -245,6 +250,7 @@ def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], 
     names this seeder) and share among themselves.  Stop with Ctrl-C or
     SIGTERM (exit 0).
     """
+    json_errors("lines" if json_progress else None)
     net = _net(listen, no_dht, no_utp, None, max_upload_rate)
     r = Renderer(quiet, json_progress)
     seeder = torrent.Seeder(folder, torrent=torrent_file, net=net, web_seeds=web_seeds,
@@ -266,11 +272,10 @@ def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], 
                 click.echo(f"seeding {info.folder} ({info.total:,} bytes, port {info.port}, "
                            f"pieces checked {info.verified}); Ctrl-C to stop", err=True)
 
-        def show(p: torrent.Progress) -> None:
-            if json_progress:
-                r.emit({"event": "progress", **p.to_dict()})
-
-        last = seeder.run(on_status=show)
+        try:
+            last = seeder.run(on_status=r.seed_status)
+        finally:
+            r.close()
     seeder.stop()
     if json_progress:
         r.emit({"event": "stopped", **last.to_dict()})

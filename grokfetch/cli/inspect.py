@@ -13,7 +13,7 @@ from grokfetch.checkpoint import (
     inspect_file,
     load_config_file,
 )
-from grokfetch.cli.base import cli, echo_json
+from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS
 from grokfetch.layout import ModelConfig
 from grokfetch.reader import ParamFile
@@ -72,6 +72,7 @@ def inspect_cmd(path: str, as_json: bool, config_path: str | None, key_size: int
     missing or differ from the layout, 3 when a file is not a valid
     checkpoint file.
     """
+    json_errors("document" if as_json else None)
     p = Path(path)
     if p.is_file():
         pf = inspect_file(p)

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from grokfetch.cli.base import cli, echo_json
+from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.errors import EXIT_PROBLEMS, UsageError
 from grokfetch.smoke import (
@@ -162,6 +162,7 @@ def smoke_cmd(
     CKPT is an original checkpoint folder, a per-tensor repack or an SGLang
     repack.  Exit 0 when every check passes, 1 when one fails.
     """
+    json_errors("document" if as_json else None)
     if all_layers and layer is not None:
         raise UsageError("--layer and --all exclude each other")
     if input_path and all_layers:

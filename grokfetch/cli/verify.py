@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from grokfetch.cli.base import cli, echo_json, stderr
+from grokfetch.cli.base import cli, echo_json, json_errors, stderr
 from grokfetch.errors import EXIT_PROBLEMS, UsageError
 from grokfetch.progress import bytes_bar
 from grokfetch.verify import OK, UNVERIFIED, ProgressFactory, VerifyReport, pin, verify
@@ -107,6 +107,7 @@ def verify_cmd(
     unreadable or unsafe manifest), 4 the torrent is unreadable or is not the
     one the manifest names.
     """
+    json_errors("document" if as_json else None)
     if trust_on_first_use and not do_pin:
         raise UsageError("--trust-on-first-use only makes sense with --pin")
     if do_pin and quick:
