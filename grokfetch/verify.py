@@ -67,6 +67,7 @@ from grokfetch.manifest import (
     model_names,
     save_manifest,
 )
+from grokfetch.names import escape_text, report_line
 from grokfetch.progress import NullBar
 
 # The reader (numpy, ml_dtypes) and the torrent code (libtorrent) take ~0.3 s
@@ -117,9 +118,12 @@ class FileResult:
         return self.status in (OK, UNVERIFIED, EXTRA)
 
     def line(self) -> str:
+        """b3sum-style; a name with a newline, backslash or control character is escaped
+        and the line starts with a backslash (``names.report_line``)."""
         if self.status == OK and not self.detail:
-            return f"{self.path}: OK ({', '.join(self.hashes) or self.vouched_by})"
-        return f"{self.path}: {self.status}" + (f" ({self.detail})" if self.detail else "")
+            return report_line(self.path, f": OK ({', '.join(self.hashes) or self.vouched_by})")
+        rest = f": {self.status}" + (f" ({escape_text(self.detail)})" if self.detail else "")
+        return report_line(self.path, rest)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -23,6 +23,7 @@ import click
 
 from grokfetch import __version__
 from grokfetch.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, GrokfetchError
+from grokfetch.names import escape_text, shorten
 
 # Command name -> the module that defines it.  Modules are imported only when
 # their command runs (or help lists it), so `grokfetch verify` does not pay
@@ -61,7 +62,8 @@ class GrokfetchGroup(click.Group):
             if os.environ.get("GROKFETCH_DEBUG"):
                 traceback.print_exc()
             _echo_json_error(e.exit_code, str(e))
-            click.echo(f"Error: {e}", err=True)
+            # names in messages come from hostile files: no control character reaches the tty
+            click.echo(f"Error: {escape_text(str(e))}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             _echo_json_error(EXIT_INTERRUPTED, "interrupted")
@@ -78,7 +80,8 @@ class GrokfetchGroup(click.Group):
         except Exception as e:  # a bug: still one line, and a way to see more
             if os.environ.get("GROKFETCH_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"Error: internal error ({type(e).__name__}: {e}); this is a bug in "
+            what = escape_text(shorten(str(e)))
+            click.echo(f"Error: internal error ({type(e).__name__}: {what}); this is a bug in "
                        "grokfetch - rerun with GROKFETCH_DEBUG=1 for the traceback and report it",
                        err=True)
             ctx.exit(EXIT_INTERNAL)

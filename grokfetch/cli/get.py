@@ -22,6 +22,7 @@ import click
 from grokfetch import torrent
 from grokfetch.cli.base import cli, json_errors, sigterm_as_interrupt
 from grokfetch.errors import UsageError
+from grokfetch.names import escape_text
 from grokfetch.progress import NullBar, bytes_bar
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -59,6 +60,7 @@ class Renderer:
         if self.json:
             self.emit({"event": "message", "message": text})
         elif not self.quiet:
+            text = escape_text(text)  # file names from a torrent reach the terminal escaped
             if hasattr(self.bar, "write"):  # tqdm: print above the bar, not through it
                 self.bar.write(text)
             else:

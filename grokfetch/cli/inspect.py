@@ -16,6 +16,7 @@ from grokfetch.checkpoint import (
 from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS
 from grokfetch.layout import ModelConfig
+from grokfetch.names import escape, escape_text
 from grokfetch.reader import ParamFile
 
 
@@ -79,7 +80,7 @@ def inspect_cmd(path: str, as_json: bool, config_path: str | None, key_size: int
         if as_json:
             echo_json(_file_json(pf))
             return
-        click.echo(f"{p}: {pf.kind}, {pf.size:,} bytes")
+        click.echo(f"{escape(str(p))}: {pf.kind}, {pf.size:,} bytes")
         for a in pf.arrays.values():
             click.echo(f"  {a.name:8s} {a.dtype.name:9s} {_shape(a.shape):22s} "
                        f"offset {a.offset:,}  {a.nbytes:,} bytes")
@@ -106,7 +107,7 @@ def _print_table(r: InspectReport) -> None:
         spec = f.spec
         name = f"{spec.module}/{spec.leaf}" if spec else "?"
         if f.found is None:
-            click.echo(f"{f.index:5d}  {name:58s} UNREADABLE: {'; '.join(f.problems)}")
+            click.echo(f"{f.index:5d}  {name:58s} UNREADABLE: {escape_text('; '.join(f.problems))}")
             continue
         arrays = list(f.found.arrays.values())
         dtypes = "+".join(a.dtype.name for a in arrays)
@@ -116,10 +117,10 @@ def _print_table(r: InspectReport) -> None:
         click.echo(f"{f.index:5d}  {name:58s} {f.found.kind:9s} {dtypes:15s} {shapes:26s} "
                    f"{g:>2} {f.found.size:>15,}")
         for prob in f.problems:
-            click.echo(f"       PROBLEM: {prob}")
+            click.echo(f"       PROBLEM: {escape_text(prob)}")
     for m in r.missing:
         click.echo(f"MISSING: {m}")
     for u in r.unexpected:
-        click.echo(f"UNEXPECTED: {u}")
+        click.echo(f"UNEXPECTED: {escape(u)}")
     status = "OK" if r.ok else f"{len(r.problems)} problem(s)"
     click.echo(f"{len(r.files)} files, {total:,} bytes: {status}")
