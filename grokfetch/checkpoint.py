@@ -13,7 +13,6 @@ the shapes and defaults to head size 128).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -21,9 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from grokfetch.errors import CheckpointFormatError, GrokfetchError, UsageError
+from grokfetch.fsutil import loads_json
 from grokfetch.layout import CKPT_DIR, ModelConfig, ParamSpec, file_name, param_list
 from grokfetch.manifest import MANIFEST_NAME, Manifest, load_manifest
-from grokfetch.reader import ParamFile, scan
+from grokfetch.reader import ParamFile, file_kind, scan
 
 _TENSOR_RE = re.compile(r"^tensor(\d{5})_(\d{3})$")
 DEFAULT_KEY_SIZE = 128
@@ -32,7 +32,7 @@ DEFAULT_KEY_SIZE = 128
 def load_config_file(path: str | os.PathLike[str]) -> ModelConfig:
     """A model config from a JSON file with the official field names (``--config``)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = loads_json(Path(path).read_text())
     except OSError as e:
         raise UsageError(f"{path}: cannot read config: {e.strerror or e}") from None
     except ValueError as e:
@@ -273,8 +273,8 @@ def _scan_file(p: Path) -> ParamFile:
     except OSError as e:
         raise CheckpointFormatError(p, None, f"cannot read: {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode):
-        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise CheckpointFormatError(p, None, f"{what}, expected a checkpoint file")
+        raise CheckpointFormatError(p, None, f"is {file_kind(st.st_mode)}, expected a "
+                                    "checkpoint file")
     return scan(p)
 
 

@@ -117,6 +117,15 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads`` for hostile documents: nesting deep enough to exhaust the parser's
+    recursion is a JSONDecodeError like any malformed document, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
+
+
 def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete temp files a killed run left behind below ``folder``; return them."""
     removed = []

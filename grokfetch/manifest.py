@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import GrokfetchError, ManifestError
-from grokfetch.fsutil import atomic_write_json, safe_relpath
+from grokfetch.fsutil import atomic_write_json, loads_json, safe_relpath
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
 from grokfetch.layout import ModelConfig
 
@@ -290,7 +290,7 @@ def load_manifest(name_or_path: str | os.PathLike[str]) -> Manifest:
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read: {e}") from None
     try:
-        d = json.loads(text)
+        d = loads_json(text)
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: "
                             f"{e.msg})") from None

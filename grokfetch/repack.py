@@ -55,12 +55,13 @@ from grokfetch.errors import (
     Interrupted,
     UsageError,
 )
-from grokfetch.fsutil import atomic_write_bytes, inside, remove_stale_temps
+from grokfetch.fsutil import atomic_write_bytes, inside, loads_json, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
 from grokfetch.layout import ModelConfig, ParamSpec, parse_layer_spec
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
-from grokfetch.progress import NullBar
+from grokfetch.progress import NullBar, human
 from grokfetch.reader import ParamFile, scan
+from grokfetch.readguard import FileChangedError
 from grokfetch.safetensors_io import (
     BFLOAT16,
     DEFAULT_ZSTD_LEVEL,
@@ -443,7 +444,7 @@ def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str
     if jpath.is_file():
         for line in jpath.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                rec = json.loads(line)
+                rec = loads_json(line)
                 m = Manifest.from_dict({"format": "grokfetch-manifest", "format_version": 1,
                                         "name": "journal", "files": [rec["entry"]],
                                         "chunk_size": rec["chunk_size"]})
@@ -524,6 +525,8 @@ def _os_errors_as_disk_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
+        except FileChangedError as e:  # a source shrank or was rewritten under us
+            raise CheckpointFormatError(e.filename, None, str(e.strerror)) from None
         except OSError as e:
             where = e.filename if e.filename is not None else "repack"
             raise DiskError(f"{where}: {e.strerror or e}") from e
@@ -708,8 +711,8 @@ def _check_space(dest: Path, todo: list[Output], level: int | None) -> None:
     need = sum(o.payload for o in todo)
     free = shutil.disk_usage(dest).free
     if level is None and need > free:
-        raise DiskError(f"{dest}: needs {need / 1e9:.1f} GB for {len(todo)} output files, "
-                        f"only {free / 1e9:.1f} GB free")
+        raise DiskError(f"{dest}: needs {human(need)} for {len(todo)} output files, "
+                        f"only {human(free)} free")
 
 
 def _describe(s: dict[str, Any]) -> str:

@@ -42,8 +42,9 @@ import ml_dtypes
 import numpy as np
 
 from grokfetch.errors import CheckpointFormatError, DiskError, UsageError
-from grokfetch.fsutil import atomic_write
+from grokfetch.fsutil import atomic_write, loads_json
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, ChunkHasher
+from grokfetch.readguard import Lease
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -336,6 +337,10 @@ class _Mapped:
         with open(path, "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
             self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+            # A read lease on our own descriptor: a program truncating the file waits
+            # for us (we stop at the next block) instead of killing us with SIGBUS.
+            self.fd = os.dup(f.fileno())
+        self.lease = Lease(self.fd, path)
 
     def array(self, a: SourceArray) -> np.ndarray:
         if self.mm is None or a.offset < 0 or a.offset + a.nbytes > self.size:
@@ -346,8 +351,12 @@ class _Mapped:
     def release(self) -> None:
         if self.mm is not None and hasattr(mmap, "MADV_DONTNEED"):
             self.mm.madvise(mmap.MADV_DONTNEED)
+        self.lease.check()  # raises FileChangedError once someone wants to shrink the file
 
     def close(self) -> None:
+        self.lease.release()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
         if self.mm is not None:
             try:
                 self.mm.close()
@@ -561,7 +570,10 @@ def read_header(f: IO[bytes]) -> tuple[dict[str, Any], int]:
     text = f.read(n)
     if len(text) != n:
         raise UsageError("not a safetensors file: header truncated")
-    head = json.loads(text)
+    try:
+        head = loads_json(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError("not a safetensors file: header is not JSON") from None
     if not isinstance(head, dict):
         raise UsageError("not a safetensors file: header is not a JSON object")
     return head, 8 + n

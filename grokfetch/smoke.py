@@ -71,17 +71,43 @@ def parse_tokens(text: str) -> list[int]:
 
 
 def load_hidden(path: str | os.PathLike[str], emb_size: int) -> np.ndarray:
-    """Hidden states [T, emb_size] from a .npy file (never unpickled)."""
+    """Hidden states [T, emb_size] from a .npy file (never unpickled).
+
+    The header is checked before any memory is allocated: a few bytes claiming
+    (10**9, 128) are refused, not turned into a 512 GB allocation.
+    """
+    fmt = np.lib.format
     try:
-        h = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable .npy array: {e}") from None
-    if not isinstance(h, np.ndarray):  # an .npz archive
-        raise UsageError(f"{path}: an .npz archive; --input takes one .npy array")
-    if h.ndim != 2 or h.shape[1] != emb_size or h.shape[0] == 0:
-        raise UsageError(f"{path}: shape {h.shape}, expected [tokens, {emb_size}]")
-    if not np.issubdtype(h.dtype, np.floating):
-        raise UsageError(f"{path}: dtype {h.dtype}, expected floating point")
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                raise UsageError(f"{path}: an .npz archive; --input takes one .npy array")
+            f.seek(0)
+            major, _minor = fmt.read_magic(f)
+            shape, fortran, dtype = (fmt.read_array_header_1_0(f) if major == 1
+                                     else fmt.read_array_header_2_0(f))
+            data_at = f.tell()
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:  # numpy's text can span lines; an error here is one
+        raise UsageError(f"{path}: not a .npy array ({' '.join(str(e).split())})") from None
+    if len(shape) != 2 or shape[1] != emb_size or shape[0] == 0:
+        raise UsageError(f"{path}: shape {shape}, expected [tokens, {emb_size}]")
+    if not np.issubdtype(dtype, np.floating):
+        raise UsageError(f"{path}: dtype {dtype}, expected floating point")
+    need = data_at + shape[0] * shape[1] * dtype.itemsize
+    if size != need:
+        raise UsageError(f"{path}: header says {shape} x {dtype} ({need:,} bytes with the "
+                         f"header), the file has {size:,} bytes")
+    try:  # read, not mapped: a file that shrinks now reads short instead of faulting
+        with open(path, "rb") as f:
+            f.seek(data_at)
+            raw = f.read(need - data_at)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(raw) != need - data_at:
+        raise UsageError(f"{path}: truncated while being read")
+    h = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
     return h.astype(np.float32)
 
 

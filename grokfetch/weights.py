@@ -46,6 +46,7 @@ import numpy as np
 
 from grokfetch.errors import CheckpointFormatError, UsageError
 from grokfetch.forward import LayerWeights
+from grokfetch.fsutil import loads_json
 from grokfetch.layout import ModelConfig, ParamSpec, file_name, param_list
 
 if TYPE_CHECKING:
@@ -318,7 +319,7 @@ def safetensors_arrays(source: ByteSource) -> dict[str, StoredArray]:
     if not 2 <= n <= 100 << 20:
         raise CheckpointFormatError(source.path, 0, f"not a safetensors file (header size {n})")
     try:
-        head = json.loads(bytes(source.read(8, n)))
+        head = loads_json(bytes(source.read(8, n)))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointFormatError(source.path, 8, "safetensors header is not JSON") from None
     if not isinstance(head, dict):
@@ -525,7 +526,7 @@ class OriginalWeights(ModelWeights):
         from grokfetch import reader
 
         path = self.path(spec)
-        if not path.is_file():
+        if not path.is_file() and not os.path.lexists(path):
             present = {p.module for p in self.params.values() if self.path(p).is_file()}
             raise CheckpointFormatError(
                 path, None, f"missing (holds {spec.module})"
@@ -712,7 +713,7 @@ def _hf_config(d: dict[str, Any]) -> dict[str, Any]:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{path}: cannot read JSON: {e}") from None
 
@@ -815,6 +816,10 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict):
                 raise UsageError(f"{root / INDEX_NAME}: no weight_map")
+            bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
+            if bad is not None:  # say what is wrong, not "unsafe path 5: empty" later
+                raise UsageError(f"{root / INDEX_NAME}: weight_map[{bad!r}] is "
+                                 f"{type(weight_map[bad]).__name__}, expected a shard file name")
             dtype = str(repack.get("dtype", "bf16"))
             return SglangWeights(root, config, source, weight_map, dtype)
         if manifest is None:  # pragma: no cover - excluded above

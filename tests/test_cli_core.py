@@ -104,7 +104,7 @@ def test_inspect_a_fifo_in_the_checkpoint_is_a_bad_file_not_a_hang(copy_ckpt):
         raise AssertionError("inspect blocked opening a FIFO")
     r = got[0]
     assert r.exit_code == 3
-    assert r.stderr == f"Error: {fifo}: not a regular file, expected a checkpoint file\n"
+    assert r.stderr == f"Error: {fifo}: is a FIFO (named pipe), expected a checkpoint file\n"
 
 
 def test_inspect_with_config_file(tmp_path):
