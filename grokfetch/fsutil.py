@@ -12,6 +12,7 @@ Two rules hold everywhere in grokfetch:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import posixpath
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from grokfetch.errors import UnsafePathError
+from grokfetch.errors import UnsafePathError, UsageError
 
 TMP_MARK = ".grokfetch-tmp-"
 
@@ -100,7 +101,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
-        f.close()
+        # close() flushes what is buffered and fails again on a full disk: the temp
+        # file must go all the same (a 0-byte .grokfetch-tmp-* was left behind)
+        with contextlib.suppress(OSError):
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
@@ -115,6 +119,37 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON (with a trailing newline), atomically."""
     text = json.dumps(obj, indent=1, sort_keys=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+STATE_DIR = ".grokfetch"  # get's and repack's state (resume data, lock) inside their DEST
+
+
+def lock_dest(dest: str | os.PathLike[str], command: str, doing: str = "is writing into",
+              lock_file: str | None = None) -> int:
+    """An exclusive lock for one run per DEST (an fd to close; it dies with the process),
+    or UsageError naming ``command`` when another run holds it.
+
+    The lock is DEST/.grokfetch/``lock_file`` when given (get keeps its state there),
+    else the DEST folder itself, so a repack leaves no extra file among its outputs.
+    """
+    flags = getattr(os, "O_CLOEXEC", 0)
+    if lock_file is not None:
+        state = Path(dest) / STATE_DIR
+        state.mkdir(exist_ok=True)
+        fd = os.open(state / lock_file, os.O_RDWR | os.O_CREAT | flags, 0o644)
+    else:
+        fd = os.open(dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | flags)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"{dest}: another `grokfetch {command}` {doing} this folder; "
+            "wait for it to finish (or stop it) and rerun"
+        ) from None
+    except OSError:  # a filesystem without flock (some network mounts): run unlocked
+        pass
+    return fd
 
 
 def loads_json(text: str | bytes) -> Any:

@@ -31,6 +31,7 @@ hashes and the source file + BLAKE3 it came from) replaces the journal, and
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import os
@@ -55,7 +56,7 @@ from grokfetch.errors import (
     Interrupted,
     UsageError,
 )
-from grokfetch.fsutil import atomic_write_bytes, inside, loads_json, remove_stale_temps
+from grokfetch.fsutil import atomic_write_bytes, inside, loads_json, lock_dest, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
 from grokfetch.layout import ModelConfig, ParamSpec, parse_layer_spec
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
@@ -534,6 +535,27 @@ def _os_errors_as_disk_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+_held_locks: contextvars.ContextVar[list[int]] = contextvars.ContextVar("_held_locks")
+
+
+def _releasing_dest_lock(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Close the DEST lock the run took, however it ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        held: list[int] = []
+        token = _held_locks.set(held)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _held_locks.reset(token)
+            for fd in held:
+                os.close(fd)
+
+    return wrapper
+
+
+@_releasing_dest_lock
 @_os_errors_as_disk_errors
 def repack(
     src: str | os.PathLike[str],
@@ -620,6 +642,8 @@ def repack(
         dest_path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"{dest_path}: cannot create the folder ({e.strerror or e})") from None
+    # One repack per DEST, as for get: two would interleave journal lines and outputs.
+    _held_locks.get().append(lock_dest(dest_path, "repack"))
     for rel in [o.rel for o in plan.outputs] + [*plan.extra_files, JOURNAL_NAME]:
         inside(dest_path, rel, "output path")  # refuse before writing anything, not half-way
     records, old_settings = load_records(dest_path)  # refuses a folder that is not a repack's

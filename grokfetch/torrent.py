@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import os
 import shutil
@@ -46,7 +45,7 @@ import libtorrent as lt
 
 from grokfetch import __version__, metainfo
 from grokfetch.errors import DiskError, GrokfetchError, Interrupted, TorrentError, UsageError
-from grokfetch.fsutil import atomic_write_bytes, inside
+from grokfetch.fsutil import atomic_write_bytes, inside, lock_dest, remove_stale_temps
 from grokfetch.metainfo import TorrentMeta, make_torrent
 
 __all__ = [
@@ -455,19 +454,7 @@ def _have_bytes(params: Any, meta: TorrentMeta | None) -> int:
 
 def _lock_dest(state_dir: Path) -> int:
     """An exclusive lock on DEST's state folder (an fd to close), or UsageError if held."""
-    path = state_dir / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UsageError(
-            f"{state_dir.parent}: another `grokfetch get` is downloading into this folder; "
-            "wait for it to finish (or stop it) and rerun"
-        ) from None
-    except OSError:  # a filesystem without flock (some network mounts): run unlocked
-        pass
-    return fd
+    return lock_dest(state_dir.parent, "get", "is downloading into", lock_file="lock")
 
 
 def _os_errors_as_disk_errors(fn: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
@@ -539,6 +526,7 @@ def download(
     # blocks included) and clobber the resume data; the lock dies with the process.
     lock = _lock_dest(state_dir)
     try:
+        remove_stale_temps(state_dir)  # resume data a killed or disk-full run left half-written
         run = _Run(
             dest=dest,
             state_dir=state_dir,
