@@ -64,7 +64,7 @@ class NullBar:
 def human(n: float, unit: str = "B") -> str:
     """Decimal units, as every summary prints them: 950 B, 12.3 MB, 318.2 GB."""
     if unit != "B":
-        return f"{n:,.0f} {unit}"
+        return f"{n:,.0f} {unit}{'' if n == 1 else 's'}"
     for u in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or u == "TB":
             return f"{int(n)} B" if u == "B" else f"{n:.1f} {u}"
@@ -196,7 +196,8 @@ class LineBar:
         parts = [human(self.n, self.unit)]
         if self.total:
             parts[0] += f" of {human(self.total, self.unit)} ({100 * self.n / self.total:.1f}%)"
-        parts.append(f"{human(rate, self.unit)}/s")
+        parts.append(f"{human(rate, self.unit)}/s" if self.unit == "B"
+                     else f"{rate:.2f} {self.unit}/s")
         if self.total and rate > 0:
             parts.append(f"ETA {_clock((self.total - self.n) / rate)}")
         parts.append(f"elapsed {_clock(now - self._t0)}")

@@ -210,8 +210,10 @@ def scan_sources(ckpt: Checkpoint, params: list[ParamSpec]) -> dict[int, ParamFi
     return found
 
 
-def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int) -> dict[int, str]:
-    """BLAKE3 of each source: from the checkpoint's manifest, hashing only what it lacks."""
+def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int,
+                  progress: ProgressFactory | None = None) -> dict[int, str]:
+    """BLAKE3 of each source: from the checkpoint's manifest, hashing only what it lacks
+    (with a bar: at full size that is minutes before the first output)."""
     out: dict[int, str] = {}
     todo = []
     for spec in params:
@@ -223,7 +225,19 @@ def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int) -> dict[
     # parallel_map, not pool.map: Ctrl-C must not wait for every queued file to be hashed.
     # parallel_map, not pool.map: on Ctrl-C it cancels the queued files instead of
     # hashing every one of them (hours for 318 GB) before the run can stop.
-    digests = list(parallel_map(lambda s: file_digests(ckpt.path_of(s)), todo, max(1, jobs)))
+    bar = (progress(sum(ckpt.path_of(s).stat().st_size for s in todo), "hash sources")
+           if progress is not None and todo else NullBar())
+    lock = threading.Lock()
+
+    def count(n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    try:
+        digests = list(parallel_map(lambda s: file_digests(ckpt.path_of(s), on_bytes=count),
+                                    todo, max(1, jobs)))
+    finally:
+        bar.close()
     for spec, digest in zip(todo, digests, strict=True):
         out[spec.index] = digest.blake3
     return out
@@ -631,7 +645,7 @@ def repack(
         params = [p for p in ckpt.params if p.layer is None or p.layer in wanted]
 
     found = scan_sources(ckpt, params)
-    hashes = source_hashes(ckpt, params, jobs)
+    hashes = source_hashes(ckpt, params, jobs, progress)
     settings = _settings(layout, dtype, level)
     if layout == "sglang":
         plan = plan_sglang(ckpt, params, found, hashes, dtype, shard_size)

@@ -37,6 +37,7 @@ from grokfetch import forward
 from grokfetch.errors import DiskError, UsageError
 from grokfetch.fsutil import TMP_MARK, atomic_write
 from grokfetch.layout import ModelConfig
+from grokfetch.progress import NullBar
 from grokfetch.weights import ModelWeights, open_weights
 
 RMS_FACTOR = 10.0  # a layer's output RMS must lie within [in / 10, in * 10]
@@ -293,7 +294,8 @@ def _matrix_blocks(m: Any) -> Iterable[np.ndarray]:
     return (b for _k0, _k1, b in m.blocks())
 
 
-def weight_checks(weights: ModelWeights, layers: Iterable[int], final_norm: bool) -> list[Check]:
+def weight_checks(weights: ModelWeights, layers: Iterable[int], final_norm: bool,
+                  on_layer: Callable[[int], object] | None = None) -> list[Check]:
     """Every expert matrix, and every other weight, of ``layers``: finite and not all zero."""
     expert_failures: list[str] = []
     other_failures: list[str] = []
@@ -319,6 +321,8 @@ def weight_checks(weights: ModelWeights, layers: Iterable[int], final_norm: bool
                 problem = _weight_problem(_matrix_blocks(m))
                 if problem:
                     expert_failures.append(f"{m.name}: {problem}")
+        if on_layer is not None:
+            on_layer(i)
     if final_norm:
         n_other += 1
         problem = _weight_problem([weights.final_norm()])
@@ -399,8 +403,13 @@ def run_smoke(
     tokens: list[int] | None = None,
     hidden: np.ndarray | str | os.PathLike[str] | None = None,
     check_weights: bool = True,
+    progress: Callable[[int, str], Any] | None = None,
 ) -> SmokeReport:
-    """``smoke`` on weights that are already open."""
+    """``smoke`` on weights that are already open.
+
+    ``progress(layers, desc)``: a bar counting layers for ``all_layers`` (the
+    forward pass, then the weight checks; at full size each takes minutes).
+    """
     if all_layers and hidden is not None:
         raise UsageError("--input feeds one layer; it cannot be combined with --all")
     start = time.monotonic()
@@ -421,7 +430,11 @@ def run_smoke(
     outputs: dict[str, np.ndarray] = {"tokens": np.asarray(tokens or [], dtype=np.int32)}
     finite: dict[str, np.ndarray] = {}
     if all_layers:
-        run = forward.model(tokens or [], weights, cfg)
+        bar = progress(cfg.num_layers, f"smoke {path}") if progress else NullBar()
+        try:
+            run = forward.model(tokens or [], weights, cfg, on_layer=lambda _i: bar.update(1))
+        finally:
+            bar.close()
         outs = list(run.layers)
         layers = tuple(range(cfg.num_layers))
         inputs = [run.h0] + [o.h for o in outs[:-1]]
@@ -468,7 +481,13 @@ def run_smoke(
         *_layer_checks({i: (x, o.h) for i, x, o in zip(layers, inputs, outs, strict=True)}),
     ]
     if check_weights:
-        checks += weight_checks(weights, layers, final_norm=all_layers)
+        wbar = (progress(len(layers), f"weights {path}") if progress and all_layers
+                else NullBar())
+        try:
+            checks += weight_checks(weights, layers, final_norm=all_layers,
+                                    on_layer=lambda _i: wbar.update(1))
+        finally:
+            wbar.close()
     counts = {
         i: np.bincount(o.moe.expert_idx.ravel(), minlength=cfg.num_experts).tolist()
         for i, o in zip(layers, outs, strict=True)

@@ -35,6 +35,7 @@ import functools
 import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,7 +45,14 @@ from typing import Any
 import libtorrent as lt
 
 from grokfetch import __version__, metainfo
-from grokfetch.errors import DiskError, GrokfetchError, Interrupted, TorrentError, UsageError
+from grokfetch.errors import (
+    DiskError,
+    GrokfetchError,
+    Interrupted,
+    TorrentError,
+    UnsafePathError,
+    UsageError,
+)
 from grokfetch.fsutil import atomic_write_bytes, inside, lock_dest, remove_stale_temps
 from grokfetch.metainfo import TorrentMeta, make_torrent
 
@@ -430,6 +438,8 @@ class _Run:
     last_done: int = -1
     last_notice: float = 0.0
     warned_peers: set[tuple[str, int]] = field(default_factory=set)
+    watch_dirs: list[str] = field(default_factory=list)  # must never become links out
+    files_checked: float = 0.0
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -881,6 +891,7 @@ def _loop(
         ses.wait_for_alert(200)
         for a in ses.pop_alerts():
             _handle_alert(run, a, ses)
+        _check_still_inside(run, h)
         now = time.monotonic()
         st = h.status()
         if not ti_known and st.has_metadata:
@@ -946,6 +957,40 @@ def _loop(
                 f"({st.total_wanted_done} of {st.total_wanted} bytes; "
                 f"{stall_text(run, h, st, peers, stalled)}); state saved, rerun"
             )
+
+
+def _check_still_inside(run: _Run, h: Any) -> None:
+    """Stop before libtorrent writes through a symlink swapped into DEST mid-run.
+
+    libtorrent opens files by path, so ``DEST/ckpt-0`` replaced by a link to
+    elsewhere would redirect every file it opens from then on.  Checked at
+    each tick of the loop (a few lstat calls: only a link found on the way is
+    resolved); on an escape the torrent is paused at once.
+    """
+    if not run.chosen:
+        return
+    if not run.watch_dirs:
+        run.watch_dirs = sorted({str(Path(f.path).parent) for f in run.chosen} - {"."}, key=len)
+    # the folders at every tick (a handful); the files, a few hundred, twice a second
+    now = time.monotonic()
+    watch = run.watch_dirs
+    if now - run.files_checked >= 0.5:
+        run.files_checked = now
+        watch = watch + [f.path for f in run.chosen]
+    for rel in watch:
+        try:
+            is_link = stat.S_ISLNK(os.lstat(run.dest / rel).st_mode)
+        except OSError:  # not created yet
+            continue
+        if is_link:
+            try:
+                inside(run.dest, rel, "path")
+            except UnsafePathError:
+                h.pause()
+                raise UnsafePathError(
+                    f"{run.dest / rel}: became a symlink leading outside {run.dest} during "
+                    "the download; stopped before writing through it (remove the link and "
+                    "rerun)") from None
 
 
 def probe_peer(addr: tuple[str, int], timeout: float = 1.0) -> str | None:

@@ -9,6 +9,7 @@ import click
 from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.errors import EXIT_PROBLEMS, UsageError
+from grokfetch.progress import bar
 from grokfetch.smoke import (
     Comparison,
     SmokeReport,
@@ -179,6 +180,8 @@ def smoke_cmd(
         all_layers=all_layers,
         tokens=token_list,
         hidden=input_path,
+        # layers done, on a terminal or as log lines (--all at full size: 30-55 minutes)
+        progress=lambda total, desc: bar(total, desc, False if as_json else None, unit="layer"),
     )
     other_report = comparison = None
     if other:
