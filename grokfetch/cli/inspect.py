@@ -75,7 +75,7 @@ def inspect_cmd(path: str, as_json: bool, config_path: str | None, key_size: int
     """
     json_errors("document" if as_json else None)
     p = Path(path)
-    if p.is_file():
+    if p.is_file() or (p.exists() and not p.is_dir()):  # a FIFO or device: the reader says so
         pf = inspect_file(p)
         if as_json:
             echo_json(_file_json(pf))
