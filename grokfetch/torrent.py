@@ -384,20 +384,63 @@ def _listen_text(ses: Any, net: NetOptions) -> str:
     return f"{host}:{ses.listen_port()}"
 
 
-def _host_for_magnet(listen_host: str) -> str:
-    """The address to advertise: the --listen host, else this host's first non-loopback IPv4.
+def default_route_address() -> str | None:
+    """The IPv4 address of the interface holding the default route, or None.
 
-    (Many distributions map the host name to 127.0.1.1, useless to other
-    nodes; --listen with an explicit address always wins.)
+    A UDP socket "connected" to an address beyond the default route makes the
+    kernel choose the source address it would use; nothing is sent.  (The host
+    name is no guide: on cloud, container and Kubernetes nodes it often
+    resolves to 127.0.0.1.)
+    """
+    try:
+        with open("/proc/net/route") as f:  # Linux: is there a default route at all?
+            if not any(line.split()[1:2] == ["00000000"] for line in f.readlines()[1:]):
+                return None
+    except OSError:
+        pass  # not Linux: let the kernel decide below
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): routed by default, never used
+            addr = str(s.getsockname()[0])
+    except OSError:  # no route
+        return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
+def _host_for_magnet(listen_host: str) -> str:
+    """The address to advertise: the --listen host, else the default route's interface,
+    else this host name's first non-loopback IPv4 (else loopback: see ``seed``'s warning).
     """
     if listen_host not in ("", "0.0.0.0", "::"):
         return listen_host
+    routed = default_route_address()
+    if routed is not None:
+        return routed
     addrs: list[str] = []
     with contextlib.suppress(OSError):
         infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
         addrs = [str(i[4][0]) for i in infos]
     outside = [a for a in addrs if not a.startswith("127.")]
     return (outside or addrs or ["127.0.0.1"])[0]
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost")
+
+
+def advertised_peer(listen_host: str, port: int, advertise: tuple[str, int] | None = None
+                    ) -> tuple[str, int, str | None]:
+    """The HOST, PORT a seeder's magnet names, and a warning when other machines could
+    not reach it (a wildcard --listen that found only loopback)."""
+    if advertise is not None:
+        return advertise[0], advertise[1], None
+    host = _host_for_magnet(listen_host)
+    warning = None
+    if is_loopback(host) and not is_loopback(listen_host):
+        warning = (f"warning: the magnet names {host}:{port} (no default route, and this "
+                   "host's name resolves to loopback): other machines cannot reach it; pass "
+                   "--advertise HOST:PORT with an address they can")
+    return host, port, warning
 
 
 def magnet_with_peer(ti: Any, host: str, port: int) -> str:
@@ -1153,8 +1196,11 @@ class Seeder:
         web_seeds: Sequence[str] = (),
         full_check: bool = False,
         on_message: Callable[[str], None] | None = None,
+        advertise: str | None = None,
     ) -> None:
         self.folder = Path(folder)
+        # HOST:PORT put into the magnet's x.pe hint instead of the one guessed
+        self.advertise = parse_hostport(advertise, "--advertise") if advertise else None
         self.torrent = Path(torrent) if torrent is not None else None
         self.net = net or NetOptions()
         self.web_seeds = tuple(web_seeds)
@@ -1235,13 +1281,16 @@ class Seeder:
             )
         port = self.ses.listen_port()
         host = parse_hostport(self.net.listen.split(",")[0], "--listen", allow_zero=True)[0]
+        peer_host, peer_port, warning = advertised_peer(host, port, self.advertise)
+        if warning:
+            self.say(warning)
         self.info = SeedInfo(
             folder=save,
             torrent_path=tpath,
             info_hash=meta.info_hash,
             name=meta.name,
             port=port,
-            magnet=magnet_with_peer(ti, _host_for_magnet(host), port),
+            magnet=magnet_with_peer(ti, peer_host, peer_port),
             verified="lazy" if lazy else "full",
             total=meta.total_size,
             have=st.total_done,

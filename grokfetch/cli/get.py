@@ -236,14 +236,17 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
 @click.option("--web-seed", "web_seeds", multiple=True, metavar="URL",
               help="Put this BEP 19 URL into a newly made torrent.")
 @_net_options
+@click.option("--advertise", metavar="HOST:PORT",
+              help="Address other nodes reach this seeder at, put into the magnet (default: "
+                   "the --listen host, else the interface holding the default route).")
 @click.option("--full-check", is_flag=True,
               help="Hash every piece before seeding even when a pinned manifest is present.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the magnet link.")
 @click.option("--json-progress", is_flag=True,
               help="JSON lines on stdout: the magnet first, then status each second.")
 def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], listen: str,
-             no_dht: bool, no_utp: bool, max_upload_rate: str | None, full_check: bool,
-             quiet: bool, json_progress: bool) -> None:
+             no_dht: bool, no_utp: bool, max_upload_rate: str | None, advertise: str | None,
+             full_check: bool, quiet: bool, json_progress: bool) -> None:
     """Verify and seed a checkpoint FOLDER; print its magnet link with this host as a peer.
 
     With a pinned manifest each piece is checked against the torrent when it
@@ -256,7 +259,7 @@ def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], 
     net = _net(listen, no_dht, no_utp, None, max_upload_rate)
     r = Renderer(quiet, json_progress)
     seeder = torrent.Seeder(folder, torrent=torrent_file, net=net, web_seeds=web_seeds,
-                            full_check=full_check, on_message=r.message)
+                            full_check=full_check, on_message=r.message, advertise=advertise)
     with sigterm_as_interrupt():
         try:
             info = seeder.start()
