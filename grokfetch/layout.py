@@ -120,6 +120,8 @@ class ModelConfig:
             raise UsageError(f"model config must be a JSON object, got {type(d).__name__}")
         if "emb_size" not in d and isinstance(d.get("meta"), dict) and "config" in d["meta"]:
             d = d["meta"]["config"]
+        if "emb_size" not in d and isinstance(d.get("config"), dict):  # a whole manifest
+            d = d["config"]
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
         missing = [f.name for f in dataclasses.fields(cls)

@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 STATE_DIR = ".grokfetch"  # resume data and the crash marker, inside DEST
+SELECTION_MANIFEST = "manifest.json"  # in STATE_DIR: the manifest a partial get chose from
 SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick)
 FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
 PRIO_WAIT = 30.0  # seconds to wait for file_prio_alert before judging completion anyway
@@ -726,6 +727,12 @@ def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
             run.on_message(f"pinned manifest: {manifest_path}")
     elif pin:
         run.on_message("partial download (--layers/--include): the manifest is not pinned")
+        if run.manifest is not None and getattr(run.manifest, "config", None) is not None:
+            # inspect, smoke and repack find the model here (inferring it from a partial
+            # folder would describe another model); not a root of trust, so not pinned
+            path = run.state_dir / SELECTION_MANIFEST
+            _manifest_mod().save_manifest(run.manifest, path)
+            run.on_message(f"model config for later commands: {path}")
     return root, complete, manifest_path
 
 

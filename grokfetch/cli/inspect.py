@@ -15,7 +15,7 @@ from grokfetch.checkpoint import (
 )
 from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS
-from grokfetch.layout import ModelConfig
+from grokfetch.layout import ModelConfig, param_list
 from grokfetch.names import escape, escape_text
 from grokfetch.reader import ParamFile
 
@@ -120,6 +120,13 @@ def _print_table(r: InspectReport) -> None:
             click.echo(f"       PROBLEM: {escape_text(prob)}")
     for m in r.missing:
         click.echo(f"MISSING: {m}")
+    if r.missing:  # a partial copy (get --layers): say what it can still be used for
+        from grokfetch.weights import complete_layers, layers_text
+
+        params = [f.spec for f in r.files if f.spec is not None]
+        done = complete_layers(param_list(cfg), {p.module for p in params})
+        click.echo(f"layers present: {layers_text(done) if done else 'none complete'} "
+                   f"of 0-{cfg.num_layers - 1}")
     for u in r.unexpected:
         click.echo(f"UNEXPECTED: {escape(u)}")
     status = "OK" if r.ok else f"{len(r.problems)} problem(s)"
