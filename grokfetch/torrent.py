@@ -55,6 +55,7 @@ from grokfetch.errors import (
 )
 from grokfetch.fsutil import atomic_write_bytes, inside, lock_dest, remove_stale_temps
 from grokfetch.metainfo import TorrentMeta, make_torrent
+from grokfetch.progress import human
 
 __all__ = [
     "NetOptions",
@@ -373,11 +374,8 @@ def check_space(dest: Path, chosen: Sequence[metainfo.TorrentFile]) -> int:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
+    """Decimal units, as on the bar and in every summary (one convention: issue 13)."""
+    return human(n)
 
 
 def _listen_text(ses: Any, net: NetOptions) -> str:
