@@ -126,3 +126,4 @@ def test_get_shows_its_pin_pass(tmp_path: Path, source: Path):
     said = g.messages()
     assert any(re.fullmatch(r"pinning: hashing [\d,]+ bytes", m) for m in said), said
     assert json.dumps(g.result())  # the run still ends with its result
+

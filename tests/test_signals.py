@@ -8,6 +8,7 @@ progress line in a log, or its first output on disk).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -107,3 +108,40 @@ def test_sigterm_stops_repack_and_the_rerun_keeps_its_work(big: Path, tmp_path: 
                        text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
     assert r.returncode == 0, r.stderr
     assert "already done" in r.stdout and " 0 already done" not in r.stdout
+
+
+def test_a_second_repack_into_the_same_folder_is_refused_while_the_first_runs(big: Path,
+                                                                               tmp_path: Path):
+    """Item 14: the loser used to exit 5 with a misleading "cannot write"."""
+    dest = tmp_path / "st"
+    first = Started("repack", str(big), str(dest), "--dtype", "f32", "--jobs", "1")
+    deadline = time.monotonic() + 60
+    while not any(dest.glob("layer-*/*.safetensors")) and first.p.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    second = subprocess.run([sys.executable, "-m", "grokfetch", "repack", str(big), str(dest),
+                             "--dtype", "f32"], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    running = first.p.poll() is None
+    rc, err = first.term_when(lambda: False, timeout=0)  # stop the first, or see it done
+    if running:  # the first was still at work when the second started
+        assert second.returncode == 2, second.stderr
+        assert second.stderr == (f"Error: {dest}: another `grokfetch repack` is writing into "
+                                 "this folder; wait for it to finish (or stop it) and rerun\n")
+
+
+def test_smoke_all_and_repacks_source_hashing_report_progress_in_a_log(big: Path,
+                                                                      tmp_path: Path):
+    """Item 4: no long phase is silent - smoke --all counts layers, repack counts the
+    source bytes it hashes before its first output (minutes at full size)."""
+    p = Started("smoke", str(big), "--all")
+    rc, err = p.term_when(lambda: False, timeout=120)
+    assert rc == 0, err
+    assert re.search(rf"^smoke {re.escape(str(big))}: \d+ layers? of 48 layers \(", err, re.M)
+    src = tmp_path / "src"
+    shutil.copytree(big, src)
+    (src / "grokfetch-manifest.json").unlink()  # no source hashes known: repack hashes them
+    p = Started("repack", str(src), str(tmp_path / "st"), "--jobs", "1")
+    rc, err = p.term_when(lambda: False, timeout=120)
+    assert rc == 0, err
+    assert re.search(r"^hash sources: [\d.]+ [kM]?B of [\d.]+ MB \(", err, re.M), err
