@@ -35,10 +35,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from grokfetch.layout import GROK1, param_list  # noqa: E402
-from grokfetch.reader import scan  # noqa: E402
-from grokfetch.repack import sglang_tensors  # noqa: E402
-from grokfetch.safetensors_io import BFLOAT16, SourceArray, Tensor, write_safetensors  # noqa: E402
+from grokfetch.format import sglang  # noqa: E402
+from grokfetch.format.arrays import BFLOAT16  # noqa: E402
+from grokfetch.format.layout import GROK1, param_list  # noqa: E402
+from grokfetch.format.pickle_reader import scan  # noqa: E402
+from grokfetch.format.safetensors import Tensor, write_safetensors  # noqa: E402
 
 NEED_BYTES = 30 * 10**9  # source 8.1 + cp 8.1 + repack 8.1 + one 3.2 GB bf16 file, with margin
 
@@ -121,13 +122,12 @@ def main() -> int:
         spec = next(p for p in param_list(_one_layer())
                     if p.module.endswith("moe/linear"))
         pf = scan(src / spec.file)
-        w, s = (SourceArray(pf.path, a.offset, a.dtype, tuple(a.shape))
-                for a in (pf.arrays["weight"], pf.arrays["scales"]))
+        w, s = pf.arrays["weight"], pf.arrays["scales"]
         sync()
         t_bf, size_bf = timed_write(work / "bf16.safetensors", [Tensor("weight", w, BFLOAT16, s)])
         os.unlink(work / "bf16.safetensors")
         t_sg, size_sg = timed_write(work / "sglang.safetensors",
-                                    sglang_tensors(spec, pf, BFLOAT16))
+                                    sglang.tensors_for(spec, pf, BFLOAT16))
         os.unlink(work / "sglang.safetensors")
         t_z, size_z = timed_write(work / "keep.safetensors.zst",
                                   [Tensor("weight", w), Tensor("scales", s)], level=3)

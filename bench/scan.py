@@ -21,8 +21,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from grokfetch.layout import GROK1, param_list
-from grokfetch.reader import scan
+from grokfetch.format.layout import GROK1, param_list
+from grokfetch.format.pickle_reader import scan
 from grokfetch.synth import synthesize, write_param
 
 

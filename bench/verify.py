@@ -11,13 +11,15 @@ has, ~3.5 GB in all), warms the page cache, then times in one run, best of
   (start-up without the other commands' imports);
 * ``b3sum --check`` (Debian package b3sum) and ``sha256sum --check`` on the
   same files - the same job: hash every file, compare with a list;
-* ``pin`` (whole-file and chunk BLAKE3 together, what ``get`` runs once), in a
-  fresh process;
 * ``grokfetch verify --torrent``: SHA-1 of 16 MiB pieces across file boundaries;
+* the pin pass ``pin(torrent=...)`` (what ``get`` and ``verify --torrent --pin``
+  run once): every piece's SHA-1 and every file's BLAKE3 (whole file and
+  chunks) from the same read, in a fresh process;
 
-and prints GB/s, the ratio to b3sum, and each process's peak RSS (target:
+and prints GB/s, the ratio to b3sum, the pin pass against ``verify --torrent``
+alone (target: at most 1.3x its time), and each process's peak RSS (target:
 under 200 MB; b3sum maps whole files, so its RSS shows them).  The data is
-deleted afterwards.
+deleted afterwards; the pin key goes to a scratch config folder beside it.
 
     python bench/verify.py [--dir /tmp/grokfetch-bench-verify] [--repeat 5] [--keep]
 """
@@ -35,11 +37,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest  # noqa: E402
+from grokfetch.manifest import FileEntry, Manifest  # noqa: E402
 from grokfetch.metainfo import build_torrent  # noqa: E402
 from grokfetch.verify import pin, verify  # noqa: E402
 
-# (count, bytes each): the real checkpoint's sizes (GROK1_FORMAT.md), fewer of each.
+# (count, bytes each): the real checkpoint's sizes (docs/FORMAT.md, "The files"), fewer of each.
 SHAPE = [
     (2, 1_611_137_347),  # MoE linear / linear_v
     (4, 37_847_359),  # attention output
@@ -95,6 +97,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the data afterwards")
     args = ap.parse_args()
     root = Path(args.dir)
+    # the pin key of this run: never the user's own (pins made here are scratch)
+    os.environ["GROKFETCH_CONFIG_DIR"] = str(root.parent / "grokfetch-bench-verify-config")
     for tool in ("b3sum", "sha256sum", "/usr/bin/time"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install {tool})")
@@ -107,7 +111,11 @@ def main() -> None:
 
         base = Manifest(name="bench", files=[FileEntry(path=r, size=p.stat().st_size)
                                              for r, p in zip(rels, paths, strict=True)])
-        pin(root, base=base)  # writes the manifest verify checks, and warms the page cache
+        # a v1 torrent of the same files, 16 MiB pieces (pieces span file boundaries)
+        torrent = root.parent / "grokfetch-bench-verify.torrent"
+        torrent.write_bytes(build_torrent(root, piece_size=16 << 20))
+        # writes the manifest verify checks (proven by the torrent), warms the page cache
+        pin(root, base=base, torrent=torrent)
 
         b3 = subprocess.run(["b3sum", *rels], cwd=root, check=True, capture_output=True).stdout
         (root / "sums.b3").write_bytes(b3)
@@ -115,18 +123,8 @@ def main() -> None:
                              capture_output=True).stdout
         (root / "sums.sha256").write_bytes(sha)
 
-        # a v1 torrent of the same files, 16 MiB pieces (pieces span file boundaries)
-        torrent = root.parent / "grokfetch-bench-verify.torrent"
-        torrent.write_bytes(build_torrent(root, piece_size=16 << 20))
-
         def cli_torrent() -> tuple[float, int]:
-            # the pinned manifest would take precedence: move it aside meanwhile
-            aside = root.parent / "grokfetch-bench-verify.manifest.json"
-            (root / MANIFEST_NAME).rename(aside)
-            try:
-                return timed([*cli, "--torrent", str(torrent)], REPO)
-            finally:
-                aside.rename(root / MANIFEST_NAME)
+            return timed([*cli, "--torrent", str(torrent)], REPO)  # an explicit root wins
 
         def lib() -> tuple[float, int]:
             t0 = time.perf_counter()
@@ -140,19 +138,17 @@ def main() -> None:
         # what the CLI would cost if it did not import every command's dependencies
         fresh = [sys.executable, "-c", "import sys; from grokfetch.verify import verify; "
                  "sys.exit(0 if verify(sys.argv[1]).ok else 1)", str(root)]
-        # pin in a fresh process too, so its peak RSS is measured
+        # the pin pass in a fresh process too, so its peak RSS is measured
         fresh_pin = [sys.executable, "-c", "import sys; from grokfetch.verify import pin; "
-                     "from grokfetch.manifest import load_manifest; "
-                     "pin(sys.argv[1], base=load_manifest(sys.argv[2]))", str(root),
-                     str(root / MANIFEST_NAME)]
+                     "pin(sys.argv[1], torrent=sys.argv[2])", str(root), str(torrent)]
         tools = [
             ("b3sum --check", lambda: timed(["b3sum", "--check", "sums.b3"], root)),
             ("grokfetch verify (library)", lib),
             ("grokfetch verify (CLI)", lambda: timed(cli, REPO)),
             ("verify() in a fresh python", lambda: timed(fresh, REPO)),
             ("sha256sum --check", lambda: timed(["sha256sum", "--check", "sums.sha256"], root)),
-            ("pin() in a fresh python (b3+chunks)", lambda: timed(fresh_pin, REPO)),
             ("grokfetch verify --torrent (CLI)", cli_torrent),
+            ("pin pass: SHA-1 pieces + BLAKE3", lambda: timed(fresh_pin, REPO)),
         ]
         # Rounds interleave the tools, so a burst of other load hits them alike;
         # each keeps its best round.
@@ -166,6 +162,10 @@ def main() -> None:
         for name, (secs, rss) in rows:
             mem = f"{max(r[1] for r in runs[name]) / 1024:.0f} MB" if rss else "-"
             print(f"{name:34s} {secs:8.3f} {total / secs / 1e9:7.2f} {ref / secs:8.2f}x {mem:>9s}")
+        by_name = dict(rows)
+        ratio = by_name["pin pass: SHA-1 pieces + BLAKE3"][0] / by_name[
+            "grokfetch verify --torrent (CLI)"][0]
+        print(f"\npin pass / verify --torrent alone: {ratio:.2f}x its time (target <= 1.3x)")
         load = os.getloadavg()[0]
         print(f"\n(best of {args.repeat} interleaved rounds; hot page cache; ratio = b3sum time /"
               f" tool time; peak RSS = highest of the rounds; load average {load:.2f})")
@@ -173,6 +173,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
             (root.parent / "grokfetch-bench-verify.torrent").unlink(missing_ok=True)
+            shutil.rmtree(root.parent / "grokfetch-bench-verify-config", ignore_errors=True)
 
 
 if __name__ == "__main__":

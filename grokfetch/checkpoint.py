@@ -14,18 +14,23 @@ the shapes and defaults to head size 128).
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from grokfetch.errors import CheckpointFormatError, GrokfetchError, UsageError
+from grokfetch.format.layout import (
+    CKPT_DIR,
+    ModelConfig,
+    ParamSpec,
+    file_name,
+    param_list,
+    tensor_files,
+)
+from grokfetch.format.pickle_reader import ParamFile, file_kind, scan
 from grokfetch.fsutil import loads_json
-from grokfetch.layout import CKPT_DIR, ModelConfig, ParamSpec, file_name, param_list
 from grokfetch.manifest import MANIFEST_NAME, Manifest, load_manifest
-from grokfetch.reader import ParamFile, file_kind, scan
 
-_TENSOR_RE = re.compile(r"^tensor(\d{5})_(\d{3})$")
 DEFAULT_KEY_SIZE = 128
 
 
@@ -61,16 +66,6 @@ def find_ckpt_dir(path: str | os.PathLike[str]) -> Path:
         raise UsageError(f"{p}: holds more than one checkpoint ({', '.join(map(str, hits))}); "
                          "name one")
     raise UsageError(f"{p}: no checkpoint here (no {file_name(0)} in it or in {CKPT_DIR}/)")
-
-
-def tensor_files(ckpt_dir: Path) -> dict[int, Path]:
-    """The ``tensorNNNNN_000`` files of a folder, by index (other files are ignored)."""
-    out = {}
-    for q in ckpt_dir.iterdir():
-        m = _TENSOR_RE.match(q.name)
-        if m and m.group(2) == "000":
-            out[int(m.group(1))] = q
-    return out
 
 
 def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfig:
@@ -137,7 +132,7 @@ def _partial_get_config(root: Path) -> ModelConfig | None:
 
 def _widening_for(emb: int, ffn: int) -> float:
     """A widening factor that reproduces ``ffn`` through the official ffn_size()."""
-    from grokfetch.layout import ffn_size
+    from grokfetch.format.layout import ffn_size
 
     for wf in (8.0, 4.0, 2.0, 1.0, 16.0):
         if ffn_size(emb, wf) == ffn:

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grokfetch import metainfo, repack, smoke, torrent, verify
+from grokfetch import metainfo, torrent, verify
 from grokfetch.errors import GrokfetchError, Interrupted, TorrentError
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.model import smoke
+from grokfetch.repack import run as repack
 from grokfetch.synth import synthesize
 
 LOOPBACK = torrent.NetOptions(listen="127.0.0.1:0", dht=False, utp=False)
@@ -204,22 +206,20 @@ def run_demo(keep: str | os.PathLike[str] | None = None, num_layers: int | None 
             out["detail"] = (f"{got.files} files, {got.downloaded:,} bytes received, "
                              f"every piece hash-checked")
         with rec.stage("grokfetch verify --torrent --pin") as out:
-            r = verify.verify(got.root, torrent=got.torrent_path)
+            # One pass: every byte is checked against the torrent's pieces as it is
+            # hashed into the pin.  The synthesized manifest plays the part of
+            # manifests/grok-1.json: it carries the model config into the pin.
+            pinned = verify.pin(got.root, base=load_manifest(src / MANIFEST_NAME),
+                                torrent=got.torrent_path)
+            r = pinned.report
             verified_bytes = out["bytes"] = sum(f.size or 0 for f in r.files
                                                 if f.status == verify.OK)
-            out["passed"] = r.ok and r.trust == "torrent"
-            if out["passed"]:
-                # The synthesized manifest plays the part of manifests/grok-1.json:
-                # it carries the model config into the pinned manifest.
-                pinned = verify.pin(got.root, base=load_manifest(src / MANIFEST_NAME),
-                                    torrent=got.torrent_path)
-                out["detail"] = f"{_verify_detail(r)}; pinned {pinned.name}"
-            else:
-                out["detail"] = _verify_detail(r)
+            out["passed"] = r.proven and r.trust == "torrent"
+            out["detail"] = f"{_verify_detail(r)}; pinned {pinned.path.name}"
         with rec.stage("grokfetch verify (pinned BLAKE3)") as out:
             r = verify.verify(got.root)
             out["bytes"] = r.bytes_hashed
-            out["passed"] = r.ok and r.trust == "pinned"
+            out["passed"] = r.proven and r.trust == "pinned"
             out["detail"] = _verify_detail(r)
         stopped = seeder.stop()
         repacked = work / "repacked"
@@ -230,7 +230,7 @@ def run_demo(keep: str | os.PathLike[str] | None = None, num_layers: int | None 
         with rec.stage("grokfetch verify REPACKED") as out:
             r = verify.verify(repacked)
             out["bytes"] = r.bytes_hashed
-            out["passed"] = r.ok
+            out["passed"] = r.proven
             out["detail"] = _verify_detail(r)
         with rec.stage("grokfetch smoke --all") as out:
             s = smoke.smoke(got.root, all_layers=True)

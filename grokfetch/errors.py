@@ -14,6 +14,8 @@ EXIT_USAGE = 2  # could not run: bad arguments, unreadable or malformed manifest
 EXIT_BAD_CHECKPOINT = 3  # a checkpoint file failed the safe reader's checks
 EXIT_TORRENT = 4  # torrent / network problem (bad metadata, torrent disagrees with manifest)
 EXIT_DISK = 5  # not enough free space, disk full or I/O error while writing
+EXIT_UNPROVEN = 6  # verify: nothing wrong found, but no root of trust proved every file
+EXIT_SIGNATURE = 7  # an OMS signature does not hold: wrong key, altered, untrusted, malformed
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (GROKFETCH_DEBUG=1 shows the traceback)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM (state saved where applicable)
 EXIT_BROKEN_PIPE = 141  # stdout's reader went away (`| head`): 128 + SIGPIPE, as for any tool
@@ -59,10 +61,23 @@ class CheckpointFormatError(GrokfetchError):
         super().__init__(f"{where}: {what}")
 
 
+class PinRefused(GrokfetchError):
+    """A file failed the root of trust in the pin pass: nothing was pinned."""
+
+    exit_code = EXIT_PROBLEMS
+
+
 class TorrentError(GrokfetchError):
     """The torrent or the swarm cannot give us what we need."""
 
     exit_code = EXIT_TORRENT
+
+
+class SignatureError(GrokfetchError):
+    """An OMS signature does not hold: malformed bundle, another key, a bad signature, an
+    untrusted certificate, or a statement that contradicts itself."""
+
+    exit_code = EXIT_SIGNATURE
 
 
 class DiskError(GrokfetchError):

@@ -1,4 +1,4 @@
-"""Filesystem helpers every stage shares: safe relative paths and atomic writes.
+"""Filesystem helpers every stage shares: safe relative paths, atomic writes, free space.
 
 Two rules hold everywhere in grokfetch:
 
@@ -7,21 +7,31 @@ Two rules hold everywhere in grokfetch:
 * nothing is ever written to its final name directly: output goes to a
   process-unique temp name in the same folder, is fsynced, then renamed, and
   the temp file is removed if anything fails (``atomic_write``).
+
+And one way to turn an OSError nobody foresaw into a one-line DiskError
+(``os_errors_as_disk_errors``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import inspect
 import json
 import os
 import posixpath
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
-from grokfetch.errors import UnsafePathError, UsageError
+from grokfetch.errors import CheckpointFormatError, DiskError, UnsafePathError, UsageError
+from grokfetch.readguard import FileChangedError
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 TMP_MARK = ".grokfetch-tmp-"
 
@@ -121,22 +131,17 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-STATE_DIR = ".grokfetch"  # get's and repack's state (resume data, lock) inside their DEST
-
-
 def lock_dest(dest: str | os.PathLike[str], command: str, doing: str = "is writing into",
-              lock_file: str | None = None) -> int:
+              lock_file: str | os.PathLike[str] | None = None) -> int:
     """An exclusive lock for one run per DEST (an fd to close; it dies with the process),
     or UsageError naming ``command`` when another run holds it.
 
-    The lock is DEST/.grokfetch/``lock_file`` when given (get keeps its state there),
-    else the DEST folder itself, so a repack leaves no extra file among its outputs.
+    The lock is the file ``lock_file`` when given (get's, in its state folder), else
+    the DEST folder itself, so a repack leaves no extra file among its outputs.
     """
     flags = getattr(os, "O_CLOEXEC", 0)
     if lock_file is not None:
-        state = Path(dest) / STATE_DIR
-        state.mkdir(exist_ok=True)
-        fd = os.open(state / lock_file, os.O_RDWR | os.O_CREAT | flags, 0o644)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | flags, 0o644)
     else:
         fd = os.open(dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | flags)
     try:
@@ -169,3 +174,44 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
             p.unlink()
             removed.append(p)
     return removed
+
+
+def free_space(path: str | os.PathLike[str]) -> int:
+    """Bytes free on the filesystem that holds ``path``, or will hold it once created
+    (the nearest folder above it that exists)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def os_errors_as_disk_errors(place: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a stage's entry point: an OSError its checks did not foresee (permission
+    denied, read-only file system, a path through a file) becomes one DiskError line (exit
+    5) naming the file - or else the value of the parameter ``place`` - not a traceback.
+
+    BrokenPipeError passes: it is the caller's stdout going away (``| head``), not the disk.
+    """
+
+    def decorate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return fn(*args, **kwargs)
+            except BrokenPipeError:
+                raise
+            except FileChangedError as e:  # a source shrank or was rewritten under us
+                raise CheckpointFormatError(e.filename, None, str(e.strerror)) from None
+            except OSError as e:
+                where = e.filename
+                if where is None:
+                    with contextlib.suppress(TypeError):
+                        where = signature.bind_partial(*args, **kwargs).arguments.get(place)
+                raise DiskError(f"{where if where is not None else place}: "
+                                f"{e.strerror or e}") from e
+
+        return wrapper
+
+    return decorate

@@ -30,14 +30,16 @@ download is still writing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import blake3
 
@@ -61,6 +63,7 @@ class FileDigests:
     blake3: str  # hex digest of the whole file
     chunks: list[str]  # hex BLAKE3 of each chunk_size slice (the last may be shorter)
     size: int = 0
+    sha256: str | None = None  # when asked for (digest_file)
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -119,7 +122,59 @@ def _pread_blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
 
 
 def _open(path: str | os.PathLike[str]) -> int:
-    return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    """An fd for reading a regular file; OSError for anything else (a FIFO that replaced
+    the file is opened without blocking and refused, never read: that would hang)."""
+    return open_regular(path)
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+    return fd
+
+
+# Hash names as OMS signatures spell them (grokfetch's own manifests use blake3 and sha256).
+ALGORITHMS = ("sha256", "blake2b", "blake3")
+
+
+def new_hasher(algorithm: str, length: int = 0) -> Any:
+    """A hashlib-style object for ``algorithm``; BLAKE3 of ``length`` >= THREADED_FILE bytes
+    uses blake3's threads (one large file or range splits across every core)."""
+    if algorithm == "blake3":
+        return blake3.blake3(max_threads=blake3.blake3.AUTO if length >= THREADED_FILE else 1)
+    if algorithm in ("sha256", "blake2b"):
+        return hashlib.new(algorithm)
+    raise ValueError(f"unsupported hash algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
+
+
+def range_digest(
+    path: str | os.PathLike[str],
+    start: int,
+    end: int,
+    algorithm: str,
+    *,
+    on_bytes: OnBytes | None = None,
+) -> tuple[str, int]:
+    """(hex digest, bytes read) of bytes [start, end) of a file; fewer bytes if it is shorter.
+
+    ``end=-1`` means to the end of the file: the whole-file digest.
+    """
+    fd = _open(path)
+    try:
+        if end < 0:
+            end = os.fstat(fd).st_size
+        h = new_hasher(algorithm, end - start)
+        done = 0
+        for block in _blocks(fd, start, end):
+            h.update(block)
+            done += len(block)
+            if on_bytes:
+                on_bytes(len(block))
+        return h.hexdigest(), done
+    finally:
+        os.close(fd)
 
 
 # -- whole file --------------------------------------------------------------------------
@@ -216,24 +271,24 @@ def chunk_digests(
     indices: Iterable[int] | None = None,
     *,
     on_bytes: OnBytes | None = None,
+    algorithm: str = "blake3",
 ) -> dict[int, str]:
-    """BLAKE3 of the chosen chunks (default: all) of a file, by chunk index.
+    """BLAKE3 (or ``algorithm``) of the chosen chunks (default: all) of a file, by index.
 
-    Used to locate damage after a whole-file mismatch, and by ``--quick`` to
-    sample a few chunks.  Chunks past the end of a short file are left out.
+    Used to locate damage after a whole-file mismatch, by ``--quick`` to
+    sample a few chunks, and for the shards of an OMS signature (SHA-256 of
+    each ``shard_size`` range).  Chunks past the end of a short file are left out.
     """
     fd = _open(path)
     try:
         size = os.fstat(fd).st_size
         todo = range(num_chunks(size, chunk_size)) if indices is None else sorted(set(indices))
-        threads = blake3.blake3.AUTO if chunk_size >= THREADED_FILE else 1
-        h = blake3.blake3(max_threads=threads)
         out: dict[int, str] = {}
         for i in todo:
             start, end = chunk_range(i, size, chunk_size)
             if start >= size:
                 continue
-            h.reset()
+            h = new_hasher(algorithm, chunk_size)
             for block in _blocks(fd, start, end):
                 h.update(block)
                 if on_bytes:
@@ -301,6 +356,79 @@ def file_digests(
         os.close(fd)
 
 
+def digest_file(
+    path: str | os.PathLike[str],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    sha256: bool = False,
+    feed: Callable[[memoryview], object] | None = None,
+    feed_cost: float = 1.4,
+    on_bytes: OnBytes | None = None,
+) -> FileDigests:
+    """Everything a pin needs from one read of the file: BLAKE3 of the whole file and of
+    each chunk, SHA-256 if asked, and every block also handed to ``feed`` (the pin pass
+    gives it the torrent's piece hasher), so all of them see the very same bytes.
+
+    The consumers are split over this thread and one helper by their cost per byte
+    (``feed_cost`` relative to one BLAKE3); a file of one chunk has one BLAKE3, since its
+    chunk hash is its whole-file hash.
+    """
+    fd = _open(path)
+    try:
+        size = os.fstat(fd).st_size
+        whole = blake3.blake3()
+        chunks = ChunkHasher(chunk_size) if size > chunk_size else None
+        sha = hashlib.sha256() if sha256 else None
+        jobs: list[tuple[float, Callable[[memoryview], object]]] = [(1.0, whole.update)]
+        if chunks is not None:
+            jobs.append((1.0, chunks.update))
+        if feed is not None:
+            jobs.append((feed_cost, feed))
+        if sha is not None:
+            jobs.append((2.5, sha.update))
+        here: list[Callable[[memoryview], object]] = []
+        there: list[Callable[[memoryview], object]] = []
+        loads = [0.0, 0.0]
+        for cost, fn in sorted(jobs, key=lambda j: -j[0]):  # greedy: heaviest first
+            side = 0 if loads[0] <= loads[1] else 1
+            loads[side] += cost
+            (here if side == 0 else there).append(fn)
+
+        def run(fns: list[Callable[[memoryview], object]]) -> Callable[[memoryview], object]:
+            def go(block: memoryview) -> None:
+                for fn in fns:
+                    fn(block)
+
+            return go
+
+        done = _one_read_two_hashers(fd, size, run(here), run(there), on_bytes)
+        digest = whole.hexdigest()
+        chunk_list = chunks.finish() if chunks is not None else ([digest] if done else [])
+        return FileDigests(digest, chunk_list, done, sha.hexdigest() if sha else None)
+    finally:
+        os.close(fd)
+
+
+def feed_file(
+    path: str | os.PathLike[str],
+    feed: Callable[[memoryview], object],
+    *,
+    on_bytes: OnBytes | None = None,
+) -> int:
+    """Hand every block of the file to ``feed`` (no hashing of its own); bytes read."""
+    fd = _open(path)
+    try:
+        done = 0
+        for block in _blocks(fd, 0, os.fstat(fd).st_size):
+            feed(block)
+            done += len(block)
+            if on_bytes:
+                on_bytes(len(block))
+        return done
+    finally:
+        os.close(fd)
+
+
 def blake3_and_sha256(
     path: str | os.PathLike[str], *, on_bytes: OnBytes | None = None
 ) -> tuple[str, str]:
@@ -316,9 +444,10 @@ def blake3_and_sha256(
         os.close(fd)
 
 
-def zero_digest(length: int) -> str:
-    """BLAKE3 of ``length`` zero bytes: tells a zero-filled (preallocated) chunk apart."""
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO if length >= THREADED_FILE else 1)
+def zero_digest(length: int, algorithm: str = "blake3") -> str:
+    """BLAKE3 (or ``algorithm``) of ``length`` zero bytes: tells a zero-filled
+    (preallocated) chunk apart."""
+    h = new_hasher(algorithm, length)
     block = bytes(min(length, WINDOW))
     left = length
     while left:
@@ -333,6 +462,16 @@ def zero_digest(length: int) -> str:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def default_jobs(algorithm: str) -> int:
+    """Hash threads for a pool of whole files: one per core for BLAKE3 (a large file's
+    hash splits across cores by itself), two per core for SHA-256 and BLAKE2b, whose
+    hash of one file cannot split: with one thread per core, the last large files leave
+    cores idle while they finish; two per core keep every core busy to the end, at one
+    more mmap window (WINDOW bytes) per thread."""
+    cores = os.cpu_count() or 1
+    return cores if algorithm == "blake3" else 2 * cores
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int | None) -> Iterator[R]:

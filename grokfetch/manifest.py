@@ -16,17 +16,20 @@ backslashes and NUL bytes are refused when it is loaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import DiskError, GrokfetchError, ManifestError
-from grokfetch.fsutil import atomic_write_json, loads_json, safe_relpath
+from grokfetch.format.layout import ModelConfig
+from grokfetch.fsutil import atomic_write_bytes, atomic_write_json, safe_relpath
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
-from grokfetch.layout import ModelConfig
+from grokfetch.trust import PinRoot, authentic, roots_proven, tag
 
 FORMAT = "grokfetch-manifest"
 FORMAT_VERSION = 1
@@ -77,6 +80,7 @@ class Manifest:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     repack: dict[str, Any] | None = None  # set on repack outputs: layout, dtype, compress
     notes: str | None = None
+    pinned_by: tuple[PinRoot, ...] = ()  # what proved a pin's bytes (grokfetch.trust)
 
     @property
     def total_size(self) -> int:
@@ -106,6 +110,8 @@ class Manifest:
             d["repack"] = self.repack
         if self.notes:
             d["notes"] = self.notes
+        if self.pinned_by:
+            d["pinned_by"] = [r.to_dict() for r in self.pinned_by]
         d["total_size"] = self.total_size
         d["files"] = [_entry_dict(f) for f in self.files]
         return d
@@ -183,9 +189,14 @@ def _parse(d: Any, origin: str) -> Manifest:
     lic = d.get("license")
     if lic is not None and not isinstance(lic, str):
         raise _bad(origin, "license", "must be a string")
+    raw_roots = d.get("pinned_by") or []
+    if not isinstance(raw_roots, list):
+        raise _bad(origin, "pinned_by", "must be a list")
+    pinned_by = tuple(PinRoot.from_dict(r, origin) for r in raw_roots)
     return Manifest(name=name, files=files, license=lic, pinned=pinned, config=config,
                     sources=sources, chunk_size=chunk_size, repack=repack,
-                    notes=d.get("notes") if isinstance(d.get("notes"), str) else None)
+                    notes=d.get("notes") if isinstance(d.get("notes"), str) else None,
+                    pinned_by=pinned_by)
 
 
 def _parse_sources(s: Any, origin: str) -> Sources:
@@ -268,33 +279,114 @@ def model_names() -> list[str]:
 
 
 def resolve_manifest(name_or_path: str | os.PathLike[str]) -> Path:
-    """A manifest path, or a model name from manifests/ ('grok-1')."""
+    """A manifest path, or a model name from manifests/ ('grok-1').
+
+    A path that exists but is not a regular file (a folder, a FIFO, a device)
+    is refused here, before anything opens it: reading a FIFO would hang.
+    """
     p = Path(name_or_path)
     if p.is_file():
         return p
     s = str(name_or_path)
-    if "/" not in s and not s.endswith(".json"):
-        candidate = manifests_dir() / f"{s}.json"
-        if candidate.is_file():
-            return candidate
+    bare = "/" not in s and not s.endswith(".json")
+    candidate = manifests_dir() / f"{s}.json"
+    if bare and candidate.is_file():  # a model name, even beside a folder called that
+        return candidate
+    if os.path.lexists(p):
+        check_regular(p)  # a folder, a FIFO, a dangling symlink: refused, never opened
+    if bare:
         known = ", ".join(model_names()) or "none"
         raise ManifestError(f"no manifest named {s!r} (known models: {known})")
     raise ManifestError(f"{s}: no such manifest file")
 
 
+def check_regular(path: str | os.PathLike[str]) -> None:
+    """ManifestError (exit 2) unless ``path`` is a regular file (stat only: never opened)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest file (a dangling symlink?)") from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a folder" if stat.S_ISDIR(st.st_mode)
+                else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
+        raise ManifestError(f"{path}: is {what}, not a manifest file")
+
+
+def read_manifest_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The exact bytes of a manifest file (what a pin's tag and a root's digest cover)."""
+    check_regular(path)
+    try:
+        # O_NONBLOCK: should a FIFO replace the file after the check, open() still returns
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ManifestError(f"{path}: is not a regular file, not a manifest file")
+        chunks = []
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _no_duplicate_keys(origin: str) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                # JSON parsers disagree on which value wins: the manifest means two things
+                raise ManifestError(f"{origin}: duplicate key {k!r} (ambiguous manifest)")
+            out[k] = v
+        return out
+
+    return hook
+
+
+def parse_manifest_bytes(data: bytes, origin: str) -> Manifest:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{origin}: cannot read: {e}") from None
+    try:
+        d = json.loads(text, object_pairs_hook=_no_duplicate_keys(origin))
+        return _parse(d, origin)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{origin}: not valid JSON (line {e.lineno}, column {e.colno}: "
+                            f"{e.msg})") from None
+    except RecursionError:  # nesting no manifest has: a crafted file
+        raise ManifestError(f"{origin}: nested too deeply to be a manifest") from None
+
+
 def load_manifest(name_or_path: str | os.PathLike[str]) -> Manifest:
     """Load and validate a manifest; ManifestError (exit 2) on anything malformed."""
     path = resolve_manifest(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read: {e}") from None
-    try:
-        d = loads_json(text)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: "
-                            f"{e.msg})") from None
-    return _parse(d, str(path))
+    return parse_manifest_bytes(read_manifest_bytes(path), str(path))
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    """A manifest with what its bytes prove: their SHA-256, and whether this user pinned them."""
+
+    manifest: Manifest
+    path: Path
+    sha256: str
+    authentic: bool  # carries this user's pin tag (grokfetch.trust)
+
+
+def load_manifest_file(path: str | os.PathLike[str]) -> LoadedManifest:
+    p = resolve_manifest(path)
+    data = read_manifest_bytes(p)
+    m = parse_manifest_bytes(data, str(p))
+    return LoadedManifest(m, p, hashlib.sha256(data).hexdigest(), _authentic_pin(data))
 
 
 def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
@@ -305,6 +397,60 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
     except OSError as e:
         raise DiskError(f"{path}: cannot write the manifest ({e.strerror or e})") from None
     return Path(path)
+
+
+def save_pin(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
+    """Write a pinned manifest, tagged with this user's key (``pin_tag``, grokfetch.trust).
+
+    The tag is the HMAC of the exact bytes the file has without it: the document is
+    serialised, tagged, and written with the tag as its last field.  Only code that
+    has just proven the bytes (or was told to trust them on first use, recorded in
+    ``pinned_by``) calls this.
+    """
+    path = Path(path)
+    d = manifest.to_dict()
+    d["pin_tag"] = tag(_untagged_bytes(d), "pin")
+    atomic_write_bytes(path, _serialise(d))
+    return path
+
+
+def _serialise(d: dict[str, Any]) -> bytes:
+    return (json.dumps(d, indent=1) + "\n").encode()  # what atomic_write_json writes
+
+
+def _untagged_bytes(d: dict[str, Any]) -> bytes:
+    return _serialise({k: v for k, v in d.items() if k != "pin_tag"})
+
+
+def _authentic_pin(data: bytes) -> bool:
+    """The bytes are a pin this user wrote: re-serialised without their tag, they give
+    back exactly the bytes that carry it (any edit, or another key, fails)."""
+    try:
+        d = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(d, dict) or not isinstance(d.get("pin_tag"), str):
+        return False
+    untagged = _untagged_bytes(d)
+    if _serialise({**json.loads(untagged), "pin_tag": d["pin_tag"]}) != data:
+        return False  # not our serialisation: whatever the tag says, it is not these bytes
+    return authentic(untagged, "pin", d["pin_tag"])
+
+
+def proven_pin(root: str | os.PathLike[str], accept_first_use: bool = False) -> Manifest | None:
+    """The pinned manifest in ``root`` when it can vouch for bytes: this user pinned it (its
+    tag checks out) and what proved it proves content (or first use, when accepted)."""
+    path = Path(root) / MANIFEST_NAME
+    if not os.path.lexists(path):
+        return None
+    lm = load_manifest_file(path)
+    if not lm.authentic:
+        return None
+    roots = lm.manifest.pinned_by
+    if roots_proven(roots) or (accept_first_use and roots and
+                               all(r.kind == "first-use" for r in roots)):
+        return lm.manifest
+    return None
 
 
 def pinned_manifest_path(root: str | os.PathLike[str]) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import posixpath
-import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import libtorrent as lt
 
 from grokfetch.errors import TorrentError, UnsafePathError, UsageError
+from grokfetch.format.layout import TENSOR_FILE_RE
 from grokfetch.fsutil import atomic_write_bytes, safe_relpath
 
 # Piece size bounds when the caller does not choose one: about 1,000-4,000
@@ -41,9 +41,9 @@ MAX_PIECE = 16 * 1024 * 1024
 TARGET_PIECES = 2000
 
 # The file every Grok-1 checkpoint starts with; the folder holding it is the
-# checkpoint folder (GROK1_FORMAT.md: the torrent's root name is undocumented).
+# checkpoint folder (the torrent's root name is undocumented: docs/FORMAT.md, "Where the
+# checkpoint comes from").
 FIRST_TENSOR = "tensor00000_000"
-_TENSOR_RE = re.compile(r"^tensor\d{5}_\d{3}$")
 
 
 @dataclass(frozen=True)
@@ -344,7 +344,7 @@ def info_hash_of(uri_or_hex: str) -> str:
 
 
 def _is_tensor(path: str) -> bool:
-    return bool(_TENSOR_RE.match(posixpath.basename(path)))
+    return bool(TENSOR_FILE_RE.match(posixpath.basename(path)))
 
 
 def match_manifest(meta: TorrentMeta, entries: Iterable[Any], what: str = "torrent") -> FileMap:
@@ -460,13 +460,13 @@ def manifest_paths_for_layers(manifest: Any, spec: str) -> list[str]:
     Uses each entry's ``layer`` field (None for the embedding and the final
     norm, which every forward pass needs).
     """
-    from grokfetch.layout import parse_layer_spec
+    from grokfetch.format.layout import parse_layer_spec, select_layers
 
     config = getattr(manifest, "config", None)
     if config is None:
         raise UsageError("--layers needs a manifest with a model config")
     layers = set(parse_layer_spec(spec, config.num_layers))
-    return [e.path for e in manifest.files if e.layer is None or e.layer in layers]
+    return [e.path for e in select_layers(manifest.files, layers)]
 
 
 def priorities(meta: TorrentMeta, chosen: Iterable[TorrentFile]) -> list[int]:

@@ -15,12 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from grokfetch.layout import GROK1, param_list
+from grokfetch.format.layout import GROK1, param_list
+from grokfetch.format.pickle_writer import ArrayData, pickled_size
 from grokfetch.manifest import FileEntry, Manifest, Sources
-from grokfetch.pickle_writer import ArrayData, pickled_size
-from grokfetch.reader import BFLOAT16
 
 GROK1_INFO_HASH = "5f96d43576e3d386c9ba65b883210a393b68210e"
 GROK1_TRACKERS = [
@@ -51,14 +48,12 @@ def read_sha256_table(path: str | Path) -> dict[str, tuple[str, str]]:
 def grok1_manifest(sha256_table: dict[str, tuple[str, str]]) -> Manifest:
     files = []
     for spec in param_list(GROK1):
-        arrays = {a.name: ArrayData(BFLOAT16 if a.dtype == "bfloat16" else np.dtype(a.dtype),
-                                    a.shape) for a in spec.arrays}
+        arrays = {a.name: ArrayData(a.numpy_dtype, a.shape) for a in spec.arrays}
         sha, src = sha256_table.get(spec.file, (None, None))
         files.append(FileEntry(
             path=spec.file, size=pickled_size(spec.kind, arrays), sha256=sha,
             sha256_source=src, param=spec.module, kind=spec.kind, layer=spec.layer,
-            arrays=[{"name": a.name, "dtype": a.dtype, "shape": list(a.shape)}
-                    for a in spec.arrays],
+            arrays=[a.to_dict() for a in spec.arrays],
         ))
     return Manifest(
         name="grok-1",

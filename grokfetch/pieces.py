@@ -22,10 +22,18 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from grokfetch.errors import TorrentError, UnsafePathError
 from grokfetch.fsutil import safe_relpath
-from grokfetch.hashing import parallel_map
+from grokfetch.hashing import (
+    DEFAULT_CHUNK_SIZE,
+    FileDigests,
+    digest_file,
+    feed_file,
+    open_regular,
+    parallel_map,
+)
 from grokfetch.metainfo import TorrentFile, TorrentMeta, load_torrent
 
 # Pieces are hashed in reads of at most this many bytes, so memory stays
@@ -206,7 +214,7 @@ def _piece_matches(pm: PieceMap, root: str, strip: int, piece: int) -> bool:
             continue
         rel = rel_path(f, strip)
         try:
-            fd = os.open(os.path.join(root, rel), os.O_RDONLY)
+            fd = open_regular(os.path.join(root, rel))  # a FIFO: refused, never read
         except FileNotFoundError:
             raise _Unreadable(f"{rel} is missing") from None
         except OSError as e:
@@ -273,3 +281,151 @@ def verify_pieces(
         failed=tuple(sorted(failed)),
         unchecked=dict(sorted(unchecked.items())),
     )
+
+
+# -- the pin pass: SHA-1 pieces and BLAKE3 from the same read -------------------------------
+
+
+@dataclass
+class _Cut:
+    """What one file's bytes contribute to the torrent's pieces."""
+
+    head: bytes  # its bytes of a piece that began in an earlier file
+    full: dict[int, bytes]  # pieces that begin and end inside it: their SHA-1
+    tail: tuple[int, Any] | None  # a piece begun in it that goes on into the next file
+
+
+class PieceCutter:
+    """Fed one file's bytes in order, cuts them at the torrent's piece boundaries.
+
+    Pieces wholly inside the file are SHA-1'd on the fly; the bytes of a piece
+    begun in an earlier file are kept (at most one piece) and the hash of a
+    piece that runs on into the next file is handed over, so that
+    ``hash_with_pieces`` completes the pieces that span files in stream order.
+    """
+
+    def __init__(self, pm: PieceMap, f: TorrentFile) -> None:
+        self.pm = pm
+        self.start = self.pos = pm.offset(f)
+        self.head = bytearray()
+        self.full: dict[int, bytes] = {}
+        self.cur: tuple[int, Any] | None = None
+
+    def update(self, data: memoryview | bytes) -> None:
+        mv = memoryview(data)
+        pl = self.pm.piece_length
+        while len(mv):
+            piece = self.pos // pl
+            pstart, pend = self.pm.piece_span(piece)
+            take = min(len(mv), pend - self.pos)
+            if pstart < self.start:
+                self.head += mv[:take]
+            else:
+                if self.cur is None or self.cur[0] != piece:
+                    self.cur = (piece, hashlib.sha1(usedforsecurity=False))
+                self.cur[1].update(mv[:take])
+                if self.pos + take == pend:
+                    self.full[piece] = self.cur[1].digest()
+                    self.cur = None
+            self.pos += take
+            mv = mv[take:]
+
+    def finish(self) -> _Cut:
+        return _Cut(bytes(self.head), self.full, self.cur)
+
+
+def hash_with_pieces(
+    pm: PieceMap,
+    root: str | os.PathLike[str],
+    *,
+    strip: int,
+    blake3_files: dict[int, bool],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    jobs: int | None = None,
+    on_bytes: OnBytes | None = None,
+) -> tuple[dict[int, FileDigests], PieceCheck]:
+    """Check every piece of the torrent and, from the very same reads, hash the files a pin
+    needs: BLAKE3 (whole file and chunks) of each file index in ``blake3_files`` (the value
+    says whether to compute its SHA-256 too).  The other files are read for their SHA-1
+    only.  Each byte is read once; what goes into a BLAKE3 is what went into the SHA-1.
+
+    Files are read ``jobs`` at a time in stream order, so a piece that spans files is
+    completed as soon as its last file is read and memory stays bounded (a piece per
+    file in flight).  A file that is missing or unreadable leaves its pieces unchecked.
+    """
+    root_s = os.fspath(root)
+    stream = sorted((f for f in pm.meta.files if f.size), key=pm.offset)
+
+    def work(f: TorrentFile) -> tuple[TorrentFile, FileDigests | None, _Cut | None, str | None]:
+        cutter = PieceCutter(pm, f)
+        if f.pad:
+            cutter.update(bytes(f.size))  # zeros that exist only in the stream
+            return f, None, cutter.finish(), None
+        rel = rel_path(f, strip)
+        path = os.path.join(root_s, rel)
+        try:
+            if f.index in blake3_files:
+                d: FileDigests | None = digest_file(
+                    path, chunk_size, sha256=blake3_files[f.index], feed=cutter.update,
+                    on_bytes=on_bytes,
+                )
+                got = d.size if d is not None else 0
+            else:
+                d, got = None, feed_file(path, cutter.update, on_bytes=on_bytes)
+        except FileNotFoundError:
+            return f, None, None, f"{rel} is missing"
+        except OSError as e:
+            return f, None, None, f"{rel}: {e.strerror or e}"
+        if got != f.size:
+            return f, None, None, f"{rel} is {got} bytes, the torrent says {f.size}"
+        return f, d, cutter.finish(), None
+
+    digests: dict[int, FileDigests] = {}
+    failed: set[int] = set()
+    unchecked: dict[int, str] = {}
+    open_piece: tuple[int, Any] | None = None  # (index, sha1 or None when it cannot pass)
+    why_open = ""
+
+    def finish(piece: int, h: Any, why: str) -> None:
+        if h is None:
+            unchecked.setdefault(piece, why)
+        elif h.digest() != pm.piece_hashes[piece]:
+            failed.add(piece)
+
+    for f, d, cut, reason in parallel_map(work, stream, jobs):
+        fstart, fend = pm.offset(f), pm.offset(f) + f.size
+        pieces = pm.pieces_of(f)
+        if reason is not None or cut is None:
+            why = reason or "unreadable"
+            for p in pieces:
+                unchecked.setdefault(p, why)
+            last_end = pm.piece_span(pieces[-1])[1]
+            open_piece, why_open = ((pieces[-1], None), why) if last_end > fend else (None, "")
+            continue
+        if d is not None:
+            digests[f.index] = d
+        if fstart % pm.piece_length:  # begins inside a piece an earlier file began
+            idx = fstart // pm.piece_length
+            h = open_piece[1] if open_piece is not None and open_piece[0] == idx else None
+            if h is not None:
+                h.update(cut.head)
+            if pm.piece_span(idx)[1] <= fend:
+                finish(idx, h, why_open or "an earlier file of the piece was not read")
+                open_piece = None
+        for p, digest in cut.full.items():
+            if digest != pm.piece_hashes[p]:
+                failed.add(p)
+        if cut.tail is not None:
+            open_piece, why_open = cut.tail, ""
+    if open_piece is not None:  # the stream ended inside a piece (cannot happen if sizes agree)
+        finish(open_piece[0], None, why_open or "the torrent's last piece was not read")
+    failed -= set(unchecked)
+    check = PieceCheck(
+        pm=pm,
+        root=root_s,
+        strip=strip,
+        checked=tuple(range(pm.num_pieces)),
+        failed=tuple(sorted(failed)),
+        unchecked=dict(sorted(unchecked.items())),
+    )
+    return digests, check

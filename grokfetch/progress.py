@@ -24,7 +24,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from grokfetch.units import format_bytes
 
 REFRESH_EVERY = 1.0  # seconds between redraws of a terminal bar
 DEFAULT_LINE_INTERVAL = 30.0  # seconds between plain progress lines when stderr is no terminal
@@ -34,6 +37,10 @@ class Bar(Protocol):
     def update(self, n: int) -> Any: ...
     def set_postfix_str(self, s: str, refresh: bool = True) -> Any: ...
     def close(self) -> Any: ...
+
+
+# What a library function takes as ``progress``: (total bytes, description) -> a Bar.
+ProgressFactory = Callable[[int, str], Bar]
 
 
 class NullBar:
@@ -61,15 +68,17 @@ class NullBar:
         self.close()
 
 
+def no_progress(total: int, desc: str) -> Bar:
+    """The default ProgressFactory: nothing shown."""
+    return NullBar()
+
+
 def human(n: float, unit: str = "B") -> str:
-    """Decimal units, as every summary prints them: 950 B, 12.3 MB, 318.2 GB."""
+    """Decimal units, as every summary prints them (``units.format_bytes``); other units
+    counted: ``3 layers``."""
     if unit != "B":
         return f"{n:,.0f} {unit}{'' if n == 1 else 's'}"
-    for u in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or u == "TB":
-            return f"{int(n)} B" if u == "B" else f"{n:.1f} {u}"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
+    return format_bytes(n)
 
 
 def line_interval() -> float:

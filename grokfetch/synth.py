@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -26,14 +25,29 @@ from typing import BinaryIO
 
 import numpy as np
 
-from grokfetch.checkpoint import tensor_files
 from grokfetch.errors import DiskError, GrokfetchError, UsageError
-from grokfetch.fsutil import TMP_MARK, atomic_write, inside, remove_stale_temps
+from grokfetch.format.arrays import BFLOAT16
+from grokfetch.format.layout import (
+    CKPT_DIR,
+    GROK1,
+    ModelConfig,
+    ParamSpec,
+    param_list,
+    tensor_files,
+)
+from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_file
+from grokfetch.fsutil import TMP_MARK, atomic_write, free_space, inside, remove_stale_temps
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
-from grokfetch.layout import CKPT_DIR, GROK1, ModelConfig, ParamSpec, param_list
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
-from grokfetch.pickle_writer import ArrayData, pickled_size, write_param_file
-from grokfetch.reader import BFLOAT16
+from grokfetch.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    load_manifest,
+    save_manifest,
+    save_pin,
+)
+from grokfetch.trust import PinRoot, now
+from grokfetch.units import format_bytes
 
 PRESETS: dict[str, ModelConfig] = {
     # The default: small (~7 MB) but with every feature of the real thing:
@@ -166,8 +180,7 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
         entries.append(FileEntry(
             path=spec.file, size=size, blake3=digests.blake3, chunks=digests.chunks,
             param=spec.module, kind=spec.kind, layer=spec.layer,
-            arrays=[{"name": a.name, "dtype": a.dtype, "shape": list(a.shape)}
-                    for a in spec.arrays],
+            arrays=[a.to_dict() for a in spec.arrays],
         ))
         if progress:
             progress(size)
@@ -179,8 +192,10 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
         config=cfg,
         chunk_size=chunk_size,
         notes=f"{SYNTH_NOTE} (preset {preset}, seed {seed}) written by grokfetch synth",
+        # the bytes were made and hashed here, as they were written
+        pinned_by=(PinRoot("synth", None, f"preset {preset}, seed {seed}", now()),),
     )
-    save_manifest(manifest, root / MANIFEST_NAME)
+    save_pin(manifest, root / MANIFEST_NAME)
     # Files of an earlier, larger synth that this one does not list (e.g. layers 2-11
     # after --layers 2) would otherwise stay behind as extra, wrongly named files.
     ckpt_dir = root / CKPT_DIR
@@ -227,20 +242,13 @@ def _check_space(root: Path, cfg: ModelConfig, seed: int, preset: str) -> None:
     ckpt_dir = root / CKPT_DIR
     if ckpt_dir.is_dir():  # files replaced one by one free their space again
         need -= sum(p.stat().st_size for p in ckpt_dir.iterdir() if p.is_file())
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = free_space(root)
     if need > free:
         plural = "" if cfg.num_layers == 1 else "s"
         raise DiskError(
             f"{root}: a synthetic {preset} checkpoint with {cfg.num_layers} layer{plural} needs "
-            f"{_gb(need)}, only {_gb(free)} free; use --layers N for fewer layers"
+            f"{format_bytes(need)}, only {format_bytes(free)} free; use --layers N for fewer layers"
         )
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def synth_size(cfg: ModelConfig, seed: int = 0) -> int:

@@ -44,11 +44,12 @@ from typing import Any
 
 import libtorrent as lt
 
-from grokfetch import __version__, metainfo
+from grokfetch import __version__, metainfo, trust
 from grokfetch.errors import (
     DiskError,
     GrokfetchError,
     Interrupted,
+    PinRefused,
     TorrentError,
     UnsafePathError,
     UsageError,
@@ -56,6 +57,7 @@ from grokfetch.errors import (
 from grokfetch.fsutil import atomic_write_bytes, inside, lock_dest, remove_stale_temps
 from grokfetch.metainfo import TorrentMeta, make_torrent
 from grokfetch.progress import human
+from grokfetch.trust import STATE_DIR
 
 __all__ = [
     "NetOptions",
@@ -69,7 +71,6 @@ __all__ = [
     "session_settings",
 ]
 
-STATE_DIR = ".grokfetch"  # resume data and the crash marker, inside DEST
 SELECTION_MANIFEST = "manifest.json"  # in STATE_DIR: the manifest a partial get chose from
 SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick)
 FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
@@ -319,24 +320,16 @@ def _packaged_manifest_for(info_hash: str) -> Any:
 
 
 def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
-                   progress: Callable[[int, str], Any] | None = None) -> Path | None:
-    """Pin the BLAKE3 manifest after a download (the verify stage's code, shared).
+                   progress: Callable[[int, str], Any] | None = None) -> Path:
+    """Pin the BLAKE3 manifest after a download (the verify stage's ``pin``).
 
-    The one seam between get and verify; None when the verify stage is not
-    installed.
+    The pin pass reads every byte once and checks it against the torrent's SHA-1
+    pieces as it hashes it: what libtorrent's resume data claims is never taken
+    on trust.  Raises PinRefused naming the file and piece that fail.
     """
-    try:
-        from grokfetch import verify
-    except ImportError:
-        return None
-    pin = getattr(verify, "pin", None)
-    if pin is None:
-        return None
-    out = pin(root, base=manifest, torrent=torrent_path, progress=progress)
-    for attr in ("manifest_path", "path"):
-        if hasattr(out, attr):
-            return Path(getattr(out, attr))
-    return Path(out) if isinstance(out, (str, os.PathLike)) else None
+    from grokfetch import verify
+
+    return verify.pin(root, base=manifest, torrent=torrent_path, progress=progress).path
 
 
 # --------------------------------------------------------------------------- helpers
@@ -506,7 +499,7 @@ def _have_bytes(params: Any, meta: TorrentMeta | None) -> int:
 
 def _lock_dest(state_dir: Path) -> int:
     """An exclusive lock on DEST's state folder (an fd to close), or UsageError if held."""
-    return lock_dest(state_dir.parent, "get", "is downloading into", lock_file="lock")
+    return lock_dest(state_dir.parent, "get", "is downloading into", lock_file=state_dir / "lock")
 
 
 def _os_errors_as_disk_errors(fn: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
@@ -579,6 +572,8 @@ def download(
     lock = _lock_dest(state_dir)
     try:
         remove_stale_temps(state_dir)  # resume data a killed or disk-full run left half-written
+        # What the user asked for vouches for the .torrent this run saves (grokfetch.trust).
+        trust.remember_torrent(state_dir, src.info_hash, src.what)
         run = _Run(
             dest=dest,
             state_dir=state_dir,
@@ -672,7 +667,22 @@ def download(
                 marker.unlink()
             # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
             # over 318 GB takes a while, and --seed should not wait for it.
-            root, complete, manifest_path = _finish(run, pin and run.torrent_path is not None)
+            try:
+                root, complete, manifest_path = _finish(run, pin and run.torrent_path is not None)
+            except PinRefused as e:
+                # Bytes on disk fail the torrent although libtorrent's resume data says
+                # they were good (changed since, or a resume file that lies): recheck
+                # everything, fetch what is bad, and pin again.
+                say(f"the pin pass found bad data on disk: {e}; rechecking and re-fetching")
+                recheck = True
+                run.checked = False
+                h.force_recheck()
+                atomic_write_bytes(marker, str(os.getpid()).encode())
+                _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
+                      timeout, on_progress)
+                with contextlib.suppress(FileNotFoundError):
+                    marker.unlink()
+                root, complete, manifest_path = _finish(run, True)
             if seed:
                 _seed_on(run, ses, h, start, seed_ratio, progress_interval, on_progress)
             st = h.status()
@@ -1183,6 +1193,41 @@ def _find_torrent_for(folder: Path) -> tuple[Path | None, Path]:
     return None, folder
 
 
+def _refuse_odd_files(folder: Path) -> None:
+    """No pin to compare with: still never make a torrent of a FIFO, a device or a socket
+    (reading one would hang or never end)."""
+    import stat as stat_mod
+
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d != STATE_DIR]
+        for name in filenames:
+            p = Path(dirpath) / name
+            with contextlib.suppress(OSError):
+                mode = os.stat(p).st_mode
+                if not stat_mod.S_ISREG(mode) and not stat_mod.S_ISDIR(mode):
+                    raise UsageError(f"{p}: not a regular file; not seeding")
+
+
+def _check_torrent_is_pin(tpath: Path, meta: TorrentMeta, pin: Any) -> None:
+    """The torrent serves exactly the pinned files: none missing, none the pin never saw."""
+    pinned = {e.path: e.size for e in pin.files}
+    served = {}
+    for f in meta.real_files():
+        rel = next((p for p in pinned if f.path == p or f.path.endswith("/" + p)), None)
+        if rel is None:
+            raise UsageError(f"{tpath}: serves {f.path}, which the pinned manifest does not "
+                             "list; not seeding")
+        served[rel] = f.size
+    missing = sorted(set(pinned) - set(served))
+    if missing:
+        raise UsageError(f"{tpath}: lacks {len(missing)} pinned file(s) (first: {missing[0]}); "
+                         "not seeding a part of the checkpoint")
+    wrong = [rel for rel, size in served.items() if pinned[rel] != size]
+    if wrong:
+        raise UsageError(f"{tpath}: {wrong[0]} is {served[wrong[0]]} bytes in the torrent, "
+                         f"{pinned[wrong[0]]} in the pin; not seeding")
+
+
 class Seeder:
     """Seed a checkpoint folder from one libtorrent session.
 
@@ -1219,6 +1264,13 @@ class Seeder:
     def start(self, check_timeout: float | None = None) -> SeedInfo:
         if not self.folder.is_dir():
             raise UsageError(f"{self.folder}: not a folder")
+        # The file set is checked before anything is served or a torrent is made of it:
+        # a pinned folder with a file gone (or replaced by a FIFO) is never a smaller torrent.
+        pin = self._pin(self.folder)
+        if pin is not None:
+            self._check_file_set(self.folder, pin)
+        else:
+            _refuse_odd_files(self.folder)
         if self.torrent is not None:
             tpath = self.torrent
             _, meta = metainfo.load_torrent(tpath)
@@ -1244,8 +1296,9 @@ class Seeder:
                 f"{save}: files missing or of the wrong size for {tpath.name}; "
                 f"finish them with `grokfetch get {tpath} --dest {save}`"
             )
-        pinned = self._pinned(save, meta)
-        lazy = pinned and not self.full_check
+        if pin is not None:
+            _check_torrent_is_pin(tpath, meta, pin)
+        lazy = pin is not None and not self.full_check
         atp = lt.add_torrent_params()
         atp.ti = ti
         atp.save_path = str(save)
@@ -1303,17 +1356,32 @@ class Seeder:
         self._t0 = time.monotonic()
         return self.info
 
-    @staticmethod
-    def _pinned(save: Path, meta: TorrentMeta) -> bool:
-        root = save / metainfo.checkpoint_root_of(meta)
-        for base in (root, save):
-            p = base / "grokfetch-manifest.json"
-            if p.is_file():
-                with contextlib.suppress(Exception):
-                    import json
+    def _pin(self, folder: Path) -> Any:
+        """The folder's pinned manifest when this user pinned it (else None, and why)."""
+        from grokfetch.manifest import MANIFEST_NAME, load_manifest_file
 
-                    return bool(json.loads(p.read_text()).get("pinned"))
-        return False
+        for base in (folder, folder.parent if folder.name == "ckpt-0" else None):
+            if base is None or not os.path.lexists(base / MANIFEST_NAME):
+                continue
+            lm = load_manifest_file(base / MANIFEST_NAME)
+            if lm.authentic:
+                return lm.manifest
+            self.say(f"{base / MANIFEST_NAME}: manifest of unknown origin: not a root of "
+                     "trust; every piece is checked instead")
+        return None
+
+    @staticmethod
+    def _check_file_set(folder: Path, pin: Any) -> None:
+        from grokfetch.verify import file_set_problems
+
+        problems = file_set_problems(folder, pin)
+        if problems:
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise UsageError(
+                f"{folder}: does not hold the {len(pin.files)} files it pinned: "
+                f"{'; '.join(problems[:3])}{more}; not seeding (repair it with "
+                "`grokfetch get ... --repair`, or check it with `grokfetch verify`)"
+            )
 
     def status(self) -> Progress:
         st = self.h.status()

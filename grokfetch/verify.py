@@ -2,27 +2,35 @@
 
 ``verify(path)`` answers one question: are the bytes on disk the published
 ones, and if not, which file and which part of it is wrong.  It needs a
-*root of trust*: something that says what the bytes should be.  In order:
+*root of trust*, named by who vouches for the bytes (``grokfetch.trust``),
+never by which file happens to be in the folder:
 
-1. an explicit manifest (``--manifest NAME|PATH``);
-2. the pinned manifest ``grokfetch-manifest.json`` that ``get`` or
-   ``verify --pin`` left in the checkpoint root (BLAKE3 of every file and of
-   every 64 MiB chunk);
-3. the torrent metadata (``--torrent FILE``, or the .torrent ``get`` saved):
-   the SHA-1 piece hashes, which the info-hash in the published magnet link
-   vouches for - the only published root of trust for Grok-1;
+1. what the user names: ``--manifest NAME|PATH`` and/or ``--torrent FILE``,
+   or an OMS signature (``--signature`` with ``--public-key`` or
+   ``--certificate``: ``grokfetch.signing`` checks the bundle and hands over
+   the signed digest of every file or shard as a ``SignedModel``).
+   An explicit root is the root of the run: every file is checked against
+   it, and a pinned manifest in the folder adds nothing;
+2. otherwise the pinned manifest ``grokfetch-manifest.json``, only when this
+   user pinned it (its tag checks out under the user's key) - it then says
+   what proved it (a torrent, a manifest, or first use).  A manifest of
+   unknown origin (copied from elsewhere) is reported and never makes a file OK;
+3. otherwise a ``.torrent`` in the folder, only when its info-hash is a
+   packaged model's published one or the one the user asked ``get`` for;
 4. failing those, the packaged manifest of a model whose files these are
    (grok-1: every size, and the SHA-256 the Hugging Face mirror shows for 34
    files).  Files with no hash get a structural check only, and the report
    says plainly that their content is not verified.
 
 Every file gets one ``FileResult``; nothing stops at the first problem.  The
+report's ``proven`` is true only when every file the root (and the layout)
+expects is present and matched a hash from a root that proves content.  The
 CLI (``grokfetch.cli.verify``) only formats the report.
 
-``pin(path)`` writes the pinned manifest: BLAKE3 of each file and chunk,
-computed in one read per file.  It trusts its caller to have proven the bytes
-(``get`` after its piece check, ``verify --pin`` after a clean verification,
-or the user with ``--trust-on-first-use``).
+``pin(path, torrent=..., manifest=...)`` writes the pinned manifest: BLAKE3 of
+each file and chunk, computed in the same read that checks the root's hashes
+(the torrent's SHA-1 pieces, the manifest's BLAKE3/SHA-256), so no byte enters
+a pin without passing its root in that pass.  A file that fails stops the pin.
 """
 
 from __future__ import annotations
@@ -41,40 +49,62 @@ from grokfetch.errors import (
     CheckpointFormatError,
     GrokfetchError,
     ManifestError,
+    PinRefused,
     TorrentError,
     UsageError,
+)
+from grokfetch.format.layout import (
+    CKPT_DIR,
+    ArraySpec,
+    ModelConfig,
+    ParamSpec,
+    file_name,
+    param_list,
 )
 from grokfetch.fsutil import TMP_MARK, safe_relpath
 from grokfetch.hashing import (
     DEFAULT_CHUNK_SIZE,
+    FileDigests,
     blake3_and_sha256,
     blake3_file,
     chunk_digests,
     chunk_range,
-    file_digests,
+    default_jobs,
+    digest_file,
     num_chunks,
     parallel_map,
+    range_digest,
     sha256_file,
     zero_digest,
 )
-from grokfetch.layout import CKPT_DIR, ArraySpec, ModelConfig, ParamSpec, file_name, param_list
 from grokfetch.manifest import (
     MANIFEST_NAME,
     FileEntry,
     Manifest,
     Sources,
+    check_regular,
     load_manifest,
+    load_manifest_file,
     model_names,
-    save_manifest,
+    save_pin,
 )
 from grokfetch.names import escape_text, report_line
 from grokfetch.progress import NullBar
+from grokfetch.trust import (
+    STATE_DIR,
+    PinRoot,
+    asked_info_hashes,
+    now,
+    roots_proven,
+    roots_words,
+)
 
 # The reader (numpy, ml_dtypes) and the torrent code (libtorrent) take ~0.3 s
 # to import; verifying against a pinned manifest needs neither, so they are
 # imported where used.
 if TYPE_CHECKING:
     from grokfetch.pieces import PieceCheck, PieceMap
+    from grokfetch.signing import SignedModel
 
 # File statuses, as printed.  OK: the content matched a hash (or, with
 # --quick, the size and the sampled chunks did).  FAILED: size, hash or
@@ -93,7 +123,7 @@ STATUSES = (OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA)
 # Chunks (or pieces) per file that --quick hashes: the first (it holds the header)
 # and a random one.  On the real checkpoint that reads ~12% of the bytes.
 QUICK_SAMPLES = 2
-STATE_DIR = ".grokfetch"  # get's resume data folder inside its destination: not an extra file
+SIGNATURE_NAME = "model.sig"  # where `grokfetch sign` (and model_signing) put the signature
 _TENSOR_RE = re.compile(r"(^|/)tensor\d{5}_\d{3}$")
 
 ProgressFactory = Callable[[int, str], Any]
@@ -105,7 +135,7 @@ class FileResult:
 
     path: str  # relative to the checkpoint root, '/'-separated
     status: str  # one of STATUSES
-    vouched_by: str | None = None  # 'blake3', 'sha256' or 'torrent': what proved it OK
+    vouched_by: str | None = None  # the root that proved it OK: 'torrent:<info-hash>', ...
     detail: str = ""  # why it failed, or what was (not) checked
     bad_ranges: list[tuple[int, int]] = field(default_factory=list)  # (first, last) byte
     size: int | None = None  # on disk
@@ -153,6 +183,10 @@ class VerifyReport:
     advice: str | None = None  # how to get a root of trust, when content went unverified
     manifest: Manifest | None = field(default=None, repr=False)  # the one checked against
     torrent: str | None = None  # the .torrent whose pieces were checked
+    roots: tuple[PinRoot, ...] = ()  # who vouched (for a pin: what proved it)
+    notes: tuple[str, ...] = ()  # files found that are no root of trust, roots not used
+    unproven: str | None = None  # why the run proved less than every file (None: proven)
+    signed: SignedModel | None = field(default=None, repr=False)  # the OMS signature checked
 
     @property
     def content_proven(self) -> bool:
@@ -162,6 +196,11 @@ class VerifyReport:
             and not self.quick
             and all(f.status == OK for f in self.files if f.status != EXTRA)
         )
+
+    @property
+    def proven(self) -> bool:
+        """Every file the root (and the layout) expects matched a root that proves content."""
+        return self.content_proven and self.unproven is None
 
     @property
     def summary(self) -> dict[str, int]:
@@ -174,6 +213,8 @@ class VerifyReport:
     def ok(self) -> bool:
         """No file failed, is missing or unreadable (with --strict: and no extra or unverified)."""
         bad = {FAILED, MISSING, UNREADABLE} | ({EXTRA, UNVERIFIED} if self.strict else set())
+        if self.signed is not None:
+            bad.add(EXTRA)  # OMS: a file the signature does not cover fails verification
         return not any(f.status in bad for f in self.files)
 
     @property
@@ -185,14 +226,19 @@ class VerifyReport:
             "root": str(self.root),
             "root_of_trust": self.root_of_trust,
             "trust": self.trust,
+            "roots": [r.to_dict() for r in self.roots],
             "info_hash": self.info_hash,
             "quick": self.quick,
             "strict": self.strict,
             "ok": self.ok,
+            "proven": self.proven,
+            "unproven": self.unproven,
+            "notes": list(self.notes),
             "summary": self.summary,
             "bytes_hashed": self.bytes_hashed,
             "seconds": round(self.seconds, 3),
             "advice": self.advice,
+            "signature": self.signed.to_dict() if self.signed is not None else None,
             "files": [f.to_dict() for f in self.files],
         }
 
@@ -225,12 +271,21 @@ class _Place:
         return p.relative_to(self.root).as_posix()
 
 
-def _locate(path: str | os.PathLike[str]) -> _Place:
+def _folder(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such folder")
     if not p.is_dir():
         raise UsageError(f"{p}: not a folder")
+    return p
+
+
+def _locate(path: str | os.PathLike[str]) -> _Place:
+    p = _folder(path)
+    near = [p] + [q.parent for q in (p, p.resolve()) if q.name == CKPT_DIR]
+    for where in near:
+        if os.path.lexists(where / MANIFEST_NAME):
+            check_regular(where / MANIFEST_NAME)  # a folder or FIFO there: exit 2, never opened
     if (p / MANIFEST_NAME).is_file():  # a pinned checkpoint root or a repack output
         if (p / CKPT_DIR).is_dir():
             return _Place(p, p / CKPT_DIR)
@@ -284,6 +339,10 @@ class _Expect:
     tfile: Any = None  # pieces' TorrentFile, when the torrent vouches for this file
     layer: int | None = None  # the decoder layer the file belongs to (None: embedding, norm)
     layer_known: bool = False  # ``layer`` comes from the manifest or the layout
+    chunk_size: int | None = None  # when ``chunks`` are not the manifest's (signature shards)
+    chunk_hash: str = "blake3"  # the algorithm of ``chunks``
+    other: tuple[str, str] | None = None  # (algorithm, hex) of the whole file, another hash
+    no_links_below: Path | None = None  # refuse a path through a symlink below this folder
 
 
 def _spec_from_entry(e: FileEntry, index: int) -> ParamSpec | None:
@@ -331,6 +390,43 @@ class _Trust:
     manifest: Manifest | None = None
     pm: PieceMap | None = None
     advice: str | None = None
+    roots: tuple[PinRoot, ...] = ()  # who vouches (a pin: what proved it)
+    proven: bool = False  # a file that matches counts as proven
+    notes: tuple[str, ...] = ()
+    explicit_manifest: bool = False  # the user named the manifest (a root for pin)
+    manifest_vouch: str | None = None  # vouched_by of a file a manifest hash proved
+    torrent_vouch: str | None = None  # vouched_by of a file the torrent's pieces proved
+    signed: SignedModel | None = None
+
+
+def _signature_trust(signed: SignedModel) -> _Trust:
+    s = signed.serialization
+    how = s.hash_type + (f", shards of {s.shard_size} bytes" if s.method == "shards" else "")
+    root = PinRoot("signature", signed.signer, f"OMS signature {signed.signature_path}")
+    return _Trust("signature", f"OMS signature {signed.signature_path}, signed by "
+                  f"{signed.signer} ({how})", signed=signed, roots=(root,), proven=True,
+                  manifest_vouch=f"signature:{signed.signer}")
+
+
+def _signed_expect(signed: SignedModel, place: _Place) -> list[_Expect]:
+    """What the signature says each file is: whole digests map onto the engine's
+    sha256/blake3 fields, shards onto its chunk hashes."""
+    s = signed.serialization
+    out = []
+    for f in signed.files():
+        x = _Expect(f.path, place.root / f.path, f.size, layer_known=False,
+                    no_links_below=None if s.allow_symlinks else place.root)
+        if f.shards is not None:
+            x.chunks, x.chunk_size, x.chunk_hash = f.shards, s.shard_size, f.algorithm
+        elif f.algorithm == "sha256":
+            x.sha256 = f.digest
+        elif f.algorithm == "blake3":
+            x.blake3 = f.digest
+        else:
+            assert f.digest is not None
+            x.other = (f.algorithm, f.digest)
+        out.append(x)
+    return out
 
 
 def _packaged_for(place: _Place) -> Manifest | None:
@@ -362,46 +458,162 @@ def _choose_trust(
     place: _Place,
     manifest: Manifest | str | os.PathLike[str] | None,
     torrent: str | os.PathLike[str] | None,
+    accept_first_use: bool = False,
 ) -> _Trust:
+    notes: list[str] = []
     pm = _piece_map(torrent) if torrent is not None else None
-    if manifest is not None:
-        m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        what = f"manifest {m.name}" if isinstance(manifest, Manifest) else f"manifest {manifest}"
-        _check_torrent_matches(m, pm)
-        if pm is not None:
-            what += f", and torrent {pm.source} for files it has no hash for"
-        return _Trust("manifest", what, m, pm)
     pinned = place.root / MANIFEST_NAME
-    if pinned.is_file():
-        m = load_manifest(pinned)
+    troot = _torrent_root(pm) if pm is not None else None
+    if manifest is not None:
+        if isinstance(manifest, Manifest):
+            m, mroot = manifest, PinRoot("manifest", _manifest_digest(manifest), manifest.name)
+            what = f"manifest {m.name}"
+        else:
+            lm = load_manifest_file(manifest)
+            m, mroot = lm.manifest, PinRoot("manifest", lm.sha256, str(manifest))
+            what = f"manifest {manifest} (sha256 {lm.sha256[:12]}...)"
         _check_torrent_matches(m, pm)
-        return _Trust("pinned", f"pinned manifest {pinned}", m, pm)
-    if pm is None:
-        found = _find_torrent(path, place)
-        pm = _piece_map(found) if found is not None else None
-    if pm is not None:
-        return _Trust("torrent", _torrent_words(pm), None, pm)
+        roots: tuple[PinRoot, ...] = (mroot,)
+        if pm is not None and troot is not None:
+            what += f", and torrent {pm.source} for files it has no hash for"
+            roots += (troot,)
+        if os.path.lexists(pinned) and Path(os.path.abspath(manifest if not isinstance(
+                manifest, Manifest) else "")) != Path(os.path.abspath(pinned)):
+            notes.append(f"{pinned}: not used: the manifest you named is the root of this run")
+        return _Trust("manifest", what, m, pm, roots=roots, proven=True, notes=tuple(notes),
+                      explicit_manifest=True, manifest_vouch=f"manifest:{mroot.id}",
+                      torrent_vouch=f"torrent:{pm.meta.info_hash}" if pm else None)
+    if pm is not None and troot is not None:
+        # An explicit torrent is the root of the run: a pin in the folder adds nothing.
+        if os.path.lexists(pinned):
+            notes.append(f"{pinned}: not used: --torrent is the root of this run")
+        return _Trust("torrent", _torrent_words(pm), None, pm, roots=(troot,), proven=True,
+                      notes=tuple(notes), torrent_vouch=f"torrent:{pm.meta.info_hash}")
+    if os.path.lexists(pinned):
+        lm = load_manifest_file(pinned)  # malformed, a folder, a FIFO: exit 2 naming it
+        if lm.authentic:
+            m = lm.manifest
+            first_use = any(r.kind == "first-use" for r in m.pinned_by)
+            proven = roots_proven(m.pinned_by) or (accept_first_use and first_use)
+            vouch = "pin:" + ",".join(f"{r.kind}:{r.id}" if r.id else r.kind
+                                      for r in m.pinned_by)
+            return _Trust("pinned", f"pinned manifest {pinned}, {_pin_words(m.pinned_by)}", m,
+                          None, roots=m.pinned_by, proven=proven, manifest_vouch=vouch)
+        notes.append(
+            f"{pinned}: manifest of unknown origin: not a root of trust (not pinned by you "
+            "on this machine; a copy from elsewhere vouches for nothing)"
+        )
+    found = _find_torrent(path, place)
+    if found is not None:
+        fpm = _piece_map(found)
+        bound = _bound_torrent(fpm, found)
+        if bound is not None:
+            return _Trust("torrent", _torrent_words(fpm, bound), None, fpm,
+                          roots=(_torrent_root(fpm, bound),), proven=True, notes=tuple(notes),
+                          torrent_vouch=f"torrent:{fpm.meta.info_hash}")
+        notes.append(
+            f"{found}: torrent of unknown origin (info-hash {fpm.meta.info_hash} is not a "
+            "published one, nor one you asked `grokfetch get` for): not a root of trust; "
+            "pass it with --torrent if you trust it"
+        )
     advice = (
-        "content not verified: no manifest, pinned manifest or torrent. Get a root of trust "
-        f"with `grokfetch verify {path} --torrent FILE --pin` (the torrent of the published "
+        "content not verified: no root of trust. Get one with "
+        f"`grokfetch verify {path} --torrent FILE --pin` (the torrent of the published "
         "magnet link), or `grokfetch get` into this folder"
     )
     packaged = _packaged_for(place)
     if packaged is not None:
+        proot = PinRoot("manifest", _manifest_digest(packaged), f"packaged {packaged.name}")
         return _Trust(
             "packaged",
             f"packaged manifest {packaged.name} (sizes, and the hashes it has)",
             packaged,
             None,
             advice,
+            roots=(proot,),
+            proven=True,
+            notes=tuple(notes),
+            manifest_vouch=f"packaged:{packaged.name}",
         )
-    return _Trust(None, "none (presence and structure only)", None, None, advice)
+    return _Trust(None, "none (presence and structure only)", None, None, advice,
+                  notes=tuple(notes))
 
 
-def _torrent_words(pm: PieceMap) -> str:
+@dataclass(frozen=True)
+class RootChoice:
+    """The root of trust a run would use, decided without reading any checkpoint bytes."""
+
+    kind: str | None  # as VerifyReport.trust
+    text: str
+    proven: bool  # a file that matches it counts as proven
+    torrent: str | None  # the .torrent whose pieces vouch
+    manifest: Manifest | str | os.PathLike[str] | None  # the manifest that vouches
+    notes: tuple[str, ...] = ()
+
+
+def find_root(
+    path: str | os.PathLike[str],
+    *,
+    manifest: Manifest | str | os.PathLike[str] | None = None,
+    torrent: str | os.PathLike[str] | None = None,
+    accept_first_use: bool = False,
+) -> RootChoice:
+    """Which root of trust ``verify`` would use for ``path`` (what ``verify --pin`` pins
+    against), by the same rules; raises as ``verify`` does for a malformed manifest."""
+    p = Path(path)
+    t = _choose_trust(p, _locate(p), manifest, torrent, accept_first_use)
+    return RootChoice(
+        kind=t.kind,
+        text=t.text,
+        proven=t.proven,
+        torrent=t.pm.source if t.pm is not None else None,
+        manifest=manifest if t.explicit_manifest else None,
+        notes=t.notes,
+    )
+
+
+def _pin_words(roots: tuple[PinRoot, ...]) -> str:
+    if roots and all(r.kind == "first-use" for r in roots):
+        return "pinned on first use: proves only that nothing changed since"
+    if not roots:
+        return "with no record of what proved it (pinned by an older grokfetch): not proven"
+    return f"proven by {roots_words(roots)}"
+
+
+def _manifest_digest(m: Manifest) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(m.to_dict(), indent=1).encode()).hexdigest()
+
+
+def _bound_torrent(pm: PieceMap, found: Path) -> str | None:
+    """Why a .torrent found in the folder may vouch, or None: a published info-hash, or
+    the one the user asked `get` for in this destination (get's authenticated record)."""
+    published = _published_info_hashes()
+    ih = pm.meta.info_hash
+    if ih in published:
+        return f"the published {published[ih]} torrent"
+    asked = asked_info_hashes(found.parent / STATE_DIR)
+    if ih in asked:
+        return f"the one you asked `grokfetch get` for: {asked[ih]}"
+    return None
+
+
+def _torrent_root(pm: PieceMap, label: str | None = None) -> PinRoot:
+    if label is None:
+        published = _published_info_hashes()
+        name = published.get(pm.meta.info_hash)
+        label = f"the published {name} torrent" if name else f"{pm.source}, as you named it"
+    return PinRoot("torrent", pm.meta.info_hash, label, now())
+
+
+def _torrent_words(pm: PieceMap, bound: str | None = None) -> str:
     words = f"torrent {pm.source} (info-hash {pm.meta.info_hash}"
     published = _published_info_hashes()
-    if pm.meta.info_hash in published:
+    if bound is not None:
+        words += f", {bound}"
+    elif pm.meta.info_hash in published:
         words += f", the published {published[pm.meta.info_hash]} magnet link"
     return words + ")"
 
@@ -434,6 +646,8 @@ def _check_torrent_matches(m: Manifest, pm: PieceMap | None) -> None:
 def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
     """The files that should be there, with what is known about each."""
     out: list[_Expect] = []
+    if trust.signed is not None:
+        return _signed_expect(trust.signed, place)
     if trust.manifest is not None:
         # The manifest says what each file holds; the layout is only inferred from the
         # files when there is no manifest (that reads headers, and imports numpy).
@@ -479,7 +693,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
             for rel, s in specs.items()
         ]
     # Too damaged to infer the model: check the tensor files there are, and the gaps.
-    from grokfetch.checkpoint import tensor_files
+    from grokfetch.format.layout import tensor_files
 
     present = tensor_files(place.ckpt_dir)
     return [
@@ -491,7 +705,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
 def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: _Place) -> set[str]:
     """The files of layers ``spec`` ('0-3,10') plus the embedding and final norm: what
     ``get --layers`` fetched.  Needs each file's layer, from the manifest or the layout."""
-    from grokfetch.layout import parse_layer_spec
+    from grokfetch.format.layout import parse_layer_spec, select_layers
 
     unknown = [x.rel for x in xs if not x.layer_known]
     if unknown:
@@ -506,7 +720,7 @@ def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: _Place) -
     else:
         num_layers = 1 + max((x.layer for x in xs if x.layer is not None), default=-1)
     layers = set(parse_layer_spec(spec, num_layers))
-    return {x.rel for x in xs if x.layer is None or x.layer in layers}
+    return {x.rel for x in select_layers(xs, layers)}
 
 
 def _torrent_files(pm: PieceMap, place: _Place) -> list[tuple[str, Path, Any]]:
@@ -556,6 +770,9 @@ class _Progress:
 
 def _stat(x: _Expect) -> FileResult | None:
     """Presence, type and size; a FileResult when that already decides the verdict."""
+    if x.no_links_below is not None and _through_link(x.no_links_below, x.disk):
+        return FileResult(x.rel, FAILED, expected_size=x.size,
+                          detail="a symbolic link (or below one); the signature allows none")
     try:
         st = x.disk.stat()
     except FileNotFoundError:
@@ -584,12 +801,21 @@ def _stat(x: _Expect) -> FileResult | None:
     return None
 
 
+def _through_link(root: Path, p: Path) -> bool:
+    """Whether any component of ``p`` below ``root`` is a symbolic link."""
+    while p != root and p != p.parent:
+        if p.is_symlink():
+            return True
+        p = p.parent
+    return False
+
+
 def _structure(x: _Expect) -> str | None:
     """What is wrong with a tensor file's structure, or None if it holds what it should."""
     if not x.tensor:
         return None
     from grokfetch.checkpoint import compare
-    from grokfetch.reader import scan
+    from grokfetch.format.pickle_reader import scan
 
     try:
         found = scan(x.disk)
@@ -636,6 +862,8 @@ def _check_hashed(
 ) -> FileResult:
     """Check a file against the manifest's BLAKE3 / SHA-256 / chunk hashes."""
     base: dict[str, Any] = {"size": size, "expected_size": x.size}
+    chunk_size = x.chunk_size or chunk_size
+    alg = x.chunk_hash
     if quick:
         # Without chunk hashes, parsing the header catches a zero-filled (preallocated)
         # file.  With them the sample's first chunk covers the header anyway, and parsing
@@ -646,16 +874,16 @@ def _check_hashed(
         if not x.chunks:
             return FileResult(x.rel, OK, None, "quick: size only (no chunk hashes)", **base)
         picks = _sample(len(x.chunks), rng)
-        got = chunk_digests(x.disk, chunk_size, picks, on_bytes=on_bytes)
+        got = chunk_digests(x.disk, chunk_size, picks, on_bytes=on_bytes, algorithm=alg)
         bad = [i for i in picks if got.get(i) != x.chunks[i]]
         if bad:
             return _chunk_failure(x, size, chunk_size, got, bad, base)
         return FileResult(
             x.rel,
             OK,
-            "blake3",
-            f"quick: size and {len(picks)} of {len(x.chunks)} chunks (blake3)",
-            hashes=("blake3",),
+            alg,
+            f"quick: size and {len(picks)} of {len(x.chunks)} chunks ({alg})",
+            hashes=(alg,),
             **base,
         )
     matched: list[str] = []
@@ -669,11 +897,14 @@ def _check_hashed(
         whole = blake3_file(x.disk, on_bytes=on_bytes)
         (matched if whole == x.blake3 else mismatched).append("blake3")
     elif x.chunks:
-        got = chunk_digests(x.disk, chunk_size, on_bytes=on_bytes)
+        got = chunk_digests(x.disk, chunk_size, on_bytes=on_bytes, algorithm=alg)
         bad = [i for i in range(len(x.chunks)) if got.get(i) != x.chunks[i]]
         if bad:
             return _chunk_failure(x, size, chunk_size, got, bad, base)
-        matched.append("blake3")
+        matched.append(alg)
+    elif x.other is not None:
+        got_other, _ = range_digest(x.disk, 0, -1, x.other[0], on_bytes=on_bytes)
+        (matched if got_other == x.other[1] else mismatched).append(x.other[0])
     if x.sha256:
         if got_sha is None:
             got_sha = sha256_file(x.disk, on_bytes=on_bytes)
@@ -712,12 +943,15 @@ def _chunk_failure(
     ranges = _merge(
         (chunk_range(i, size, chunk_size)[0], chunk_range(i, size, chunk_size)[1] - 1) for i in bad
     )
-    zeros = all(got.get(i) == zero_digest(_chunk_len(i, size, chunk_size)) for i in bad)
+    zeros = all(
+        got.get(i) == zero_digest(_chunk_len(i, size, chunk_size), x.chunk_hash) for i in bad
+    )
     n = len(x.chunks or [])
     which = ", ".join(str(i) for i in bad[:8]) + (" ..." if len(bad) > 8 else "")
+    unit = "shard" if x.chunk_size else "chunk"  # a signature's shards, or a manifest's chunks
     detail = (
         f"hash mismatch in bytes {_ranges_text(ranges)} "
-        f"(chunk{'s' if len(bad) > 1 else ''} {which} of {n})"
+        f"({unit}{'s' if len(bad) > 1 else ''} {which} of {n})"
     )
     if zeros:
         detail += "; those bytes are all zero (never written: an incomplete download?)"
@@ -812,8 +1046,11 @@ def _torrent_results(
     return out
 
 
-def _extras(place: _Place, expected: set[Path]) -> list[FileResult]:
-    """Files on disk below the root that the file list does not name."""
+def _extras(
+    place: _Place, expected: set[Path], signed: SignedModel | None = None
+) -> list[FileResult]:
+    """Files on disk below the root that the file list does not name (or, against a
+    signature, that it neither signs nor ignores)."""
     skip_names = {MANIFEST_NAME}
     out = []
     roots = [place.root]
@@ -827,20 +1064,43 @@ def _extras(place: _Place, expected: set[Path]) -> list[FileResult]:
                 p = Path(dirpath) / name
                 if p in expected or p in seen or name in skip_names or TMP_MARK in name:
                     continue
-                if Path(dirpath) == place.root and name.endswith(".torrent"):
-                    continue
+                if Path(dirpath) == place.root and (
+                    name.endswith(".torrent") or name == SIGNATURE_NAME
+                ):
+                    continue  # get's saved torrent, `grokfetch sign`'s signature
                 seen.add(p)
                 try:
                     size = p.stat().st_size
                 except OSError:
                     size = None
+                if signed is not None and _unsigned_ok(signed, place, p, size):
+                    continue
                 rel = (
                     place.rel(p)
                     if _is_below(p, place.root) or p.parent == place.ckpt_dir
                     else str(p)
                 )
+                if signed is not None:
+                    out.append(FileResult(rel, EXTRA, detail="not signed", size=size))
+                    continue
+                if _TENSOR_RE.search(rel):
+                    # a checkpoint file no root vouches for: it would be loaded, so it counts
+                    out.append(FileResult(
+                        rel, UNVERIFIED, size=size,
+                        detail="a checkpoint tensor file the root of trust does not list"))
+                    continue
                 out.append(FileResult(rel, EXTRA, detail="not in the file list", size=size))
     return out
+
+
+def _unsigned_ok(signed: SignedModel, place: _Place, p: Path, size: int | None) -> bool:
+    """A file on disk that the signature rightly leaves out: an ignore path, the signature
+    file itself, or an empty file under shard serialization (it has no shards)."""
+    if os.path.abspath(p) == os.path.abspath(signed.signature_path):
+        return True
+    if signed.serialization.ignores(p.relative_to(place.root).as_posix()):
+        return True
+    return signed.serialization.method == "shards" and size == 0
 
 
 def _is_below(p: Path, root: Path) -> bool:
@@ -862,6 +1122,8 @@ def verify(
     progress: ProgressFactory | None = None,
     seed: int | None = None,
     layers: str | None = None,
+    accept_first_use: bool = False,
+    signature: SignedModel | None = None,
 ) -> VerifyReport:
     """Check every file under ``path`` against the best available root of trust.
 
@@ -874,15 +1136,26 @@ def verify(
     desc)`` returns a bar with ``update(n)``/``close()``.  ``seed`` fixes
     --quick's random sample.  ``layers`` ('0-3,10'): only those layers' files plus the
     embedding and final norm (what ``get --layers`` fetched); the others are neither
-    checked nor reported.
+    checked nor reported.  ``accept_first_use``: a pin made on first use counts as proven.
+    ``signature``: a verified OMS signature (``grokfetch.signing.verify_bundle``), the
+    root of trust: ``path`` is then the signed folder itself, and files it neither signs
+    nor ignores are problems.
 
     Raises UsageError / ManifestError (exit 2) when it cannot run, TorrentError
     (exit 4) for a torrent that cannot vouch for these files.
     """
     t0 = time.monotonic()
     path = Path(path)
-    place = _locate(path)
-    trust = _choose_trust(path, place, manifest, torrent)
+    if signature is not None:
+        if manifest is not None or torrent is not None:
+            raise UsageError("--signature is a root of trust on its own: drop --manifest and "
+                             "--torrent")
+        # names in a signature are relative to the signed folder itself
+        place = _Place(_folder(path), None)
+        trust = _signature_trust(signature)
+    else:
+        place = _locate(path)
+        trust = _choose_trust(path, place, manifest, torrent, accept_first_use)
     xs = _expected(trust, place)
     # Every listed file is looked at (a missing unselected file still takes the blame for
     # torrent pieces it shares), but only the selected ones are checked and reported.
@@ -945,6 +1218,8 @@ def verify(
 
         # Large files first: the long hashes start early, the small ones fill the gaps.
         order = sorted(hashed, key=lambda x: -sizes[x.rel])
+        if jobs is None and trust.signed is not None:
+            jobs = default_jobs(trust.signed.serialization.hash_type)
         for r in parallel_map(one, order, jobs or os.cpu_count() or 1):
             results[r.path] = r
         if trust.pm is not None and by_torrent:
@@ -969,8 +1244,8 @@ def verify(
     for x in sel:
         if x.rel not in results:
             results[x.rel] = _unverified(x, x.disk.stat().st_size, f"content not verified ({why})")
-    files = [results[x.rel] for x in sel]
-    files += _extras(place, {x.disk for x in xs})
+    files = [_vouched(results[x.rel], trust) for x in sel]
+    files += _extras(place, {x.disk for x in xs}, trust.signed)
     unverified = {f.path for f in files if f.status == UNVERIFIED}
     advice = trust.advice if unverified else None
     # The torrent was checked, and only its pieces shared with a broken file are left
@@ -987,6 +1262,7 @@ def verify(
             "some files have no hash to check their content against: pass the torrent of the "
             f"published magnet link with `grokfetch verify {path} --torrent FILE --pin`"
         )
+    uncovered = _not_listed(trust, {x.rel for x in xs}, layers, place)
     return VerifyReport(
         root=place.root,
         root_of_trust=trust.text,
@@ -1000,39 +1276,133 @@ def verify(
         advice=advice,
         manifest=trust.manifest,
         torrent=trust.pm.source if trust.pm is not None else None,
+        roots=trust.roots,
+        notes=trust.notes,
+        unproven=_why_unproven(trust, files, uncovered, quick),
+        signed=trust.signed,
     )
+
+
+def _vouched(r: FileResult, trust: _Trust) -> FileResult:
+    """Name the root that proved an OK file (the checks only know which hash matched)."""
+    if r.status != OK:
+        return r
+    who = trust.torrent_vouch if r.vouched_by == "torrent" else trust.manifest_vouch
+    return replace(r, vouched_by=who)
+
+
+def _not_listed(trust: _Trust, listed: set[str], layers: str | None, place: _Place) -> list[str]:
+    """Files the model's layout expects that the root of trust does not list (a manifest of
+    a subset): nothing vouches for them, whether they are on disk or not."""
+    m = trust.manifest
+    if m is None or m.config is None or m.repack is not None:
+        return []
+    if not any(_TENSOR_RE.search(rel) for rel in listed):
+        return []
+    from grokfetch.format.layout import parse_layer_spec
+
+    chosen = set(parse_layer_spec(layers, m.config.num_layers)) if layers is not None else None
+    return [
+        s.file
+        for s in param_list(m.config)
+        if s.file not in listed and (chosen is None or s.layer is None or s.layer in chosen)
+    ]
+
+
+def _why_unproven(
+    trust: _Trust, files: list[FileResult], uncovered: list[str], quick: bool
+) -> str | None:
+    """One line naming what kept the run from proving every file, or None when it did."""
+    if quick:
+        return "--quick samples the files: it proves nothing"
+    if trust.kind is None:
+        n = sum(f.status == UNVERIFIED for f in files)
+        first = next((f.path for f in files if f.status == UNVERIFIED), None)
+        note = f"; {trust.notes[0]}" if trust.notes else ""
+        return f"no root of trust: {n} file(s) UNVERIFIED" + (
+            f" (first: {first})" if first else "") + note
+    if not trust.proven:
+        return f"{trust.text}"
+    bad = [f for f in files if f.status == UNVERIFIED]
+    if bad:
+        return f"{bad[0].path}: UNVERIFIED ({bad[0].detail})" + (
+            f"; and {len(bad) - 1} more file(s)" if len(bad) > 1 else "")
+    if uncovered:
+        return (f"{uncovered[0]}: the layout expects it but the root of trust does not list "
+                f"it ({len(uncovered)} such file(s))")
+    return None
 
 
 # -- pinning -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PinResult:
+    """A pin that was written: where, what proved it, and the pass that proved it."""
+
+    path: Path  # the pinned manifest
+    manifest: Manifest
+    roots: tuple[PinRoot, ...]
+    report: VerifyReport  # the pin pass as a verification: every file OK, vouched by its root
+
+    @property
+    def proven(self) -> bool:
+        return roots_proven(self.roots)
+
+
 def pin(
     path: str | os.PathLike[str],
     *,
-    base: Manifest | None = None,
     torrent: str | os.PathLike[str] | None = None,
+    manifest: Manifest | str | os.PathLike[str] | None = None,
+    first_use: bool = False,
+    base: Manifest | None = None,
     chunk_size: int | None = None,
     jobs: int | None = None,
     progress: ProgressFactory | None = None,
-) -> Path:
-    """Write the pinned manifest (BLAKE3 of every file and chunk) into the checkpoint root.
+) -> PinResult:
+    """Prove the folder against its root and pin it, in one read of every byte.
 
-    The file list comes from ``base`` (its names, sizes, parameters, SHA-256
-    values, sources and config are carried over), else from ``torrent``, else
-    from the layout of the checkpoint found at ``path``.  The caller vouches
-    that the bytes are right; nothing is compared here except sizes (a file
-    whose size differs from ``base`` stops the pin).  Returns the manifest path.
+    The roots: ``torrent`` (its SHA-1 pieces) and/or ``manifest`` (its BLAKE3 /
+    SHA-256 values); with neither, ``first_use=True`` pins whatever is on disk and
+    says so.  Each file is read once; the blocks that go into its BLAKE3 (whole
+    file and ``chunk_size`` chunks) are the blocks its pieces and hashes are checked
+    on.  ``base`` (the model's manifest) gives names, parameters, config and
+    sources; any hash it carries is checked too.  The pin records its roots
+    (``pinned_by``) and is tagged with the user's key (``grokfetch.trust``).
+
+    Raises PinRefused (exit 1) naming the file (and piece or byte range) that is
+    missing, not a regular file, of the wrong size, or fails a root, and writes
+    nothing; UsageError when there is nothing to pin against.
     """
+    t0 = time.monotonic()
     p = Path(path)
     place = _locate(p)
     pm = _piece_map(torrent) if torrent is not None else None
-    if base is None and pm is not None:
-        base = _packaged_by_info_hash(pm.meta.info_hash)  # grok-1: names, params, SHA-256
+    roots: list[PinRoot] = []
+    mroot: Manifest | None = None
+    if manifest is not None:
+        if isinstance(manifest, Manifest):
+            mroot, digest, label = manifest, _manifest_digest(manifest), manifest.name
+        else:
+            lm = load_manifest_file(manifest)
+            mroot, digest, label = lm.manifest, lm.sha256, str(manifest)
+        _check_torrent_matches(mroot, pm)
+        roots.append(PinRoot("manifest", digest, label, now()))
+    if pm is not None:
+        roots.append(_torrent_root(pm))
+        if base is None and mroot is None:
+            base = _packaged_by_info_hash(pm.meta.info_hash)  # grok-1: names, params, SHA-256
+    if not roots and not first_use:
+        raise UsageError(f"{p}: nothing to pin against: pass --torrent or --manifest (a root "
+                         "of trust), or trust what is on disk on first use")
+    info = mroot or base
     if chunk_size is None:
-        chunk_size = base.chunk_size if base is not None else DEFAULT_CHUNK_SIZE
-    entries: list[FileEntry]
-    config = base.config if base is not None else None
-    if base is not None:
+        chunk_size = info.chunk_size if info is not None else DEFAULT_CHUNK_SIZE
+    config = info.config if info is not None else None
+    if mroot is not None:
+        entries = list(mroot.files)
+    elif base is not None:
         entries = list(base.files)
     elif pm is not None:
         specs = _layout_specs(place, None)
@@ -1048,31 +1418,120 @@ def pin(
         entries = [_entry_for(s.file, -1, s) for s in param_list(config)]
     if config is None:
         config = _inferred_config(place)
+    tfiles = {rel: f for rel, _, f in _torrent_files(pm, place)} if pm is not None else {}
 
-    sizes = {}
+    # Up front: every file is there, a regular file (never open a FIFO), of its size.
+    sizes: dict[str, int] = {}
     for e in entries:
         disk = place.disk(e.path)
         try:
-            st = disk.stat()
+            st = os.stat(disk)
+        except FileNotFoundError:
+            raise PinRefused(f"{disk}: missing: not pinned") from None
         except OSError as err:
-            raise UsageError(f"{disk}: cannot pin: {err.strerror or err}") from None
-        if e.size >= 0 and st.st_size != e.size:
-            raise UsageError(f"{disk}: cannot pin: {st.st_size} bytes, expected {e.size}")
+            raise PinRefused(f"{disk}: {err.strerror or err}: not pinned") from None
+        import stat as stat_mod
+
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise PinRefused(f"{disk}: not a regular file: not pinned")
+        want = e.size if e.size >= 0 else (tfiles[e.path].size if e.path in tfiles else -1)
+        if want >= 0 and st.st_size != want:
+            raise PinRefused(f"{disk}: {st.st_size} bytes, expected {want}: not pinned")
         sizes[e.path] = st.st_size
-    bar = progress(sum(sizes.values()), "pin") if progress is not None else NullBar()
+    extra_stream = 0
+    if pm is not None:
+        ours = {tfiles[e.path].index for e in entries if e.path in tfiles}
+        extra_stream = sum(f.size for f in pm.meta.real_files() if f.index not in ours)
+    bar = progress(sum(sizes.values()) + extra_stream, "pin") if progress else NullBar()
     counter = _Progress(bar)
 
-    def one(e: FileEntry) -> FileEntry:
-        d = file_digests(place.disk(e.path), chunk_size, on_bytes=counter)
-        if d.size != sizes[e.path]:
-            raise UsageError(f"{e.path}: changed size while it was being hashed")
-        return replace(e, size=d.size, blake3=d.blake3, chunks=d.chunks)
-
+    digests: dict[str, FileDigests] = {}
+    check = None
     try:
-        pinned = list(parallel_map(one, entries, jobs or os.cpu_count() or 1))
+        if pm is not None:
+            from grokfetch.pieces import find_strip, hash_with_pieces
+
+            index_of = {e.path: tfiles[e.path].index for e in entries if e.path in tfiles}
+            want_sha = {index_of[e.path]: bool(e.sha256) for e in entries if e.path in index_of}
+            by_index, check = hash_with_pieces(
+                pm, place.root, strip=find_strip(pm.meta, place.root), blake3_files=want_sha,
+                chunk_size=chunk_size, jobs=jobs, on_bytes=counter,
+            )
+            for rel, i in index_of.items():
+                if i in by_index:
+                    digests[rel] = by_index[i]
+            rest = [e for e in entries if e.path not in index_of or sizes[e.path] == 0]
+        else:
+            rest = entries
+
+        def one(e: FileEntry) -> tuple[str, FileDigests]:
+            d = digest_file(place.disk(e.path), chunk_size, sha256=bool(e.sha256),
+                            on_bytes=counter)
+            return e.path, d
+
+        for rel, found in parallel_map(one, rest, jobs or os.cpu_count() or 1):
+            digests[rel] = found
+    except OSError as err:
+        raise PinRefused(f"{err.filename or p}: {err.strerror or err}: not pinned") from None
     finally:
         bar.close()
-    sources = base.sources if base is not None else Sources()
+
+    results: list[FileResult] = []
+    pinned: list[FileEntry] = []
+    tvouch = f"torrent:{pm.meta.info_hash}" if pm is not None else None
+    mvouch = f"manifest:{roots[0].id}" if mroot is not None else None
+    uncovered: list[str] = []
+    for e in entries:
+        d = digests.get(e.path)
+        disk = place.disk(e.path)
+        if d is None or d.size != sizes[e.path]:
+            raise PinRefused(f"{disk}: changed while it was being hashed: not pinned")
+        vouch = None
+        hashes: tuple[str, ...] = ()
+        if mroot is not None and (e.blake3 or e.sha256 or e.chunks):
+            vouch = mvouch
+            hashes = tuple(h for h in ("blake3", "sha256") if getattr(e, h)) or ("blake3",)
+        f = tfiles.get(e.path)
+        problem = _hash_problem(e, d, chunk_size)
+        if problem and (check is None or f is None):
+            raise PinRefused(f"{disk}: {problem}: not pinned")
+        if check is not None and f is not None and f.size:
+            bad = sorted(set(check.failed) & set(check.pm.pieces_of(f)))
+            if bad:
+                lo, hi = check.bad_ranges(f)[0]
+                raise PinRefused(
+                    f"{disk}: torrent piece {bad[0]} (bytes {lo}-{hi}) does not match the "
+                    f"torrent{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}: not pinned"
+                )
+            blocked = sorted(set(check.unchecked) & set(check.pm.pieces_of(f)))
+            if blocked and vouch is None:
+                raise PinRefused(
+                    f"{disk}: torrent piece {blocked[0]} cannot be checked "
+                    f"({check.unchecked[blocked[0]]}): not pinned"
+                )
+            if problem:  # the pieces passed, yet a hash the pin would carry disagrees
+                raise PinRefused(f"{disk}: {problem}: not pinned")
+            if not blocked:
+                vouch, hashes = vouch or tvouch, hashes or ("torrent",)
+        elif problem:
+            raise PinRefused(f"{disk}: {problem}: not pinned")
+        elif f is not None and vouch is None:  # an empty file: its size is all there is
+            vouch, hashes = tvouch, ("torrent",)
+        if vouch is None:
+            if not first_use:
+                raise PinRefused(
+                    f"{disk}: nothing vouches for it (no hash in the manifest, not in the "
+                    "torrent): not pinned"
+                )
+            uncovered.append(e.path)
+            vouch, hashes = "first-use", ("first-use",)
+        results.append(FileResult(e.path, OK, vouch, hashes=hashes, size=d.size,
+                                  expected_size=e.size if e.size >= 0 else None))
+        pinned.append(replace(e, size=d.size, blake3=d.blake3, chunks=d.chunks))
+    if uncovered or not roots:
+        roots.append(PinRoot("first-use", None, f"{len(uncovered)} file(s) nothing proved"
+                             if roots else None, now()))
+    sources = info.sources if info is not None else Sources()
     if pm is not None and not sources.info_hash:
         sources = replace(
             sources,
@@ -1080,20 +1539,73 @@ def pin(
             trackers=list(pm.meta.trackers),
             web_seeds=list(pm.meta.web_seeds),
         )
-    name = base.name if base is not None else (pm.meta.name if pm is not None else place.root.name)
+    name = info.name if info is not None else (pm.meta.name if pm is not None else place.root.name)
     m = Manifest(
         name=name,
         files=pinned,
-        license=base.license if base is not None else None,
+        license=info.license if info is not None else None,
         pinned=True,
         config=config,
         sources=sources,
         chunk_size=chunk_size,
-        repack=base.repack if base is not None else None,
-        notes=base.notes if base is not None else None,
+        repack=info.repack if info is not None else None,
+        notes=info.notes if info is not None else None,
+        pinned_by=tuple(roots),
     )
-    out = place.root / MANIFEST_NAME
-    save_manifest(m, out)
+    out = save_pin(m, place.root / MANIFEST_NAME)
+    report = VerifyReport(
+        root=place.root,
+        root_of_trust=f"pin pass: {roots_words(roots)}",
+        trust="torrent" if pm is not None and mroot is None else ("manifest" if mroot else None),
+        files=results + _extras(place, {place.disk(e.path) for e in entries}),
+        info_hash=pm.meta.info_hash if pm is not None else None,
+        bytes_hashed=counter.done,
+        seconds=time.monotonic() - t0,
+        manifest=m,
+        torrent=pm.source if pm is not None else None,
+        roots=tuple(roots),
+        unproven=None if roots_proven(roots) else _pin_words(tuple(roots)),
+    )
+    return PinResult(out, m, tuple(roots), report)
+
+
+def _hash_problem(e: FileEntry, d: FileDigests, chunk_size: int) -> str | None:
+    """What a file's digests from the pin pass contradict in its manifest entry, if anything."""
+    if e.blake3 and d.blake3 != e.blake3:
+        bad = [i for i, c in enumerate(e.chunks or []) if i >= len(d.chunks) or d.chunks[i] != c]
+        if bad:
+            lo, hi = chunk_range(bad[0], d.size, chunk_size)
+            return f"blake3 hash mismatch in bytes {lo}-{hi - 1} (chunk {bad[0]})"
+        return "blake3 hash mismatch"
+    if e.sha256 and d.sha256 != e.sha256:
+        return "sha256 hash mismatch"
+    if not e.blake3 and e.chunks and d.chunks != e.chunks:
+        return "blake3 chunk hash mismatch"
+    return None
+
+
+def file_set_problems(path: str | os.PathLike[str], manifest: Manifest) -> list[str]:
+    """What keeps the folder from holding exactly ``manifest``'s files: one line per file
+    missing, not a regular file (checked with stat: a FIFO is never opened) or of the
+    wrong size.  Reads no content (``seed`` checks this before it serves anything)."""
+    import stat as stat_mod
+
+    place = _locate(path)
+    out = []
+    for e in manifest.files:
+        disk = place.disk(e.path)
+        try:
+            st = os.stat(disk)
+        except FileNotFoundError:
+            out.append(f"{e.path}: missing")
+            continue
+        except OSError as err:
+            out.append(f"{e.path}: {err.strerror or err}")
+            continue
+        if not stat_mod.S_ISREG(st.st_mode):
+            out.append(f"{e.path}: not a regular file")
+        elif st.st_size != e.size:
+            out.append(f"{e.path}: {st.st_size} bytes, the pin says {e.size}")
     return out
 
 
@@ -1112,6 +1624,9 @@ def _entry_for(rel: str, size: int, spec: ParamSpec | None) -> FileEntry:
 
 __all__ = [
     "FileResult",
+    "PinResult",
+    "RootChoice",
+    "find_root",
     "VerifyReport",
     "verify",
     "pin",

@@ -1,32 +1,26 @@
-"""Shared fixtures: synthesized checkpoints and the golden tiny checkpoint."""
+"""Shared fixtures: synthesized checkpoints (shared helpers live in helpers.py)."""
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from grokfetch.metainfo import make_torrent
-from grokfetch.synth import synthesize
+# The pin key lives in the user's config folder: give the whole session (and every
+# grokfetch subprocess it starts, which inherits the environment) its own, so tests
+# never read or write the real one.  Set before anything pins (synth does).
+_CONFIG = tempfile.mkdtemp(prefix="grokfetch-test-config-")
+os.environ["GROKFETCH_CONFIG_DIR"] = _CONFIG
+atexit.register(shutil.rmtree, _CONFIG, True)
 
-HERE = Path(__file__).parent
-GOLDEN = HERE / "data" / "golden"
+from grokfetch.metainfo import make_torrent  # noqa: E402
+from grokfetch.synth import synthesize  # noqa: E402 (after the key folder is set)
+
 PIECE = 16 * 1024  # the torrents of the BitTorrent tests: libtorrent's smallest piece size
-
-
-def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
-    """Corrupt one byte in place (XOR with ``mask``): the smallest possible damage."""
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ mask]))
-
-
-def by_path(report) -> dict:
-    """A verify report's file results by relative path."""
-    return {f.path: f for f in report.files}
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import json
 import os
 
 from click.testing import CliRunner
+from helpers import GOLDEN
 
 from grokfetch.cli import cli
-from tests.conftest import GOLDEN
 
 
 def run(*args):

@@ -46,7 +46,8 @@ def test_exit_codes_documented_match_the_code():
     from grokfetch import errors
 
     for const in ("EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "EXIT_BAD_CHECKPOINT",
-                  "EXIT_TORRENT", "EXIT_DISK", "EXIT_INTERRUPTED"):
+                  "EXIT_TORRENT", "EXIT_DISK", "EXIT_UNPROVEN", "EXIT_SIGNATURE",
+                  "EXIT_INTERRUPTED"):
         code = getattr(errors, const)
         assert re.search(rf"^\| {code} \|", README, re.M), const
 
@@ -80,6 +81,9 @@ def test_every_readme_command_parses_and_the_offline_ones_run(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     synthesize(tmp_path / "grok-1", "mini")
     make_torrent(tmp_path / "grok-1", out=tmp_path / "grok-1.torrent")
+    from tests.oms_helpers import write_key_pair
+
+    write_key_pair(tmp_path, "signing-key")  # what the README's openssl lines make
     runner = CliRunner()
     ran = []
     for args in readme_commands():
@@ -93,3 +97,25 @@ def test_every_readme_command_parses_and_the_offline_ones_run(tmp_path, monkeypa
         assert r.exit_code == 0, f"grokfetch {' '.join(args)}\n{r.output}"
         ran.append(name)
     assert {"verify", "repack", "smoke"} <= set(ran)
+
+
+def test_every_pointer_into_the_format_doc_names_one_of_its_sections():
+    """Code says where a fact is written down (docs/FORMAT.md, "Section"): it must be there."""
+    doc = (ROOT / "docs" / "FORMAT.md").read_text()
+    sections = [line[3:].strip() for line in doc.splitlines() if line.startswith("## ")]
+    pointers = []
+    for path in [*ROOT.glob("grokfetch/**/*.py"), *ROOT.glob("bench/*.py"), ROOT / "README.md"]:
+        text = re.sub(r"\s*\n\s*(#\s*)?", " ", path.read_text())  # comments wrapped over lines
+        pointers += [(path.name, name) for name in re.findall(r'docs/FORMAT\.md, "([^"]+)"', text)]
+    assert len(pointers) >= 5
+    for where, name in pointers:
+        assert any(s.startswith(name) for s in sections), f"{where}: no section {name!r}"
+
+
+def test_the_project_stands_alone():
+    """Nothing the product or its tests read points outside the repository."""
+    for path in [*ROOT.glob("grokfetch/**/*.py"), *ROOT.glob("bench/*.py"),
+                 *ROOT.glob("tests/*.py"), ROOT / "README.md", *ROOT.glob("docs/*.md")]:
+        text = path.read_text()
+        for outside in ("GROK1" + "_FORMAT", "MIRROR" + "_FACTS", "../" + "shared"):
+            assert outside not in text, f"{path.relative_to(ROOT)} cites {outside}"

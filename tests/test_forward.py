@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from grokfetch import forward as F
+from grokfetch.model import forward as F
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,13 @@ import os
 import pytest
 
 from grokfetch.errors import UnsafePathError
-from grokfetch.fsutil import atomic_write, inside, safe_relpath
+from grokfetch.fsutil import (
+    atomic_write,
+    free_space,
+    inside,
+    os_errors_as_disk_errors,
+    safe_relpath,
+)
 
 
 def test_safe_relpath_normalises():
@@ -45,3 +51,27 @@ def test_atomic_write_replaces_on_success(tmp_path):
         f.write(b"new")
     assert target.read_bytes() == b"new"
     assert os.listdir(target.parent) == ["out.bin"]
+
+
+def test_free_space_of_a_folder_still_to_be_made_is_that_of_the_folder_above(tmp_path):
+    import shutil
+
+    assert free_space(tmp_path / "not" / "yet") == shutil.disk_usage(tmp_path).free
+
+
+def test_an_unforeseen_os_error_is_one_disk_error_line_naming_the_place():
+    from grokfetch.errors import DiskError
+
+    @os_errors_as_disk_errors("dest")
+    def stage(src: str, dest: str) -> None:
+        raise PermissionError(13, "Permission denied")  # no filename, as os.fsync raises
+
+    with pytest.raises(DiskError, match="^out/dir: Permission denied$"):
+        stage("in", dest="out/dir")
+
+    @os_errors_as_disk_errors("dest")
+    def printing(dest: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):  # stdout went away: not the disk's fault
+        printing("d")

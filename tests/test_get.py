@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import PIECE
 from lt_helpers import (
     LOOPBACK,
     GetProc,
@@ -31,7 +32,6 @@ from grokfetch import torrent
 from grokfetch.cli import cli
 from grokfetch.manifest import load_manifest
 from grokfetch.metainfo import load_torrent, make_torrent
-from tests.conftest import PIECE
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +177,16 @@ def test_repair_refetches_only_bad_pieces(tmp_path: Path, source: Path, seeder: 
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
 
-    plain = run_get(*args)  # resume data trusts the disk: the flip goes unnoticed
-    assert plain.result()["downloaded"] == 0
+    # libtorrent's resume data trusts the disk, the pin pass does not: it finds the bad
+    # piece, and the rerun fetches exactly that piece before it pins
+    plain = run_get(*args)
+    assert plain.proc.returncode == 0, plain.stderr
+    assert plain.result()["downloaded"] == PIECE and plain.result()["rechecked"] is True
+    assert any("tensor00002_000" in m and "does not match the torrent" in m
+               for m in plain.messages())
+    assert victim.read_bytes() == (source / "ckpt-0" / "tensor00002_000").read_bytes()
 
+    victim.write_bytes(bytes(data))  # flipped again: --repair rechecks up front
     g = run_get(*args, "--repair")
     assert g.proc.returncode == 0, g.stderr
     assert victim.read_bytes() == (source / "ckpt-0" / "tensor00002_000").read_bytes()

@@ -99,8 +99,12 @@ def test_seed_refuses_a_folder_with_a_missing_file(ckpt: Path):
     with Seeder(ckpt, net=NET):  # makes the torrent
         pass
     (ckpt / "ckpt-0" / "tensor00005_000").unlink()
-    with pytest.raises(UsageError, match="missing or of the wrong size"):
-        Seeder(ckpt, net=NET).start()
+    with pytest.raises(UsageError, match="ckpt-0/tensor00005_000: missing; not seeding"):
+        Seeder(ckpt, net=NET).start()  # checked against the pin, before the torrent
+    r = CliRunner().invoke(cli, ["seed", str(ckpt), *LOOPBACK])
+    assert r.exit_code == 2
+    assert "does not hold the 146 files it pinned: ckpt-0/tensor00005_000: missing" in r.stderr
+    (ckpt / "grokfetch-manifest.json").unlink()  # no pin: the torrent's file list decides
     r = CliRunner().invoke(cli, ["seed", str(ckpt), *LOOPBACK])
     assert r.exit_code == 2
     assert "files missing or of the wrong size for ckpt-0.torrent" in r.stderr

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import by_path
 
 from grokfetch.cli import cli
 from grokfetch.manifest import load_manifest
 from grokfetch.verify import verify
-from tests.conftest import by_path
 
 ESC = "\x1b"
 
@@ -303,8 +303,9 @@ def test_verify_survives_a_file_truncated_at_random_moments(tmp_path):
 
 
 def test_a_source_shrinking_under_a_dequantizing_repack_stops_it(tmp_path):
-    from grokfetch.readguard import FileChangedError
     from grokfetch.safetensors_io import _Mapped
+
+    from grokfetch.readguard import FileChangedError
 
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(4 << 20))

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import GOLDEN
 
 from grokfetch.errors import UsageError
-from grokfetch.layout import (
+from grokfetch.format.layout import (
     GROK1,
     ModelConfig,
     param_list,
-    params_for_layers,
     parse_layer_spec,
+    select_layers,
 )
 from grokfetch.manifest import load_manifest
-from tests.conftest import GOLDEN
 
 
 def test_real_config_file_positions_follow_string_sorted_layers():
@@ -71,8 +71,8 @@ def test_parse_layer_spec_rejects(spec):
         parse_layer_spec(spec, 12)
 
 
-def test_params_for_layers_always_include_embedding_and_final_norm():
-    params = params_for_layers(GROK1, [10])
+def test_select_layers_always_include_embedding_and_final_norm():
+    params = select_layers(param_list(GROK1), {10})
     modules = [p.module for p in params]
     assert modules[:2] == ["language_model/in_out_embed", "language_model/rms_norm"]
     assert len(params) == 14

@@ -9,12 +9,12 @@ import sys
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import GOLDEN
 
-from grokfetch.layout import GROK1, ModelConfig, param_list
-from grokfetch.pickle_writer import ArrayData, pickled_size, write_param_file
-from grokfetch.reader import scan
+from grokfetch.format.layout import GROK1, ModelConfig, param_list
+from grokfetch.format.pickle_reader import scan
+from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_file
 from grokfetch.synth import write_param
-from tests.conftest import GOLDEN
 
 
 def test_rewriting_the_golden_files_gives_identical_bytes(tmp_path):

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import libtorrent as lt
 import pytest
+from helpers import flip_byte
 
 from grokfetch.errors import TorrentError, UsageError
 from grokfetch.pieces import find_strip, load_piece_map, rel_path, verify_pieces
-from tests.conftest import flip_byte
 
 corrupt = functools.partial(flip_byte, mask=0xFF)
 

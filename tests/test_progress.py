@@ -15,10 +15,10 @@ import shutil
 import socket
 from pathlib import Path
 
+from helpers import flip_byte
 from lt_helpers import LOOPBACK, GetProc, SeederProc, run_in_pty, run_piped
 
 from grokfetch import progress
-from tests.conftest import flip_byte
 
 
 def dead_port() -> int:

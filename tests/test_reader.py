@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import GOLDEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grokfetch.checkpoint import inspect_checkpoint
 from grokfetch.errors import CheckpointFormatError
-from grokfetch.layout import param_list
+from grokfetch.format.layout import param_list
+from grokfetch.format.pickle_reader import scan
+from grokfetch.format.pickle_writer import ArrayData, write_param_file
 from grokfetch.manifest import load_manifest
-from grokfetch.pickle_writer import ArrayData, write_param_file
-from grokfetch.reader import scan
 from grokfetch.synth import param_arrays
-from tests.conftest import GOLDEN
 
 
 def _materialise(spec, seed=0):
@@ -78,7 +78,7 @@ def test_golden_files_named_without_manifest_or_config():
 
 def test_scan_reads_only_the_framing(tmp_path):
     """A 1.6 GB-shaped file (sparse) scans in well under 0.1 s."""
-    from grokfetch.layout import GROK1
+    from grokfetch.format.layout import GROK1
     from grokfetch.synth import write_param
 
     spec = next(p for p in param_list(GROK1) if p.module.endswith("decoder_layer_0/moe/linear"))

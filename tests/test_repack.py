@@ -20,10 +20,12 @@ from test_safetensors_io import dequant
 
 from grokfetch.checkpoint import open_checkpoint
 from grokfetch.cli import cli
+from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.pickle_reader import scan
 from grokfetch.hashing import file_digests
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.reader import scan
-from grokfetch.repack import JOURNAL_NAME, parse_compress, per_tensor_rel, repack
+from grokfetch.repack.plan import parse_compress, per_tensor_rel
+from grokfetch.repack.run import repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 CHUNK = 64 * 1024  # small chunks so the manifests' chunk lists are exercised
@@ -40,8 +42,9 @@ def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
 
 
-def assert_manifest_verifies(dest: Path) -> None:
-    """What `grokfetch verify DEST` checks: every listed file hashes right, nothing extra."""
+def assert_manifest_verifies(dest: Path, proven: bool = True) -> None:
+    """What `grokfetch verify DEST` checks: every listed file hashes right, nothing extra;
+    and the pin is proven when its source's was (exit 0), else says so (exit 6)."""
     m = load_manifest(dest / MANIFEST_NAME)
     assert m.pinned and m.repack is not None
     for e in m.files:
@@ -50,7 +53,9 @@ def assert_manifest_verifies(dest: Path) -> None:
     on_disk = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
     assert on_disk == {e.path for e in m.files} | {MANIFEST_NAME}
     r = CliRunner().invoke(cli, ["verify", str(dest)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == (0 if proven else 6), r.output
+    if not proven:
+        assert "from a checkpoint pinned by a source nothing proved" in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -279,10 +284,8 @@ def test_layer_runs_add_up_in_one_dest(mini_ckpt, tmp_path):
 def test_not_enough_space_is_refused_before_writing(mini_ckpt, tmp_path, monkeypatch):
     import shutil
 
-    from grokfetch import repack as repack_mod
-
     real = shutil.disk_usage
-    monkeypatch.setattr(repack_mod.shutil, "disk_usage",
+    monkeypatch.setattr(shutil, "disk_usage",
                         lambda p: real(p)._replace(free=1_000_000))
     r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(tmp_path / "full")])
     assert r.exit_code == 5
@@ -308,11 +311,11 @@ def test_sources_without_a_manifest_are_hashed(copy_ckpt, tmp_path):
     for e in m.files:
         if e.source:
             assert e.source["blake3"] == pinned.file(e.source["file"]).blake3
-    assert_manifest_verifies(res.dest)
+    assert_manifest_verifies(res.dest, proven=False)  # nothing proved the source
 
 
 def test_a_config_with_too_few_layers_is_refused_before_writing(tmp_path):
-    from conftest import GOLDEN
+    from helpers import GOLDEN
 
     cfg = json.loads((GOLDEN / "layout.json").read_text())["meta"]["config"] | {"num_layers": 10}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
@@ -341,7 +344,7 @@ def test_a_partial_checkpoint_says_which_layers_it_can_repack(copy_ckpt, tmp_pat
 def test_an_inferred_config_is_flagged_not_silently_pinned_into_dest(tmp_path):
     # The golden files do not record the head size (16): inference guesses 32, and the
     # repack's manifest and config.json would carry the guess as if it were a fact.
-    from conftest import GOLDEN
+    from helpers import GOLDEN
 
     r = CliRunner().invoke(cli, ["repack", str(GOLDEN), str(tmp_path / "g"), "-q"])
     assert r.exit_code == 0, r.output
@@ -382,7 +385,7 @@ def test_src_given_as_dot_inside_ckpt_0_still_finds_the_pinned_manifest(mini_ckp
 
 def test_a_journal_symlinked_outside_dest_is_refused_and_never_appended_to(mini_ckpt,
                                                                            tmp_path):
-    from grokfetch import repack as repack_mod
+    from grokfetch.repack.journal import Journal
 
     dest, outside = tmp_path / "d", tmp_path / "outside.txt"
     dest.mkdir()
@@ -392,7 +395,7 @@ def test_a_journal_symlinked_outside_dest_is_refused_and_never_appended_to(mini_
     assert r.exit_code == 2 and "'.grokfetch-repack-journal.jsonl': resolves outside" in r.stderr
     assert [p.name for p in dest.iterdir()] == [JOURNAL_NAME]  # refused before writing
     # and the journal itself never follows a link, whoever plants it when
-    journal = repack_mod._Journal(dest / JOURNAL_NAME, {}, CHUNK)
+    journal = Journal(dest / JOURNAL_NAME, {}, CHUNK)
     entry = load_manifest(mini_ckpt / MANIFEST_NAME).files[0]
     with pytest.raises(OSError):
         journal.add(entry)

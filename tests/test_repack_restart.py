@@ -16,14 +16,33 @@ from click.testing import CliRunner
 from test_repack import assert_manifest_verifies
 
 import grokfetch
-from grokfetch import repack as repack_mod
 from grokfetch.cli import cli
+from grokfetch.format.folder import JOURNAL_NAME
 from grokfetch.fsutil import TMP_MARK
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.repack import JOURNAL_NAME, repack
+from grokfetch.repack import run as repack_mod
+from grokfetch.repack.run import repack
 
 CHUNK = 64 * 1024
 REPO = Path(grokfetch.__file__).resolve().parent.parent
+
+
+def stall_after(n: int) -> str:
+    """Python source that makes the repack in this process finish ``n`` outputs, then hang
+    part-way through writing each further one (a temp file on disk) until it is killed."""
+    return f"""
+import threading
+import grokfetch.repack.run as _repack
+_write, _started = _repack.write_safetensors, []
+def _write_then_stall(*args, on_bytes, **kwargs):
+    _started.append(None)
+    if len(_started) > {n}:
+        def on_bytes(k, _inner=on_bytes):
+            _inner(k)
+            threading.Event().wait()
+    return _write(*args, on_bytes=on_bytes, **kwargs)
+_repack.write_safetensors = _write_then_stall
+"""
 
 
 def outputs(dest: Path) -> dict[str, tuple[int, str]]:
@@ -48,11 +67,11 @@ def test_sigkill_part_way_then_rerun_gives_the_same_result(mini_ckpt, tmp_path):
     repack(mini_ckpt, ref, chunk_size=CHUNK)
 
     dest = tmp_path / "dest"
-    env = dict(os.environ, GROKFETCH_REPACK_TEST_DELAY="0.02", GROKFETCH_NO_PROGRESS="1",
+    env = dict(os.environ, GROKFETCH_NO_PROGRESS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # Same small chunk size as the reference run, so the two manifests compare equal.
-    code = ("import sys; from grokfetch.repack import repack; "
-            f"repack(sys.argv[1], sys.argv[2], jobs=1, chunk_size={CHUNK})")
+    code = stall_after(15) + ("import sys; from grokfetch.repack.run import repack; "
+                              f"repack(sys.argv[1], sys.argv[2], jobs=1, chunk_size={CHUNK})")
     proc = subprocess.Popen([sys.executable, "-c", code, str(mini_ckpt), str(dest)], env=env)
     try:
         deadline = time.monotonic() + 60
@@ -62,6 +81,8 @@ def test_sigkill_part_way_then_rerun_gives_the_same_result(mini_ckpt, tmp_path):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        if proc.poll() is None:  # a failed assertion above: the run still hangs
+            proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (dest / MANIFEST_NAME).exists()
@@ -84,11 +105,14 @@ def test_sigkill_part_way_then_rerun_gives_the_same_result(mini_ckpt, tmp_path):
 def test_sigkill_via_the_cli_then_rerun_via_the_cli(mini_ckpt, tmp_path):
     """The user's view: kill `python -m grokfetch repack`, run the same command again."""
     dest = tmp_path / "cli"
-    env = dict(os.environ, GROKFETCH_REPACK_TEST_DELAY="0.02", GROKFETCH_NO_PROGRESS="1",
+    env = dict(os.environ, GROKFETCH_NO_PROGRESS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "grokfetch", "repack", str(mini_ckpt), str(dest), "-j", "2",
-           "--dtype", "bf16"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = ["repack", str(mini_ckpt), str(dest), "-j", "2", "--dtype", "bf16"]
+    cmd = [sys.executable, "-m", "grokfetch", *args]
+    # The same command line through the same entry point, made to hang after 10 outputs.
+    stalling = [sys.executable, "-c", stall_after(10) + "from grokfetch.cli import main; main()",
+                *args]
+    proc = subprocess.Popen(stalling, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while len(journaled(dest)) < 10:
@@ -96,10 +120,11 @@ def test_sigkill_via_the_cli_then_rerun_via_the_cli(mini_ckpt, tmp_path):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.communicate()
     done = set(journaled(dest))
     before = {rel: ((dest / rel).stat().st_ino, (dest / rel).stat().st_mtime_ns) for rel in done}
-    env.pop("GROKFETCH_REPACK_TEST_DELAY")
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert f"({146 - len(done)} written, {len(done)} already done)" in rerun.stdout

@@ -6,7 +6,6 @@ Every file written here is opened with ``safetensors.safe_open(framework='numpy'
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import ml_dtypes
@@ -18,22 +17,24 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save
 
-from grokfetch import safetensors_io as sio
 from grokfetch.errors import CheckpointFormatError, UsageError
+from grokfetch.format import safetensors as sio
+from grokfetch.format.arrays import ArrayRef
+from grokfetch.format.files import FileBytes
+from grokfetch.format.safetensors import Tensor, write_safetensors
 from grokfetch.hashing import file_digests
-from grokfetch.safetensors_io import SourceArray, Tensor, write_safetensors
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
-def stash(folder: Path, **arrays: np.ndarray) -> dict[str, SourceArray]:
+def stash(folder: Path, **arrays: np.ndarray) -> dict[str, ArrayRef]:
     """Write arrays back to back after some junk bytes, like payloads inside a pickle."""
     path = folder / "source.bin"
     out = {}
     with open(path, "wb") as f:
         f.write(b"\x80\x04junk-prefix")
         for name, a in arrays.items():
-            out[name] = SourceArray(path, f.tell(), a.dtype, a.shape)
+            out[name] = ArrayRef(path, f.tell(), a.dtype, a.shape)
             f.write(np.ascontiguousarray(a).tobytes())
         f.write(b"trailer")
     return out
@@ -177,13 +178,16 @@ def test_zstd_round_trip_hashes_the_compressed_file(tmp_path, small_blocks):
 def test_read_header(tmp_path):
     src = stash(tmp_path, a=np.zeros((2, 2), np.float32))
     res = write_safetensors(tmp_path / "r.safetensors", [Tensor("a", src["a"])], {"k": "v"})
-    with open(res.path, "rb") as f:
-        head, start = sio.read_header(f)
-    assert head["__metadata__"] == {"k": "v"}
-    assert head["a"] == {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+    head = sio.read_header(FileBytes(res.path))
+    start = head.payload_start
+    assert head.metadata == {"k": "v"}
+    # {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+    assert head.arrays["a"] == ArrayRef(res.path, start + 0, np.dtype(np.float32), (2, 2))
+    assert head.arrays["a"].nbytes == 16
     assert start % 8 == 0
-    with pytest.raises(UsageError):
-        sio.read_header(io.BytesIO(b"\x01"))
+    (tmp_path / "one-byte").write_bytes(b"\x01")
+    with pytest.raises(CheckpointFormatError):
+        sio.read_header(FileBytes(tmp_path / "one-byte"))
 
 
 def test_metadata_values_must_be_strings(tmp_path):
@@ -202,7 +206,7 @@ def test_scales_that_do_not_fit_are_refused(tmp_path):
 
 def test_source_shorter_than_promised_leaves_no_file(tmp_path):
     src = stash(tmp_path, w=np.zeros(100, np.int8))["w"]
-    lying = SourceArray(src.path, src.offset, src.dtype, (10_000,))
+    lying = ArrayRef(src.path, src.offset, src.dtype, (10_000,))
     for t in (Tensor("w", lying), Tensor("w", lying, out_dtype=BF16)):
         with pytest.raises(CheckpointFormatError, match="source.bin"):
             write_safetensors(tmp_path / "out" / "w.safetensors", [t])
@@ -220,7 +224,7 @@ def test_an_output_that_cannot_be_written_is_a_disk_error_naming_it(tmp_path):
 
 def test_an_unreadable_source_is_named_as_the_checkpoint_file(tmp_path):
     src = stash(tmp_path, w=np.zeros(100, np.int8))["w"]
-    gone = SourceArray(tmp_path / "vanished.bin", src.offset, src.dtype, src.shape)
+    gone = ArrayRef(tmp_path / "vanished.bin", src.offset, src.dtype, src.shape)
     with pytest.raises(CheckpointFormatError, match="vanished.bin: cannot read"):
         write_safetensors(tmp_path / "out" / "w.safetensors", [Tensor("w", gone)])
 

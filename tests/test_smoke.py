@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import GOLDEN
+from helpers import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grokfetch import reader
 from grokfetch.checkpoint import open_checkpoint
 from grokfetch.cli import cli
-from grokfetch.layout import ModelConfig
-from grokfetch.pickle_writer import ArrayData, write_param_file
-from grokfetch.repack import repack
-from grokfetch.smoke import parse_tokens
-from grokfetch.weights import open_weights
+from grokfetch.format import pickle_reader
+from grokfetch.format.layout import ModelConfig
+from grokfetch.format.pickle_writer import ArrayData, write_param_file
+from grokfetch.model.smoke import parse_tokens
+from grokfetch.model.weights import open_weights
+from grokfetch.repack.run import repack
 
 GOLDEN_CONFIG = GOLDEN / "layout.json"  # meta.config: key_size 16 is not in the shapes
 TOKENS = json.loads((GOLDEN / "tokens.json").read_text())
@@ -91,7 +91,7 @@ def rewrite_param(root: Path, module: str, change) -> str:
     """Rewrite one parameter file of the checkpoint at ``root`` with ``change(arrays)`` applied."""
     spec = open_checkpoint(root).param(module)
     path = root / spec.file
-    pf = reader.scan(path)
+    pf = pickle_reader.scan(path)
     arrays = {name: np.array(a) for name, a in pf.load().items()}  # copies, not memmaps
     change(arrays)
     write_param_file(path, pf.kind, {name: ArrayData.of(a) for name, a in arrays.items()})
@@ -153,7 +153,7 @@ def test_multipliers_are_the_exact_constants_not_their_bf16_roundings(tmp_path):
     code, _ = run(GOLDEN, "--all", "--config", GOLDEN_CONFIG, "--tokens", "3,9",
                   "--save", tmp_path / "o.npz")
     assert code == 0
-    table = reader.scan(GOLDEN / "ckpt-0" / "tensor00000_000").open("array")
+    table = pickle_reader.scan(GOLDEN / "ckpt-0" / "tensor00000_000").open("array")
     out = np.load(tmp_path / "o.npz")
     np.testing.assert_array_equal(out["h0"], table[[3, 9]] * np.float32(78.38367176906169))
 
@@ -371,7 +371,7 @@ def test_an_sglang_folder_without_our_manifest_is_read_with_its_config_json(
 def test_zstd_streams_evicted_between_reads_restart_correctly(
     mini_ckpt, mini_repacks, monkeypatch
 ):
-    from grokfetch import weights
+    from grokfetch.model import weights
 
     monkeypatch.setattr(weights, "MAX_STREAMS", 2)
     code, output = run(mini_ckpt, "--all", "--compare", mini_repacks["per-tensor-keep-zstd:3"])
@@ -438,7 +438,7 @@ def test_save_to_an_unwritable_path_is_refused_before_the_run(mini_ckpt, tmp_pat
 
 def test_save_failing_after_the_run_is_a_disk_error_naming_the_file(mini_ckpt, tmp_path):
     from grokfetch.errors import DiskError
-    from grokfetch.smoke import save_outputs, smoke
+    from grokfetch.model.smoke import save_outputs, smoke
 
     report = smoke(mini_ckpt, layer=0, check_weights=False)
     (tmp_path / "a-file").write_text("")
@@ -461,8 +461,9 @@ def test_compare_fails_when_expert_choices_differ_even_within_every_limit(mini_c
     token to other experts computes another function."""
     import dataclasses
 
-    from grokfetch.cli.smoke import _print_comparison
     from grokfetch.smoke import compare, compare_weights, run_smoke
+
+    from grokfetch.cli.smoke import _print_comparison
 
     bf16 = mini_repacks["per-tensor-bf16"]
     with open_weights(mini_ckpt) as wb, open_weights(bf16) as wa:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from grokfetch.cli import cli
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.repack import repack
+from grokfetch.repack.run import repack
 from grokfetch.synth import synthesize
 
 
@@ -48,10 +48,8 @@ def test_a_folder_holding_anything_else_is_refused_untouched(tmp_path, mini_ckpt
 
 
 def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
-    from grokfetch import synth
-
     real = shutil.disk_usage
-    monkeypatch.setattr(synth.shutil, "disk_usage", lambda p: real(p)._replace(free=10**9))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10**9))
     r = run(tmp_path / "big", "--preset", "grok-1", "--layers", "1")
     assert r.exit_code == 5
     assert "a synthetic grok-1 checkpoint with 1 layer needs 8.1 GB, only 1.0 GB free" in r.stderr

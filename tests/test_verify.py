@@ -13,11 +13,13 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
+from helpers import by_path, flip_byte
 
 from grokfetch import hashing
-from grokfetch.errors import ManifestError, UsageError
+from grokfetch.errors import ManifestError, PinRefused, UsageError
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
 from grokfetch.verify import (
     EXTRA,
@@ -29,7 +31,6 @@ from grokfetch.verify import (
     pin,
     verify,
 )
-from tests.conftest import by_path, flip_byte
 
 BIG = "ckpt-0/tensor00000_000"  # the embedding, 262,306 bytes: chunks 0-4 of 64 KiB
 CHUNK = 64 * 1024
@@ -44,7 +45,7 @@ def test_a_clean_checkpoint_passes_against_its_pinned_manifest(mini_ckpt):
     assert r.ok and r.content_proven
     assert r.trust == "pinned" and MANIFEST_NAME in r.root_of_trust
     assert r.summary[OK] == 146 == len(r.files)
-    assert {f.vouched_by for f in r.files} == {"blake3"}
+    assert {f.vouched_by for f in r.files} == {"pin:synth"}  # the pin names what proved it
     assert by_path(r)[BIG].line() == f"{BIG}: OK (blake3)"
     assert r.bytes_hashed == load_manifest(mini_ckpt / MANIFEST_NAME).total_size
 
@@ -207,10 +208,14 @@ def test_sha256_vouches_where_the_manifest_has_it(copy_ckpt, tmp_path):
     ]
     r = verify(root, manifest=Manifest(name="two", files=files))
     got = by_path(r)
-    assert got[BIG].line() == f"{BIG}: OK (sha256)" and got[BIG].vouched_by == "sha256"
+    assert got[BIG].line() == f"{BIG}: OK (sha256)" and got[BIG].hashes == ("sha256",)
+    assert got[BIG].vouched_by.startswith("manifest:")  # the manifest's own SHA-256 digest
     assert got["ckpt-0/tensor00001_000"].line() == "ckpt-0/tensor00001_000: OK (blake3, sha256)"
     assert r.trust == "manifest"
-    assert r.summary[EXTRA] == 144  # every other file is not in this manifest
+    # every other tensor file is not in this manifest: nothing vouches for it, so the
+    # run is not proven (an EXTRA would let `verify && load` accept them)
+    assert r.summary[EXTRA] == 0 and r.summary[UNVERIFIED] == 144
+    assert r.ok and not r.proven and "the root of trust does not list" in r.unproven
     flip_byte(root / BIG, 5)
     assert by_path(verify(root, manifest=Manifest(name="two", files=files)))[BIG].detail == (
         "sha256 hash mismatch"
@@ -252,13 +257,19 @@ def test_pin_trust_on_first_use_reproduces_the_synthesized_manifest(copy_ckpt):
     root = copy_ckpt()
     original = load_manifest(root / MANIFEST_NAME)
     (root / MANIFEST_NAME).unlink()
-    out = pin(root, chunk_size=CHUNK)
+    with pytest.raises(UsageError, match="nothing to pin against"):
+        pin(root, chunk_size=CHUNK)  # no root of trust, and first use not asked for
+    out = pin(root, first_use=True, chunk_size=CHUNK).path
     pinned = load_manifest(out)
     assert out == root / MANIFEST_NAME and pinned.pinned
+    assert [r.kind for r in pinned.pinned_by] == ["first-use"]
     assert [(f.path, f.size, f.blake3, f.chunks, f.param) for f in pinned.files] == [
         (f.path, f.size, f.blake3, f.chunks, f.param) for f in original.files
     ]
-    assert verify(root).ok
+    r = verify(root)
+    assert r.ok and r.content_proven and not r.proven  # first use proves only "unchanged"
+    assert "pinned on first use" in r.root_of_trust
+    assert verify(root, accept_first_use=True).proven
 
 
 def test_pin_carries_the_base_manifest_and_refuses_wrong_sizes(copy_ckpt):
@@ -267,12 +278,16 @@ def test_pin_carries_the_base_manifest_and_refuses_wrong_sizes(copy_ckpt):
     base = base.with_files([FileEntry(path=f.path, size=f.size, sha256="ab" * 32 if i == 0
                                       else None, param=f.param) for i, f in
                             enumerate(base.files)], pinned=False, chunk_size=CHUNK)
-    pinned = load_manifest(pin(root, base=base))
-    assert pinned.files[0].sha256 == "ab" * 32 and pinned.files[0].blake3
+    # a SHA-256 the pin would carry is checked in the pin pass: a wrong one stops it
+    with pytest.raises(PinRefused, match=f"{BIG}: sha256 hash mismatch: not pinned"):
+        pin(root, base=base, first_use=True)
+    right = base.with_files([replace(f, sha256=None) for f in base.files])
+    pinned = load_manifest(pin(root, base=right, first_use=True).path)
+    assert pinned.files[0].blake3 and pinned.files[0].param == base.files[0].param
     assert pinned.config == base.config and pinned.chunk_size == CHUNK
     os.truncate(root / BIG, 5)
-    with pytest.raises(UsageError, match="5 bytes, expected 262306"):
-        pin(root, base=base)
+    with pytest.raises(PinRefused, match="5 bytes, expected 262306"):
+        pin(root, base=right, first_use=True)
 
 
 def test_a_repack_style_output_folder_is_verified_by_its_manifest(tmp_path):
@@ -285,9 +300,9 @@ def test_a_repack_style_output_folder_is_verified_by_its_manifest(tmp_path):
         FileEntry(path="config.json", size=2),
         FileEntry(path="model.embed.safetensors", size=200_000),
     ], repack={"layout": "per-tensor", "dtype": "keep", "compress": None})
-    pin(out, base=base, chunk_size=CHUNK)
-    r = verify(out)
-    assert r.ok and r.summary[OK] == 2 and r.trust == "pinned"
+    pin(out, base=base, chunk_size=CHUNK, first_use=True)
+    r = verify(out, accept_first_use=True)
+    assert r.proven and r.summary[OK] == 2 and r.trust == "pinned"
     flip_byte(out / "model.embed.safetensors", 199_999)
     bad = by_path(verify(out))["model.embed.safetensors"]
     assert bad.bad_ranges == [(3 * CHUNK, 199_999)]
@@ -304,8 +319,8 @@ def test_files_in_a_differently_named_tensor_folder_are_found(copy_ckpt, tmp_pat
     # pinned there, it is found there next time, under the same manifest names
     (other / "tensor00004_000").unlink()
     kept = [f for f in manifest.files if f.path != "ckpt-0/tensor00004_000"]
-    pin(other, base=manifest.with_files(kept))
-    assert (other / MANIFEST_NAME).is_file()
+    res = pin(other, manifest=manifest.with_files(kept))
+    assert (other / MANIFEST_NAME).is_file() and res.proven
     r = verify(other)
     assert r.ok and r.summary[OK] == 145 and r.files[0].path == BIG
 

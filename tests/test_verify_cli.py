@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from helpers import flip_byte
 
 from grokfetch.cli import cli
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.metainfo import build_torrent
-from tests.conftest import flip_byte
 
 BIG = "ckpt-0/tensor00000_000"
 
@@ -82,16 +82,21 @@ def test_no_root_of_trust_says_so_and_pin_needs_one(copy_ckpt):
     root = copy_ckpt()
     (root / MANIFEST_NAME).unlink()
     r = run(str(root), "--quiet")
-    assert r.exit_code == 0  # nothing is wrong that can be seen, but --quiet still says
+    assert r.exit_code == 6  # nothing is wrong that can be seen, but nothing is proven
+    assert r.stderr.splitlines()[-1].startswith("verify: not proven: no root of trust: 146 ")
+    assert run(str(root), "--quiet", "--allow-unproven").exit_code == 0
     lines = r.stdout.splitlines()  # what is unverified: only OK lines are hidden
     assert len(lines) == 146 and all(": UNVERIFIED (structure OK: " in x for x in lines)
     assert "content not verified" in r.stderr and "--torrent FILE --pin" in r.stderr
     assert run(str(root), "--strict").exit_code == 1  # unverified counts with --strict
     r = run(str(root), "--pin")
-    assert r.exit_code == 2 and "nothing vouching" in r.stderr
+    assert r.exit_code == 2 and "nothing vouches for its content" in r.stderr
     assert not (root / MANIFEST_NAME).exists()
     r = run(str(root), "--pin", "--trust-on-first-use", "--quiet")
-    assert r.exit_code == 0 and load_manifest(root / MANIFEST_NAME).pinned
+    assert r.exit_code == 0 and load_manifest(root / MANIFEST_NAME).pinned  # asked for it
+    r = run(str(root), "--quiet")
+    assert r.exit_code == 6 and "pinned on first use" in r.stderr
+    assert run(str(root), "--quiet", "--accept-first-use").exit_code == 0
 
 
 def test_verify_with_a_torrent_then_pin(copy_ckpt, tmp_path):

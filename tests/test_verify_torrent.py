@@ -11,13 +11,14 @@ import functools
 from pathlib import Path
 
 import pytest
+from helpers import by_path, flip_byte
 
 from grokfetch.errors import TorrentError, UsageError
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.metainfo import build_torrent
 from grokfetch.pieces import load_piece_map
+from grokfetch.trust import remember_torrent
 from grokfetch.verify import FAILED, MISSING, OK, UNVERIFIED, pin, verify
-from tests.conftest import by_path, flip_byte
 
 flip = functools.partial(flip_byte, mask=0x80)
 
@@ -44,7 +45,7 @@ def test_a_clean_checkpoint_matches_every_torrent_piece(copy_ckpt, tmp_path):
     assert r.ok and r.content_proven and r.trust == "torrent"
     assert r.info_hash == load_piece_map(t).meta.info_hash
     assert r.info_hash in r.root_of_trust
-    assert {f.vouched_by for f in r.files} == {"torrent"}
+    assert {f.vouched_by for f in r.files} == {f"torrent:{r.info_hash}"}
     assert by_path(r)[BIG].line() == f"{BIG}: OK (torrent)"
 
 
@@ -69,10 +70,16 @@ def test_a_flipped_byte_is_located_to_its_chunk_and_to_its_torrent_piece(copy_ck
 def test_a_torrent_saved_in_the_folder_is_found_without_the_option(copy_ckpt, tmp_path):
     root, t = torrent_checkpoint(copy_ckpt, tmp_path)
     t.rename(root / t.name)
-    (root / ".grokfetch").mkdir()  # what `get` leaves: resume data
+    (root / ".grokfetch").mkdir(exist_ok=True)  # what `get` leaves: resume data
     (root / ".grokfetch" / "x.resume").write_bytes(b"d4:infoe")
+    # found in the folder, a torrent nobody published or asked for vouches for nothing
     r = verify(root)
-    assert r.trust == "torrent" and r.ok
+    assert r.trust is None and r.ok and not r.proven
+    assert any("torrent of unknown origin" in n for n in r.notes)
+    # the one the user asked `get` for (get records it, authenticated, in its state folder)
+    remember_torrent(root / ".grokfetch", load_piece_map(root / t.name).meta.info_hash, "test")
+    r = verify(root)
+    assert r.trust == "torrent" and r.proven and "asked `grokfetch get` for" in r.root_of_trust
     assert r.summary["EXTRA"] == 0  # neither the .torrent nor get's state is an extra file
 
 
@@ -95,8 +102,9 @@ def test_a_missing_file_leaves_its_neighbours_bytes_unchecked_not_failed(copy_ck
 def test_pin_after_a_torrent_verification_makes_later_checks_torrent_free(copy_ckpt, tmp_path):
     root, t = torrent_checkpoint(copy_ckpt, tmp_path)
     assert verify(root, torrent=t).content_proven
-    out = pin(root, torrent=t, chunk_size=64 * 1024)
+    out = pin(root, torrent=t, chunk_size=64 * 1024).path
     m = load_manifest(out)
+    assert [(r.kind, r.id) for r in m.pinned_by] == [("torrent", m.sources.info_hash)]
     assert m.pinned and m.sources.info_hash == load_piece_map(t).meta.info_hash
     assert m.file(BIG).param == "language_model/in_out_embed"  # from the layout
     assert [f.blake3 for f in m.files] == [
@@ -129,7 +137,7 @@ def test_with_a_manifest_the_torrent_vouches_for_the_files_it_has_no_hash_for(co
     r = verify(root, manifest=pinned.with_files(files, pinned=False), torrent=t)
     got = by_path(r)
     assert r.ok and r.content_proven and "torrent" in r.root_of_trust
-    assert got[BIG].vouched_by == "blake3"
+    assert got[BIG].vouched_by.startswith("manifest:") and got[BIG].hashes == ("blake3",)
     assert got["ckpt-0/tensor00001_000"].line() == "ckpt-0/tensor00001_000: OK (torrent)"
     # a byte flipped in the last, shared piece of the hashed file: the manifest's hash
     # blames that file, so its neighbours' bytes in the piece are unchecked, not bad

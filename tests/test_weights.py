@@ -10,21 +10,22 @@ import ml_dtypes
 import numpy as np
 import pytest
 import zstandard
-from conftest import GOLDEN
+from helpers import GOLDEN
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from grokfetch import reader, weights
 from grokfetch.errors import CheckpointFormatError
-from grokfetch.layout import ModelConfig
-from grokfetch.weights import (
-    FileBytes,
+from grokfetch.format import pickle_reader
+from grokfetch.format.files import FileBytes, ZstdBytes
+from grokfetch.format.layout import ModelConfig
+from grokfetch.model import weights
+from grokfetch.model.weights import (
     RowMatrix,
-    StoredArray,
-    ZstdBytes,
     dequantize,
     open_weights,
+    read_array,
+    read_rows,
     row_blocks,
     safetensors_arrays,
 )
@@ -76,11 +77,10 @@ def test_dequantize_is_exact_in_float32():
 def test_row_matrix_blocks_are_the_dequantized_weight_bit_for_bit(monkeypatch):
     monkeypatch.setattr(weights, "BLOCK_ELEMENTS", 1000)  # several blocks per scale group
     path = GOLDEN / golden_file("transformer/decoder_layer_0/moe/linear_1")  # G = 8
-    pf = reader.scan(path)
+    pf = pickle_reader.scan(path)
     w, s = pf.open("weight"), pf.open("scales")  # [8, 344, 64], [8, 8, 64]
     a = pf.arrays["weight"]
-    stored = StoredArray(FileBytes(path), a.offset, a.dtype, a.shape)
-    m = RowMatrix("linear_1", stored.sub(3), np.asarray(s[3], np.float32), 8)
+    m = RowMatrix("linear_1", FileBytes(path), a.sub(3), np.asarray(s[3], np.float32), 8)
     blocks = list(m.blocks())
     assert len(blocks) > 8
     np.testing.assert_array_equal(np.concatenate([b for _, _, b in blocks]), dequantize(w, s)[3])
@@ -92,7 +92,7 @@ def test_row_matrix_blocks_are_the_dequantized_weight_bit_for_bit(monkeypatch):
 def test_layers_come_from_the_files_jax_flatten_order_put_them_in():
     w = open_weights(GOLDEN, GOLDEN_CONFIG)
     for module in ("transformer/decoder_layer_10/router", "transformer/decoder_layer_2/router"):
-        expected = reader.scan(GOLDEN / golden_file(module)).open("array")
+        expected = pickle_reader.scan(GOLDEN / golden_file(module)).open("array")
         layer = int(module.split("_")[2].split("/")[0])
         np.testing.assert_array_equal(w.layer(layer).router, expected)
     for f in GOLDEN_FILES:
@@ -101,7 +101,7 @@ def test_layers_come_from_the_files_jax_flatten_order_put_them_in():
 
 def test_embedding_rows_are_gathered_in_any_order_with_repeats():
     w = open_weights(GOLDEN, GOLDEN_CONFIG)
-    table = reader.scan(GOLDEN / golden_file("language_model/in_out_embed")).open("array")
+    table = pickle_reader.scan(GOLDEN / golden_file("language_model/in_out_embed")).open("array")
     tokens = np.array([200, 3, 200, 0, 255])
     np.testing.assert_array_equal(w.embedding_rows(tokens), table[tokens])
     np.testing.assert_array_equal(np.concatenate([b for _, _, b in w.embedding_blocks()]), table)
@@ -143,9 +143,10 @@ def test_safetensors_header_parsed_by_hand_matches_the_reference_writer(tmp_path
     src = FileBytes(tmp_path / "t.safetensors")
     arrays = safetensors_arrays(src)
     for name, value in tensors.items():
-        np.testing.assert_array_equal(arrays[name].read(), value)
+        np.testing.assert_array_equal(read_array(src, arrays[name]), value)
         assert arrays[name].dtype == value.dtype
-    np.testing.assert_array_equal(arrays["weight"].sub(1).rows(1, 3), tensors["weight"][1, 1:3])
+    np.testing.assert_array_equal(read_rows(src, arrays["weight"].sub(1), 1, 3),
+                                  tensors["weight"][1, 1:3])
     src.close()
 
 

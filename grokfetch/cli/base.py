@@ -33,6 +33,7 @@ COMMAND_MODULES = {
     "get": "grokfetch.cli.get",
     "seed": "grokfetch.cli.get",
     "verify": "grokfetch.cli.verify",
+    "sign": "grokfetch.cli.sign",
     "repack": "grokfetch.cli.repack",
     "smoke": "grokfetch.cli.smoke",
     "inspect": "grokfetch.cli.inspect",
@@ -100,6 +101,7 @@ def cli() -> None:
       3    a checkpoint file failed the safe reader's checks
       4    torrent or network problem
       5    not enough disk space, disk full or I/O error
+      6    an OMS signature does not hold (another key, altered, untrusted, malformed)
       70   internal error (a bug in grokfetch; GROKFETCH_DEBUG=1 shows the traceback)
       130  interrupted (Ctrl-C / SIGTERM); state was saved where it applies
       141  stdout was closed early (piped into head): the output stopped there

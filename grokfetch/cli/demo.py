@@ -9,17 +9,11 @@ from grokfetch.demo import DemoReport, Stage, run_demo
 from grokfetch.errors import EXIT_PROBLEMS
 from grokfetch.progress import bytes_bar
 from grokfetch.torrent import Progress
+from grokfetch.units import format_bytes
 
 
 def _size(nbytes: int) -> str:
-    if not nbytes:
-        return "-"
-    n = float(nbytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+    return format_bytes(nbytes) if nbytes else "-"  # a stage that moves no data
 
 
 def print_summary(report: DemoReport) -> None:

@@ -15,9 +15,9 @@ from grokfetch.checkpoint import (
 )
 from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS
-from grokfetch.layout import ModelConfig, param_list
+from grokfetch.format.layout import ModelConfig, param_list
+from grokfetch.format.pickle_reader import ParamFile
 from grokfetch.names import escape, escape_text
-from grokfetch.reader import ParamFile
 
 
 def load_config_option(path: str | None) -> ModelConfig | None:
@@ -33,8 +33,8 @@ def _file_json(pf: ParamFile) -> dict:
     return {
         "path": str(pf.path), "size": pf.size, "kind": pf.kind,
         "numpy_spelling": pf.numpy_spelling,
-        "arrays": [{"name": a.name, "dtype": a.dtype.name, "shape": list(a.shape),
-                    "offset": a.offset, "nbytes": a.nbytes} for a in pf.arrays.values()],
+        "arrays": [{"name": name, "dtype": a.dtype.name, "shape": list(a.shape),
+                    "offset": a.offset, "nbytes": a.nbytes} for name, a in pf.arrays.items()],
     }
 
 
@@ -81,8 +81,8 @@ def inspect_cmd(path: str, as_json: bool, config_path: str | None, key_size: int
             echo_json(_file_json(pf))
             return
         click.echo(f"{escape(str(p))}: {pf.kind}, {pf.size:,} bytes")
-        for a in pf.arrays.values():
-            click.echo(f"  {a.name:8s} {a.dtype.name:9s} {_shape(a.shape):22s} "
+        for name, a in pf.arrays.items():
+            click.echo(f"  {name:8s} {a.dtype.name:9s} {_shape(a.shape):22s} "
                        f"offset {a.offset:,}  {a.nbytes:,} bytes")
         return
     report = inspect_checkpoint(p, load_config_option(config_path), key_size)
@@ -121,7 +121,7 @@ def _print_table(r: InspectReport) -> None:
     for m in r.missing:
         click.echo(f"MISSING: {m}")
     if r.missing:  # a partial copy (get --layers): say what it can still be used for
-        from grokfetch.weights import complete_layers, layers_text
+        from grokfetch.format.layout import complete_layers, layers_text
 
         params = [f.spec for f in r.files if f.spec is not None]
         done = complete_layers(param_list(cfg), {p.module for p in params})

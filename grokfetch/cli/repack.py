@@ -9,15 +9,9 @@ import click
 from grokfetch.cli.base import cli, echo_json, json_errors, stderr
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.progress import bytes_bar
-from grokfetch.repack import DEFAULT_SHARD_SIZE, DTYPES, LAYOUTS, RepackResult, repack
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
+from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, DTYPES, LAYOUTS
+from grokfetch.repack.run import RepackResult, repack
+from grokfetch.units import format_bytes
 
 
 def summary(r: RepackResult) -> str:
@@ -26,12 +20,13 @@ def summary(r: RepackResult) -> str:
     lines = [
         f"{r.dest}: {r.files} files ({len(r.written)} written, {len(r.skipped)} already done), "
         f"layout {r.layout}, dtype {r.dtype}",
-        f"wrote {_size(r.bytes_written)} of tensors in {r.seconds:.1f} s ({_size(rate)}/s); "
-        f"{_size(r.bytes_out)} on disk",
+        f"wrote {format_bytes(r.bytes_written)} of tensors in {r.seconds:.1f} s "
+        f"({format_bytes(rate)}/s); "
+        f"{format_bytes(r.bytes_out)} on disk",
     ]
     if r.compress and r.bytes_out:
         lines.append(f"{r.compress}: ratio {r.payload_total / r.bytes_out:.3f} "
-                     f"({_size(r.payload_total)} -> {_size(r.bytes_out)})")
+                     f"({format_bytes(r.payload_total)} -> {format_bytes(r.bytes_out)})")
     if r.removed_temps:
         lines.append(f"removed {r.removed_temps} temp file(s) of an interrupted run")
     lines.append(f"manifest {r.manifest_path}; check it with: grokfetch verify {r.dest}")

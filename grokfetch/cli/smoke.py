@@ -9,8 +9,7 @@ import click
 from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.errors import EXIT_PROBLEMS, UsageError
-from grokfetch.progress import bar
-from grokfetch.smoke import (
+from grokfetch.model.smoke import (
     Comparison,
     SmokeReport,
     check_save_path,
@@ -19,7 +18,8 @@ from grokfetch.smoke import (
     save_outputs,
     smoke_compare,
 )
-from grokfetch.weights import open_weights
+from grokfetch.model.weights import open_weights
+from grokfetch.progress import bar
 
 BAR_WIDTH = 30
 

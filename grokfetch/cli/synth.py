@@ -6,6 +6,7 @@ import click
 
 from grokfetch.cli.base import cli
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
+from grokfetch.manifest import MANIFEST_NAME
 from grokfetch.progress import bytes_bar
 from grokfetch.synth import PRESETS, resolve_config, synth_size, synthesize
 
@@ -43,4 +44,4 @@ def synth_cmd(dest: str, preset: str, num_layers: int | None, seed: int, chunk_s
     if not quiet:
         click.echo(f"{dest}: {len(m.files)} files, {m.total_size:,} bytes "
                    f"({cfg.num_layers} layers, emb {cfg.emb_size}); manifest "
-                   f"{dest}/grokfetch-manifest.json")
+                   f"{dest}/{MANIFEST_NAME}")

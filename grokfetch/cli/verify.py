@@ -2,21 +2,36 @@
 
 Formats ``grokfetch.verify.verify``'s report: one line per file on stdout
 (``ckpt-0/tensor00026_000: OK (blake3)``), the root of trust and a summary on
-stderr, or one JSON document with ``--json``.  Exit 0 when all is well, 1 when
-problems were found, 2 when it could not run, 4 when the torrent cannot vouch.
+stderr, or one JSON document with ``--json``.  Exit 0 when every file was proven
+by a root of trust, 1 when problems were found, 2 when it could not run, 4 when
+the torrent cannot vouch, 6 when nothing is wrong but not everything was proven.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from grokfetch.cli.base import cli, echo_json, json_errors, stderr
-from grokfetch.errors import EXIT_PROBLEMS, UsageError
+from grokfetch.errors import EXIT_PROBLEMS, EXIT_UNPROVEN, PinRefused, UsageError
+from grokfetch.manifest import MANIFEST_NAME
 from grokfetch.progress import bytes_bar
-from grokfetch.verify import OK, UNVERIFIED, ProgressFactory, VerifyReport, pin, verify
+from grokfetch.verify import (
+    OK,
+    UNVERIFIED,
+    ProgressFactory,
+    VerifyReport,
+    find_root,
+    pin,
+    verify,
+)
+
+if TYPE_CHECKING:
+    from grokfetch.signing import SignedModel
 
 
 def _summary(r: VerifyReport) -> str:
@@ -42,6 +57,27 @@ def _summary(r: VerifyReport) -> str:
     help="Check against this torrent's SHA-1 piece hashes (the published root of trust).",
 )
 @click.option(
+    "--signature",
+    "-s",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Check against this OMS signature (model.sig, from `grokfetch sign` or "
+    "`model_signing sign`); needs --public-key or --certificate. Default with those: "
+    "FOLDER/model.sig.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False),
+    metavar="PUB.pem",
+    help="The EC public key you trust to have signed FOLDER (key-signed signatures).",
+)
+@click.option(
+    "--certificate",
+    type=click.Path(dir_okay=False),
+    metavar="ROOTS.pem",
+    help="The root certificate(s) you trust (certificate-signed signatures).",
+)
+@click.option(
     "--quick",
     is_flag=True,
     help="Sizes plus a sample of chunks (or pieces) per file: a fast sanity pass.",
@@ -61,13 +97,26 @@ def _summary(r: VerifyReport) -> str:
     "--pin",
     "do_pin",
     is_flag=True,
-    help="After a clean verification, write the pinned BLAKE3 manifest into the checkpoint "
-    "root (FOLDER, or the folder holding it when FOLDER is ckpt-0/).",
+    help="Check every byte against the root of trust and, in the same read, write the pinned "
+    "BLAKE3 manifest into the checkpoint root (FOLDER, or the folder holding it when FOLDER "
+    "is ckpt-0/). A file that fails the root is named and nothing is pinned (exit 1).",
 )
 @click.option(
     "--trust-on-first-use",
     is_flag=True,
-    help="With --pin: pin whatever is on disk even with no root of trust.",
+    help="With --pin: pin what is on disk even with no root of trust. The pin says so, and "
+    "later runs count it as proven only with --accept-first-use.",
+)
+@click.option(
+    "--accept-first-use",
+    is_flag=True,
+    help="Count a pin made on first use (--trust-on-first-use) as proven: exit 0 instead of 6.",
+)
+@click.option(
+    "--allow-unproven",
+    is_flag=True,
+    help="Exit 0 when nothing is wrong even if not every file was proven by a root of trust "
+    "(UNVERIFIED files, no root, a manifest of unknown origin). Default: exit 6.",
 )
 @click.option(
     "--jobs",
@@ -83,11 +132,16 @@ def verify_cmd(
     folder: str,
     manifest: str | None,
     torrent: str | None,
+    signature: str | None,
+    public_key: str | None,
+    certificate: str | None,
     quick: bool,
     layers: str | None,
     strict: bool,
     do_pin: bool,
     trust_on_first_use: bool,
+    accept_first_use: bool,
+    allow_unproven: bool,
     jobs: int | None,
     as_json: bool,
     quiet: bool,
@@ -96,20 +150,33 @@ def verify_cmd(
     """Check that every file in FOLDER is intact, and say which bytes are not.
 
     \b
-    Roots of trust, in order: --manifest; the pinned manifest in FOLDER
-    (grokfetch-manifest.json); the torrent (--torrent, or the .torrent that
-    `grokfetch get` saved); failing those, the packaged manifest of the model
-    (grok-1: every size, SHA-256 for 34 files). Files no hash covers still get
+    Roots of trust, named by who vouches: --manifest and/or --torrent when given
+    (a pin in FOLDER then adds nothing); else the pinned manifest in FOLDER, only
+    if you pinned it on this machine (a copied one is "of unknown origin"); else a
+    .torrent in FOLDER whose info-hash is a published one or the one you asked
+    `grokfetch get` for; failing those, the packaged manifest of the model
+    (grok-1: every size, SHA-256 for 34 files). Files no root covers still get
     size and structure checks, reported as UNVERIFIED, with how to fix that.
 
     \b
-    Exit codes: 0 all good, 1 problems found, 2 could not run (bad arguments,
-    unreadable or unsafe manifest), 4 the torrent is unreadable or is not the
-    one the manifest names.
+    With --signature (and --public-key or --certificate), an OMS signature is the
+    root of trust instead: the bundle is checked first (envelope, key or
+    certificate chain, signature, statement, root digest), then every file
+    against the digest it signs; files it neither signs nor ignores fail.
+
+    \b
+    Exit codes: 0 every file proven by a root of trust named in the report,
+    1 problems found, 2 could not run (bad arguments, unreadable, ambiguous or
+    unsafe manifest), 4 the torrent is unreadable or is not the one the manifest
+    names, 6 nothing wrong found but not every file proven (no root, UNVERIFIED
+    files, a pin made on first use; --allow-unproven makes this 0), 7 the
+    signature does not hold (another key, altered, untrusted certificate,
+    malformed).
     """
     json_errors("document" if as_json else None)
     if trust_on_first_use and not do_pin:
         raise UsageError("--trust-on-first-use only makes sense with --pin")
+    accept_first_use = accept_first_use or trust_on_first_use  # asked to trust it: accepted
     if do_pin and quick:
         raise UsageError("--pin needs a full verification; drop --quick")
     if do_pin and layers is not None:
@@ -118,20 +185,20 @@ def verify_cmd(
     def progress(total: int, desc: str) -> Any:  # tqdm on a terminal, else a NullBar
         return bytes_bar(total, desc)
 
-    report = verify(
-        folder,
-        manifest=manifest,
-        torrent=torrent,
-        quick=quick,
-        strict=strict,
-        jobs=jobs,
-        progress=progress,
-        seed=seed,
-        layers=layers,
-    )
-    pinned = None
+    signed = _signed(folder, signature, public_key, certificate, quick, do_pin)
+
+    def check() -> VerifyReport:
+        return verify(folder, manifest=manifest, torrent=torrent, quick=quick, strict=strict,
+                      jobs=jobs, progress=progress, seed=seed, layers=layers,
+                      accept_first_use=accept_first_use, signature=signed)
+
+    pinned: Path | None = None
+    refused: str | None = None
     if do_pin:
-        pinned = _pin(folder, report, trust_on_first_use, jobs, progress)
+        report, pinned, refused = _pin(folder, manifest, torrent, trust_on_first_use,
+                                       accept_first_use, jobs, progress, check)
+    else:
+        report = check()
 
     if as_json:
         doc = report.to_dict()
@@ -142,31 +209,86 @@ def verify_cmd(
             if quiet and f.status == OK:
                 continue
             click.echo(f.line())
+        for note in report.notes:
+            stderr(f"note: {note}")
         stderr(f"root of trust: {report.root_of_trust}")
         stderr(_summary(report))
         if report.advice:
             stderr(report.advice)
         if pinned:
             stderr(f"pinned: {pinned}")
-        if not report.ok:
-            stderr("verify: problems found")
-    if not report.ok:
+    if refused:
+        stderr(f"Error: {refused}")
         raise SystemExit(EXIT_PROBLEMS)
+    if not report.ok:
+        if not as_json:
+            stderr("verify: problems found")
+        raise SystemExit(EXIT_PROBLEMS)
+    if not report.proven and not quick and not allow_unproven:
+        stderr(f"verify: not proven: {report.unproven}")
+        raise SystemExit(EXIT_UNPROVEN)
+
+
+def _signed(folder: str, signature: str | None, public_key: str | None,
+            certificate: str | None, quick: bool, do_pin: bool) -> SignedModel | None:
+    """The verified OMS signature, when one is the root of trust (the seam to
+    grokfetch.signing: it checks the bundle, verify checks the files)."""
+    if signature is None and public_key is None and certificate is None:
+        return None
+    if public_key is None and certificate is None:
+        raise UsageError("--signature needs --public-key PUB.pem or --certificate ROOTS.pem: "
+                         "the key or root you trust")
+    if public_key is not None and certificate is not None:
+        raise UsageError("give --public-key or --certificate, not both")
+    if do_pin:
+        raise UsageError("--pin with --signature: the signature already is the root of trust")
+    from grokfetch.signing import DEFAULT_SIGNATURE, verify_bundle
+
+    sig = signature if signature is not None else str(Path(folder) / DEFAULT_SIGNATURE)
+    signed = verify_bundle(sig, public_key=public_key, certificate=certificate)
+    if quick and signed.serialization.method == "files":
+        raise UsageError(f"{sig}: --quick samples shards, and this signature has whole-file "
+                         "digests only: drop --quick")
+    return signed
 
 
 def _pin(
-    folder: str, report: VerifyReport, tofu: bool, jobs: int | None, progress: ProgressFactory
-) -> Path | None:
-    """Pin after verification, when something vouched for every file (or the user says so)."""
-    if not report.ok:
-        stderr("not pinning: verification found problems")
-        return None
-    if not report.content_proven and not tofu:
+    folder: str,
+    manifest: str | None,
+    torrent: str | None,
+    tofu: bool,
+    accept_first_use: bool,
+    jobs: int | None,
+    progress: ProgressFactory,
+    check: Callable[[], VerifyReport],
+) -> tuple[VerifyReport, Path | None, str | None]:
+    """Prove and pin in one pass: (report, pinned manifest, why it was refused)."""
+    root = find_root(folder, manifest=manifest, torrent=torrent,
+                     accept_first_use=accept_first_use)
+    if root.kind == "pinned" and root.proven and not tofu:
+        report = check()  # already pinned by you, from a root that proves it: just check it
+        return report, (report.root / MANIFEST_NAME if report.ok else None), None
+    by_root = root.kind in ("torrent", "manifest")
+    if not by_root and not tofu:
+        report = check()
         unverified = sum(f.status == UNVERIFIED for f in report.files)
         raise UsageError(
-            f"not pinning: {unverified} file(s) have nothing vouching for their content; pass "
-            "--torrent FILE (the published torrent), or --trust-on-first-use to pin them as is"
+            f"not pinning {folder}: nothing vouches for its content ({unverified} file(s) "
+            "UNVERIFIED); pass --torrent FILE (the published torrent), or "
+            "--trust-on-first-use to pin it as is"
         )
-    if report.trust == "pinned" and not tofu:
-        return report.root / "grokfetch-manifest.json"  # already pinned and just proven
-    return pin(folder, base=report.manifest, torrent=report.torrent, jobs=jobs, progress=progress)
+    try:
+        res = pin(
+            folder,
+            torrent=root.torrent if by_root else None,
+            manifest=root.manifest if root.kind == "manifest" else None,
+            first_use=tofu,
+            jobs=jobs,
+            progress=progress,
+        )
+    except PinRefused as e:
+        return check(), None, str(e)  # the full report names every bad file and range
+    report = res.report
+    if tofu and report.unproven is not None:  # the user asked to trust first use
+        report = replace(report, unproven=None)
+    return report, res.path, None

@@ -1,6 +1,7 @@
 """The parameter list of a Grok-1-shaped model, in checkpoint file order.
 
-The checkpoint holds one pickle file per parameter, ``ckpt-0/tensor{i:05d}_000``,
+The checkpoint holds one pickle file per parameter, ``ckpt-0/tensor{i:05d}_000``
+(docs/FORMAT.md, "Names and file order"),
 where ``i`` is the parameter's position in ``jax.tree_util`` flatten order.
 JAX sorts dict keys *as strings*, so the layers come 0, 1, 10, 11, ..., 19, 2,
 20, ... - not 0..63.  A converter that assumes numeric order silently
@@ -17,19 +18,37 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 from grokfetch.errors import UsageError
+from grokfetch.format.arrays import BFLOAT16
 from grokfetch.names import shorten
 
 CKPT_DIR = "ckpt-0"
 SCALE_GROUPS = 8  # the 8 tensor-parallel shards of the original training run
+# A parameter file's name: tensor<index, 5 digits>_<host shard, 3 digits>.
+TENSOR_FILE_RE = re.compile(r"^tensor(\d{5})_(\d{3})$")
 
 
 def file_name(index: int, shard: int = 0) -> str:
     """``tensor00026_000``: the file holding parameter ``index`` (host shard ``shard``)."""
     return f"tensor{index:05d}_{shard:03d}"
+
+
+def tensor_files(ckpt_dir: Path) -> dict[int, Path]:
+    """The ``tensorNNNNN_000`` files of a folder, by index (other files are ignored)."""
+    out = {}
+    for q in ckpt_dir.iterdir():
+        m = TENSOR_FILE_RE.match(q.name)
+        if m and m.group(2) == "000":
+            out[int(m.group(1))] = q
+    return out
 
 
 def ffn_size(emb_size: int, widening_factor: float) -> int:
@@ -170,12 +189,20 @@ class ArraySpec:
     shape: tuple[int, ...]
 
     @property
+    def numpy_dtype(self) -> np.dtype:
+        return BFLOAT16 if self.dtype == "bfloat16" else np.dtype(self.dtype)
+
+    @property
     def itemsize(self) -> int:
-        return {"float32": 4, "int8": 1, "bfloat16": 2}[self.dtype]
+        return self.numpy_dtype.itemsize
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        """How a manifest entry lists it: {"name", "dtype", "shape"}."""
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
 @dataclass(frozen=True)
@@ -302,7 +329,110 @@ def parse_layer_spec(spec: str, num_layers: int) -> list[int]:
     return sorted(layers)
 
 
-def params_for_layers(cfg: ModelConfig, layers: list[int] | set[int]) -> list[ParamSpec]:
-    """The parameters of ``layers`` plus the embedding and the final norm, in file order."""
+class _HasLayer(Protocol):
+    @property
+    def layer(self) -> int | None: ...
+
+
+_T = TypeVar("_T", bound=_HasLayer)
+
+
+def layer_selection(layers: str | Iterable[int], num_layers: int) -> set[int]:
+    """The layers a ``--layers`` value names: ``"0-3,10"`` or a list of numbers."""
+    if isinstance(layers, str):
+        return set(parse_layer_spec(layers, num_layers))
     wanted = set(layers)
-    return [p for p in param_list(cfg) if p.layer is None or p.layer in wanted]
+    bad = sorted(x for x in wanted if not 0 <= x < num_layers)
+    if bad:
+        raise UsageError(f"layers {bad} outside 0-{num_layers - 1}")
+    return wanted
+
+
+def select_layers(items: Iterable[_T], layers: Collection[int]) -> list[_T]:
+    """The items (parameters, manifest entries, files) of ``layers`` plus the embedding
+    and the final norm - which every layer needs - in the order given."""
+    return [x for x in items if x.layer is None or x.layer in layers]
+
+
+def layers_text(layers: Iterable[int]) -> str:
+    """[0, 1, 2, 3, 10] -> '0-3,10' (the --layers syntax)."""
+    runs: list[list[int]] = []
+    for x in sorted(layers):
+        if runs and x == runs[-1][-1] + 1:
+            runs[-1].append(x)
+        else:
+            runs.append([x])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def complete_layers(params: list[ParamSpec], present: set[str]) -> list[int]:
+    """The layers whose every parameter is in ``present`` (module paths), when that is
+    some but not all of them and the embedding and final norm are there too: what a
+    partial copy (``get --layers``, ``repack --layers``) can still be used for."""
+    layers: dict[int, bool] = {}
+    for p in params:
+        if p.layer is None:
+            if p.module not in present:
+                return []
+        else:
+            layers[p.layer] = layers.get(p.layer, True) and p.module in present
+    complete = [layer for layer, ok in layers.items() if ok]
+    return complete if len(complete) < len(layers) else []
+
+
+def holds_only(complete: list[int], what: str) -> str:
+    """'; the checkpoint holds only layers 0-3' (empty when ``complete`` is)."""
+    if not complete:
+        return ""
+    return f"; {what} holds only layer{'s' if len(complete) > 1 else ''} {layers_text(complete)}"
+
+
+class _Checkpoint(Protocol):
+    """What ``check_config_fits`` reads of a checkpoint folder (checkpoint.Checkpoint)."""
+
+    @property
+    def root(self) -> Path: ...
+    @property
+    def ckpt_dir(self) -> Path: ...
+    @property
+    def config(self) -> ModelConfig: ...
+    @property
+    def params(self) -> list[ParamSpec]: ...
+    @property
+    def config_source(self) -> str: ...
+    @property
+    def manifest(self) -> Any: ...  # manifest.Manifest | None
+
+
+def check_config_fits(ckpt: _Checkpoint) -> None:
+    """Refuse a config that would name the checkpoint's files wrongly.
+
+    The file order depends on the layer count (JAX sorts ``decoder_layer_10``
+    before ``decoder_layer_2``), and every layer's files have the same shapes,
+    so a config with the wrong ``num_layers`` still reads "fine" - with most
+    layers taken from another layer's files.  Two things give it away:
+    tensor files beyond the config's last index, and a pinned manifest that
+    says a file holds another parameter than the config puts there.
+    """
+    if ckpt.config_source != "explicit":  # inferred from the files, or the manifest's own
+        return
+    cfg = ckpt.config
+    n = len(ckpt.params)
+    extra = sorted(i for i in tensor_files(ckpt.ckpt_dir) if i >= n)
+    if extra:
+        last = ckpt.ckpt_dir / file_name(extra[-1])
+        raise UsageError(
+            f"{last}: the config says {cfg.num_layers} layers ({n} files, up to "
+            f"{file_name(n - 1)}) but the checkpoint has {file_name(extra[-1])}; the file "
+            "order depends on the layer count, so layers would be read from the wrong files - "
+            "pass the checkpoint's own config"
+        )
+    if ckpt.manifest is not None:
+        by_file = {p.file: p.module for p in ckpt.params}
+        for e in ckpt.manifest.files:
+            if e.param and e.path in by_file and by_file[e.path] != e.param:
+                raise UsageError(
+                    f"{ckpt.root / e.path}: the manifest says it holds {e.param}, the config "
+                    f"({cfg.num_layers} layers) puts {by_file[e.path]} there; pass the "
+                    "checkpoint's own config"
+                )

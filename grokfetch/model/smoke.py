@@ -3,7 +3,7 @@
 A checksum proves the bytes match a list; this proves the weights behave
 like weights.  ``smoke`` runs one decoder layer (on the scaled embeddings of
 some tokens, or on hidden states from elsewhere) or the whole model through
-``grokfetch.forward`` and checks, each with the figure it is judged on:
+``grokfetch.model.forward`` and checks, each with the figure it is judged on:
 
 * every output is finite;
 * attention and router probabilities sum to 1;
@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from grokfetch import forward
 from grokfetch.errors import DiskError, UsageError
+from grokfetch.format.layout import ModelConfig
 from grokfetch.fsutil import TMP_MARK, atomic_write
-from grokfetch.layout import ModelConfig
+from grokfetch.model import forward
+from grokfetch.model.weights import ModelWeights, open_weights
 from grokfetch.progress import NullBar
-from grokfetch.weights import ModelWeights, open_weights
 
 RMS_FACTOR = 10.0  # a layer's output RMS must lie within [in / 10, in * 10]
 MIN_CHANGE = 1e-3  # ||out - in|| / ||in|| below this: the layer did nothing

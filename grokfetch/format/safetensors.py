@@ -1,13 +1,16 @@
-"""A streaming safetensors writer that never holds a whole tensor in memory.
+"""The safetensors format: its dtype names, the header both ways, and a streaming writer.
 
-The safetensors format (https://huggingface.co/docs/safetensors) is simple
-enough to write by hand::
+The format (https://huggingface.co/docs/safetensors) is simple enough to
+read and write by hand::
 
     8 bytes    little-endian u64 N: length of the header
     N bytes    JSON header {"__metadata__": {str: str}, name: {"dtype", "shape",
                "data_offsets": [begin, end]}, ...}, padded with spaces so the
                payload starts 8-byte aligned
     payload    the tensors' bytes, back to back, C order, little-endian
+
+``read_header`` is the one parser (the forward pass's loader and the tests
+use it); ``header_bytes`` and ``write_safetensors`` the one writer.
 
 Writing it ourselves lets a 1.6 GB int8 tensor go from its offset inside a
 checkpoint pickle to the output in 8 MiB pieces (``Tensor`` with only a
@@ -38,36 +41,39 @@ from pathlib import Path
 from typing import IO, Any
 
 import blake3
-import ml_dtypes
 import numpy as np
 
 from grokfetch.errors import CheckpointFormatError, DiskError, UsageError
+from grokfetch.format.arrays import BFLOAT16, ArrayRef
+from grokfetch.format.files import ByteSource
 from grokfetch.fsutil import atomic_write, loads_json
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, ChunkHasher
 from grokfetch.readguard import Lease
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-
-# safetensors' dtype names, in the order of its Rust ``Dtype`` enum: the
-# reference serializer sorts tensors by this rank (descending), then by name.
-# We do the same so our files are byte-identical to ``safetensors.numpy.save``.
-_DTYPE_RANK = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
-               "I32", "U32", "F32", "F64", "I64", "U64"]
-_DTYPE_NAMES = {
-    np.dtype(np.bool_): "BOOL",
-    np.dtype(np.uint8): "U8",
-    np.dtype(np.int8): "I8",
-    np.dtype(np.int16): "I16",
-    np.dtype(np.uint16): "U16",
-    np.dtype(np.float16): "F16",
-    BFLOAT16: "BF16",
-    np.dtype(np.int32): "I32",
-    np.dtype(np.uint32): "U32",
-    np.dtype(np.float32): "F32",
-    np.dtype(np.float64): "F64",
-    np.dtype(np.int64): "I64",
-    np.dtype(np.uint64): "U64",
+# safetensors' dtype names with their numpy types, in the order of its Rust ``Dtype``
+# enum: the reference serializer sorts tensors by this rank (descending), then by name,
+# and so do we, so our files are byte-identical to ``safetensors.numpy.save``.  The two
+# 8-bit float types have no numpy dtype here (None): never written, refused on reading.
+DTYPES: dict[str, np.dtype | None] = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "F8_E5M2": None,
+    "F8_E4M3": None,
+    "I16": np.dtype(np.int16),
+    "U16": np.dtype(np.uint16),
+    "F16": np.dtype(np.float16),
+    "BF16": BFLOAT16,
+    "I32": np.dtype(np.int32),
+    "U32": np.dtype(np.uint32),
+    "F32": np.dtype(np.float32),
+    "F64": np.dtype(np.float64),
+    "I64": np.dtype(np.int64),
+    "U64": np.dtype(np.uint64),
 }
+_RANK = {name: i for i, name in enumerate(DTYPES)}
+_NAMES = {dt: name for name, dt in DTYPES.items() if dt is not None}
+MAX_HEADER_BYTES = 100 << 20  # a real header is a few hundred kB; bounds a hostile length
 
 COPY_BLOCK = 8 << 20  # raw copies: 8 MiB reads beat copy_file_range here (and we must hash)
 HASH_LAG = 2  # blocks the hashing thread may lag behind the writes (0: hash inline)
@@ -84,23 +90,9 @@ DEFAULT_ZSTD_LEVEL = 3
 def dtype_name(dtype: np.dtype) -> str:
     """The safetensors name of a numpy dtype ('I8', 'BF16', 'F32', ...)."""
     try:
-        return _DTYPE_NAMES[np.dtype(dtype)]
+        return _NAMES[np.dtype(dtype)]
     except KeyError:
         raise UsageError(f"dtype {dtype} has no safetensors equivalent") from None
-
-
-@dataclass(frozen=True)
-class SourceArray:
-    """A C-order array stored raw at ``offset`` in ``path`` (e.g. inside a checkpoint pickle)."""
-
-    path: Path
-    offset: int
-    dtype: np.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return prod(self.shape) * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -117,9 +109,9 @@ class Tensor:
     """
 
     name: str
-    source: SourceArray
+    source: ArrayRef
     out_dtype: np.dtype | None = None
-    scales: SourceArray | None = None
+    scales: ArrayRef | None = None
     expert: int | None = None
     transpose: bool = False
 
@@ -209,7 +201,7 @@ def header_bytes(tensors: Sequence[Tensor], metadata: Mapping[str, str] | None =
 
 def order_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
     """Payload order of the reference serializer: wider dtypes first, then by name."""
-    return sorted(tensors, key=lambda t: (-_DTYPE_RANK.index(dtype_name(t.dtype)), t.name))
+    return sorted(tensors, key=lambda t: (-_RANK[dtype_name(t.dtype)], t.name))
 
 
 class StreamDigest:
@@ -304,7 +296,7 @@ class _HashingSink:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _copy_blocks(src: SourceArray, begin: int, nbytes: int) -> Iterator[memoryview]:
+def _copy_blocks(src: ArrayRef, begin: int, nbytes: int) -> Iterator[memoryview]:
     """The raw bytes [begin, begin + nbytes) of the source file, in COPY_BLOCK pieces."""
     size = min(COPY_BLOCK, max(nbytes, 1))
     # A ring of buffers: the sink may still be hashing the last HASH_LAG blocks.
@@ -342,7 +334,7 @@ class _Mapped:
             self.fd = os.dup(f.fileno())
         self.lease = Lease(self.fd, path)
 
-    def array(self, a: SourceArray) -> np.ndarray:
+    def array(self, a: ArrayRef) -> np.ndarray:
         if self.mm is None or a.offset < 0 or a.offset + a.nbytes > self.size:
             raise CheckpointFormatError(a.path, a.offset, "array runs past the end of the file")
         n = prod(a.shape)
@@ -559,21 +551,56 @@ def write_safetensors(
     )
 
 
-def read_header(f: IO[bytes]) -> tuple[dict[str, Any], int]:
-    """Parse a safetensors header from an open (uncompressed) file: (header dict, payload start)."""
-    raw = f.read(8)
-    if len(raw) != 8:
-        raise UsageError("not a safetensors file: shorter than 8 bytes")
-    n = int.from_bytes(raw, "little")
-    if n > 100 << 20:
-        raise UsageError(f"not a safetensors file: header length {n} is implausible")
-    text = f.read(n)
-    if len(text) != n:
-        raise UsageError("not a safetensors file: header truncated")
+@dataclass(frozen=True)
+class Header:
+    """A parsed safetensors header: its metadata and where each tensor lies."""
+
+    metadata: dict[str, str]
+    arrays: dict[str, ArrayRef]  # in header order
+    payload_start: int  # 8 + header length: data_offsets count from here
+
+
+def read_header(source: ByteSource) -> Header:
+    """Parse the header of a safetensors file; no tensor data is read.
+
+    Raises CheckpointFormatError naming the file (and the tensor) for anything
+    but a well-formed header: a hostile length, non-JSON, an unknown dtype, a
+    shape or data_offsets that disagree, a negative offset.
+    """
+    path = source.path
     try:
-        head = loads_json(text)
+        n = int.from_bytes(source.read(0, 8), "little")
+    except CheckpointFormatError:
+        raise CheckpointFormatError(
+            path, 0, "not a safetensors file (shorter than its 8-byte header length)"
+        ) from None
+    if not 2 <= n <= MAX_HEADER_BYTES:
+        raise CheckpointFormatError(path, 0, f"not a safetensors file (header size {n})")
+    try:
+        head = loads_json(bytes(source.read(8, n)))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UsageError("not a safetensors file: header is not JSON") from None
+        raise CheckpointFormatError(path, 8, "safetensors header is not JSON") from None
     if not isinstance(head, dict):
-        raise UsageError("not a safetensors file: header is not a JSON object")
-    return head, 8 + n
+        raise CheckpointFormatError(path, 8, "safetensors header is not a JSON object")
+    meta = head.pop("__metadata__", None)
+    metadata = {k: v for k, v in meta.items() if isinstance(v, str)} if isinstance(
+        meta, dict) else {}
+    arrays = {}
+    for name, t in head.items():
+        try:
+            dtype = DTYPES[t["dtype"]]
+            shape = tuple(int(s) for s in t["shape"])
+            begin, end = (int(x) for x in t["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            dtype = None
+        if dtype is None:
+            raise CheckpointFormatError(path, 8, f"bad header entry {name!r}")
+        if min(shape, default=0) < 0 or not 0 <= begin <= end:
+            raise CheckpointFormatError(
+                path, 8, f"tensor {name!r}: bad shape {list(shape)} or data_offsets "
+                f"[{begin}, {end}]"
+            )
+        if end - begin != prod(shape) * dtype.itemsize:
+            raise CheckpointFormatError(path, 8, f"tensor {name!r}: size disagrees")
+        arrays[name] = ArrayRef(Path(path), 8 + n + begin, dtype, shape)
+    return Header(metadata, arrays, 8 + n)

@@ -1,7 +1,7 @@
 """Weights for the reference forward pass, read lazily from any layout grokfetch knows.
 
 ``open_weights(path)`` looks at ``path`` and returns a ``ModelWeights`` (the
-loader interface ``grokfetch.forward`` expects) for one of:
+loader interface ``grokfetch.model.forward`` expects) for one of:
 
 * an original checkpoint folder (``ckpt-0/tensor*_000``, read through the
   safe opcode-walking reader, never unpickled);
@@ -33,36 +33,40 @@ what lets ``smoke --compare`` demand bit-identical results.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-import ml_dtypes
 import numpy as np
 
+from grokfetch.checkpoint import open_checkpoint
 from grokfetch.errors import CheckpointFormatError, UsageError
-from grokfetch.forward import LayerWeights
-from grokfetch.fsutil import loads_json
-from grokfetch.layout import ModelConfig, ParamSpec, file_name, param_list
-
-if TYPE_CHECKING:
-    from grokfetch.checkpoint import Checkpoint
+from grokfetch.format import sglang
+from grokfetch.format.arrays import BFLOAT16, ArrayRef
+from grokfetch.format.files import ByteSource, open_source
+from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.layout import (
+    CKPT_DIR,
+    ModelConfig,
+    ParamSpec,
+    check_config_fits,
+    complete_layers,
+    holds_only,
+    param_list,
+)
+from grokfetch.format.pickle_reader import scan
+from grokfetch.format.safetensors import read_header
+from grokfetch.fsutil import inside, loads_json
+from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.model.forward import LayerWeights
 
 BLOCK_ELEMENTS = 4 << 20  # values per dequantized block: 16 MiB of float32 scratch
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-_ST_DTYPES = {
-    "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8),
-    "BF16": BFLOAT16,
-    "F16": np.dtype(np.float16),
-    "F32": np.dtype(np.float32),
-    "F64": np.dtype(np.float64),
-}
-INDEX_NAME = "model.safetensors.index.json"
+# The dtypes a grokfetch output (or an HF download of one) holds; anything else is refused.
+_LOADABLE = {np.dtype(t) for t in (np.int8, np.uint8, np.float16, np.float32, np.float64)}
+_LOADABLE.add(BFLOAT16)
 MAX_STREAMS = 16  # open files (zstd streams) kept between reads
 
 
@@ -89,143 +93,25 @@ def dequantize(weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# Bytes: plain files by pread, .zst files by (restartable) streaming
+# Reading arrays: whole (small ones), by rows, or gathered rows
 # ---------------------------------------------------------------------------
 
 
-class ByteSource(Protocol):
-    path: Path
-
-    def read(self, offset: int, n: int) -> bytearray: ...
-
-    def close(self) -> None: ...
+def read_array(source: ByteSource, a: ArrayRef) -> np.ndarray:
+    """The whole array (only for small ones: norms, router, scales)."""
+    return np.frombuffer(source.read(a.offset, a.nbytes), a.dtype).reshape(a.shape)
 
 
-class FileBytes:
-    """Random access to a plain file with pread (nothing stays mapped).
-
-    The file is opened for each read and closed again: a whole-model run
-    touches 770 files, more than some systems let a process hold open.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def read(self, offset: int, n: int) -> bytearray:
-        buf = bytearray(n)
-        view, done = memoryview(buf), 0
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise CheckpointFormatError(self.path, None, f"cannot open: {e.strerror}") from None
-        try:
-            while done < n:
-                got = os.preadv(fd, [view[done:]], offset + done)
-                if got <= 0:
-                    raise CheckpointFormatError(
-                        self.path, offset + done, "file ends inside a tensor"
-                    )
-                done += got
-        finally:
-            os.close(fd)
-        return buf
-
-    def close(self) -> None:
-        pass
+def read_rows(source: ByteSource, a: ArrayRef, r0: int, r1: int) -> np.ndarray:
+    """Rows r0:r1 of the leading axis."""
+    raw = source.read(a.offset + r0 * a.row_bytes, (r1 - r0) * a.row_bytes)
+    return np.frombuffer(raw, a.dtype).reshape(r1 - r0, *a.shape[1:])
 
 
-class ZstdBytes:
-    """Reads of a zstd-compressed file by decompressed offset.
-
-    A zstd stream can only be read forward, so reads in increasing offset
-    order cost one pass; a read behind the current position starts over.
-    The forward pass and the checks read each file front to back.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._file: Any = None
-        self._reader: Any = None
-        self._pos = 0
-
-    def _restart(self) -> None:
-        import zstandard
-
-        self.close()
-        try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-        except OSError as e:
-            raise CheckpointFormatError(self.path, None, f"cannot open: {e.strerror}") from None
-        self._reader = zstandard.ZstdDecompressor().stream_reader(
-            self._file, read_across_frames=True
-        )
-        self._pos = 0
-
-    def read(self, offset: int, n: int) -> bytearray:
-        import zstandard
-
-        if self._reader is None or offset < self._pos:
-            self._restart()
-        buf = bytearray(n)
-        try:
-            while self._pos < offset:  # skip forward, decompressing into a bounded scratch
-                skipped = self._reader.read(min(offset - self._pos, 8 << 20))
-                if not skipped:
-                    raise CheckpointFormatError(self.path, offset, "zstd stream ends early")
-                self._pos += len(skipped)
-            view, done = memoryview(buf), 0
-            while done < n:
-                got = self._reader.readinto(view[done:])
-                if not got:
-                    raise CheckpointFormatError(self.path, offset + done, "zstd stream ends early")
-                done += got
-        except zstandard.ZstdError as e:
-            raise CheckpointFormatError(self.path, None, f"corrupt zstd stream: {e}") from None
-        self._pos += n
-        return buf
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-        if self._file is not None:
-            self._file.close()
-        self._reader = self._file = None
-
-
-@dataclass(frozen=True)
-class StoredArray:
-    """A C-order array at ``offset`` of a byte source; read piecewise on demand."""
-
-    source: ByteSource
-    offset: int
-    dtype: np.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def path(self) -> Path:
-        return self.source.path
-
-    def read(self) -> np.ndarray:
-        """The whole array (only for small ones: norms, router, scales)."""
-        n = math.prod(self.shape) * self.dtype.itemsize
-        return np.frombuffer(self.source.read(self.offset, n), self.dtype).reshape(self.shape)
-
-    def sub(self, i: int) -> StoredArray:
-        """Element ``i`` of the leading axis (one expert of an [E, K, N] stack)."""
-        step = math.prod(self.shape[1:]) * self.dtype.itemsize
-        return StoredArray(self.source, self.offset + i * step, self.dtype, self.shape[1:])
-
-    def rows(self, r0: int, r1: int) -> np.ndarray:
-        """Rows r0:r1 of the leading axis."""
-        row = math.prod(self.shape[1:]) * self.dtype.itemsize
-        raw = self.source.read(self.offset + r0 * row, (r1 - r0) * row)
-        return np.frombuffer(raw, self.dtype).reshape(r1 - r0, *self.shape[1:])
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        """Rows ``indices`` (any order, repeats allowed); read in increasing order."""
-        wanted = np.unique(indices)
-        got = {int(i): self.rows(int(i), int(i) + 1)[0] for i in wanted}
-        return np.stack([got[int(i)] for i in indices])
+def take_rows(source: ByteSource, a: ArrayRef, indices: np.ndarray) -> np.ndarray:
+    """Rows ``indices`` (any order, repeats allowed); read in increasing order."""
+    got = {int(i): read_rows(source, a, int(i), int(i) + 1)[0] for i in np.unique(indices)}
+    return np.stack([got[int(i)] for i in indices])
 
 
 # ---------------------------------------------------------------------------
@@ -244,7 +130,8 @@ class RowMatrix:
     """
 
     name: str
-    weight: StoredArray  # int8 or float [K, N]
+    source: ByteSource  # the file holding ``weight``
+    weight: ArrayRef  # int8 or float [K, N]
     scales: np.ndarray | None  # float32 [G, N] when quantized
     groups: int | None
 
@@ -256,7 +143,7 @@ class RowMatrix:
         k, n = self.shape
         size = k // (self.groups or 1)
         for k0, k1 in row_blocks(k, n, self.groups):
-            rows = self.weight.rows(k0, k1)  # (k1-k0, N) as stored
+            rows = read_rows(self.source, self.weight, k0, k1)  # (k1-k0, N) as stored
             if self.scales is None:
                 yield k0, k1, rows.astype(np.float32)
             else:  # int8 x float32 in one pass; exact: 8 x 8 significant bits
@@ -268,7 +155,8 @@ class TransposedMatrix:
     """A weight stored [N, K] (PyTorch orientation), used as [K, N]; read whole per pass."""
 
     name: str
-    weight_t: StoredArray  # float [N, K]
+    source: ByteSource  # the file holding ``weight_t``
+    weight_t: ArrayRef  # float [N, K]
     groups: int | None
 
     @property
@@ -277,7 +165,7 @@ class TransposedMatrix:
 
     def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
         k, n = self.shape
-        wt = self.weight_t.read()  # (N, K)
+        wt = read_array(self.source, self.weight_t)  # (N, K)
         for k0, k1 in row_blocks(k, n, self.groups):
             yield k0, k1, np.ascontiguousarray(wt[:, k0:k1].T, dtype=np.float32)  # (k1-k0, N)
 
@@ -304,45 +192,13 @@ class ExpertStack:
 # ---------------------------------------------------------------------------
 
 
-def open_source(path: Path) -> ByteSource:
-    return ZstdBytes(path) if path.name.endswith(".zst") else FileBytes(path)
-
-
-def safetensors_arrays(source: ByteSource) -> dict[str, StoredArray]:
-    """The tensors of a safetensors file (header parsed here; data not read)."""
-    try:
-        n = int.from_bytes(source.read(0, 8), "little")
-    except CheckpointFormatError:
-        raise CheckpointFormatError(
-            source.path, 0, "not a safetensors file (shorter than its 8-byte header length)"
-        ) from None
-    if not 2 <= n <= 100 << 20:
-        raise CheckpointFormatError(source.path, 0, f"not a safetensors file (header size {n})")
-    try:
-        head = loads_json(bytes(source.read(8, n)))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointFormatError(source.path, 8, "safetensors header is not JSON") from None
-    if not isinstance(head, dict):
-        raise CheckpointFormatError(source.path, 8, "safetensors header is not a JSON object")
-    out = {}
-    for name, t in head.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _ST_DTYPES[t["dtype"]]
-            shape = tuple(int(s) for s in t["shape"])
-            begin, end = (int(x) for x in t["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointFormatError(source.path, 8, f"bad header entry {name!r}") from None
-        if min(shape, default=0) < 0 or not 0 <= begin <= end:
-            raise CheckpointFormatError(
-                source.path, 8, f"tensor {name!r}: bad shape {list(shape)} or data_offsets "
-                f"[{begin}, {end}]"
-            )
-        if end - begin != math.prod(shape) * dtype.itemsize:
-            raise CheckpointFormatError(source.path, 8, f"tensor {name!r}: size disagrees")
-        out[name] = StoredArray(source, 8 + n + begin, dtype, shape)
-    return out
+def safetensors_arrays(source: ByteSource) -> dict[str, ArrayRef]:
+    """The tensors of a safetensors file (header parsed; data not read), of loadable dtypes."""
+    arrays = read_header(source).arrays
+    for name, a in arrays.items():
+        if a.dtype not in _LOADABLE:
+            raise CheckpointFormatError(source.path, 8, f"bad header entry {name!r}")
+    return arrays
 
 
 # ---------------------------------------------------------------------------
@@ -350,13 +206,13 @@ def safetensors_arrays(source: ByteSource) -> dict[str, StoredArray]:
 # ---------------------------------------------------------------------------
 
 
-def _check_shape(where: str, a: StoredArray, shape: tuple[int, ...]) -> None:
+def _check_shape(where: str, a: ArrayRef, shape: tuple[int, ...]) -> None:
     if tuple(a.shape) != tuple(shape):
         raise CheckpointFormatError(a.path, None, f"{where}: shape {a.shape}, expected {shape}")
 
 
 class ModelWeights:
-    """Lazy weights of one model (the interface grokfetch.forward reads).
+    """Lazy weights of one model (the interface grokfetch.model.forward reads).
 
     Subclasses say where a parameter's arrays are (``_arrays``); this class
     turns them into LayerWeights.  ``exact`` is True when every dequantized
@@ -376,7 +232,7 @@ class ModelWeights:
 
     # -- what a layout provides --------------------------------------------------------
 
-    def _arrays(self, spec: ParamSpec) -> dict[str, StoredArray]:
+    def _arrays(self, spec: ParamSpec) -> dict[str, ArrayRef]:
         """'weight' (and 'scales' if still quantized) of a parameter."""
         raise NotImplementedError
 
@@ -403,6 +259,10 @@ class ModelWeights:
             self._sources.popitem(last=False)[1].close()
         return self._sources[path]
 
+    def read(self, a: ArrayRef) -> np.ndarray:
+        """The whole of a small array (norm, router, scales)."""
+        return read_array(self.source(a.path), a)
+
     def close(self) -> None:
         for s in self._sources.values():
             s.close()
@@ -422,7 +282,7 @@ class ModelWeights:
             raise UsageError(f"layer {i} is outside 0-{self.config.num_layers - 1}")
         return self.params[f"transformer/decoder_layer_{i}/{sub}"]
 
-    def _checked(self, spec: ParamSpec) -> dict[str, StoredArray]:
+    def _checked(self, spec: ParamSpec) -> dict[str, ArrayRef]:
         arrays = self._arrays(spec)
         want = spec.array("weight" if spec.kind == "quantized" else "array").shape
         if "weight" not in arrays:
@@ -441,12 +301,12 @@ class ModelWeights:
         return arrays
 
     @staticmethod
-    def _any_path(arrays: dict[str, StoredArray]) -> Path | str:
+    def _any_path(arrays: dict[str, ArrayRef]) -> Path | str:
         return next(iter(arrays.values())).path if arrays else "?"
 
     def plain(self, spec: ParamSpec) -> np.ndarray:
         """A small unquantized parameter (norm scale, router), as float32."""
-        return self._checked(spec)["weight"].read().astype(np.float32)
+        return self.read(self._checked(spec)["weight"]).astype(np.float32)
 
     def matrix(self, spec: ParamSpec, expert: int | None = None) -> Any:
         """A linear weight as a Matrix (one expert of a stack if ``expert`` is given)."""
@@ -455,9 +315,9 @@ class ModelWeights:
         name = self.describe(spec) if expert is None else f"{self.describe(spec)} expert {expert}"
         if "scales" in arrays:
             scales = arrays["scales"] if expert is None else arrays["scales"].sub(expert)
-            s = scales.read().astype(np.float32)  # (G, N)
-            return RowMatrix(name, weight, s, s.shape[0])
-        return RowMatrix(name, weight, None, spec.scale_groups)
+            s = self.read(scales).astype(np.float32)  # (G, N)
+            return RowMatrix(name, self.source(weight.path), weight, s, s.shape[0])
+        return RowMatrix(name, self.source(weight.path), weight, None, spec.scale_groups)
 
     def experts(self, spec: ParamSpec) -> ExpertStack:
         return ExpertStack(
@@ -466,7 +326,7 @@ class ModelWeights:
 
     # -- the forward.Weights interface ---------------------------------------------------
 
-    def _embedding(self) -> StoredArray:
+    def _embedding(self) -> ArrayRef:
         spec = self.spec("language_model/in_out_embed")
         return self._checked(spec)["weight"]
 
@@ -475,13 +335,14 @@ class ModelWeights:
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= table.shape[0]):
             raise UsageError(f"token ids must lie in 0-{table.shape[0] - 1}")
-        return table.take(tokens).astype(np.float32)  # (T, D)
+        return take_rows(self.source(table.path), table, tokens).astype(np.float32)  # (T, D)
 
     def embedding_blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
         table = self._embedding()
         v, d = table.shape
+        source = self.source(table.path)
         for v0, v1 in row_blocks(v, d, None):
-            yield v0, v1, table.rows(v0, v1).astype(np.float32)  # (v1-v0, D)
+            yield v0, v1, read_rows(source, table, v0, v1).astype(np.float32)  # (v1-v0, D)
 
     def final_norm(self) -> np.ndarray:
         return self.plain(self.spec("language_model/rms_norm"))
@@ -522,9 +383,7 @@ class OriginalWeights(ModelWeights):
     def describe(self, spec: ParamSpec) -> str:
         return f"{spec.module} ({spec.file})"
 
-    def _arrays(self, spec: ParamSpec) -> dict[str, StoredArray]:
-        from grokfetch import reader
-
+    def _arrays(self, spec: ParamSpec) -> dict[str, ArrayRef]:
         path = self.path(spec)
         if not path.is_file() and not os.path.lexists(path):
             present = {p.module for p in self.params.values() if self.path(p).is_file()}
@@ -534,19 +393,13 @@ class OriginalWeights(ModelWeights):
                               "the checkpoint")
             )
         if path not in self._scans:  # the opcode walk reads only the pickle framing
-            self._scans[path] = reader.scan(path)
+            self._scans[path] = scan(path)
         pf = self._scans[path]
         if pf.kind != spec.kind:
             raise CheckpointFormatError(
                 path, None, f"holds a {pf.kind}, {spec.module} is {spec.kind}"
             )
-        src = self.source(path)
-        out = {}
-        for name, a in pf.arrays.items():
-            out["weight" if name == "array" else name] = StoredArray(
-                src, a.offset, a.dtype, tuple(a.shape)
-            )
-        return out
+        return {"weight" if name == "array" else name: a for name, a in pf.arrays.items()}
 
 
 class PerTensorWeights(ModelWeights):
@@ -561,7 +414,7 @@ class PerTensorWeights(ModelWeights):
         self.files = files  # module path -> file relative to root
         self.repack = repack
         self.exact = repack.get("dtype", "keep") != "bf16"
-        self._headers: dict[str, dict[str, StoredArray]] = {}
+        self._headers: dict[str, dict[str, ArrayRef]] = {}
 
     @property
     def format(self) -> str:
@@ -574,9 +427,7 @@ class PerTensorWeights(ModelWeights):
         rel = self.files.get(spec.module)
         return f"{spec.module} ({rel})" if rel else spec.module
 
-    def _arrays(self, spec: ParamSpec) -> dict[str, StoredArray]:
-        from grokfetch.fsutil import inside
-
+    def _arrays(self, spec: ParamSpec) -> dict[str, ArrayRef]:
         rel = self.files.get(spec.module)
         if rel is None:
             raise CheckpointFormatError(
@@ -587,23 +438,6 @@ class PerTensorWeights(ModelWeights):
         if rel not in self._headers:
             self._headers[rel] = safetensors_arrays(self.source(inside(self.root, rel)))
         return self._headers[rel]
-
-
-# SGLang's names (GROK1_FORMAT.md): official leaf -> (name below model.layers.L, transposed)
-_SGLANG_LAYER = {
-    "rms_norm": ("pre_attn_norm.weight", False),
-    "rms_norm_1": ("post_attn_norm.weight", False),
-    "rms_norm_2": ("pre_moe_norm.weight", False),
-    "rms_norm_3": ("post_moe_norm.weight", False),
-    "multi_head_attention/query": ("self_attn.q_proj.weight", True),
-    "multi_head_attention/key": ("self_attn.k_proj.weight", True),
-    "multi_head_attention/value": ("self_attn.v_proj.weight", True),
-    "multi_head_attention/linear": ("self_attn.o_proj.weight", True),
-    "router": ("block_sparse_moe.gate.weight", True),
-    "moe/linear": ("block_sparse_moe.experts.{e}.w1.weight", True),
-    "moe/linear_v": ("block_sparse_moe.experts.{e}.w3.weight", True),
-    "moe/linear_1": ("block_sparse_moe.experts.{e}.w2.weight", True),
-}
 
 
 class SglangWeights(ModelWeights):
@@ -618,27 +452,16 @@ class SglangWeights(ModelWeights):
         self.weight_map = weight_map
         self.dtype = dtype
         self.exact = dtype != "bf16"
-        self._headers: dict[str, dict[str, StoredArray]] = {}
+        self._headers: dict[str, dict[str, ArrayRef]] = {}
 
     @property
     def format(self) -> str:
         return f"{self.layout} {self.dtype}"
 
-    def name_of(self, spec: ParamSpec, expert: int | str | None = None) -> tuple[str, bool]:
-        if spec.module == "language_model/in_out_embed":
-            return "model.embed_tokens.weight", False
-        if spec.module == "language_model/rms_norm":
-            return "model.norm.weight", False
-        assert spec.layer is not None
-        sub, transposed = _SGLANG_LAYER[spec.short]
-        return f"model.layers.{spec.layer}.{sub.format(e=expert)}", transposed
-
-    def tensor(self, name: str) -> StoredArray:
-        from grokfetch.fsutil import inside
-
+    def tensor(self, name: str) -> ArrayRef:
         shard = self.weight_map.get(name)
         if shard is None:
-            raise CheckpointFormatError(self.root / INDEX_NAME, None, f"no tensor {name}")
+            raise CheckpointFormatError(self.root / sglang.INDEX_NAME, None, f"no tensor {name}")
         if shard not in self._headers:
             self._headers[shard] = safetensors_arrays(self.source(inside(self.root, shard)))
         arrays = self._headers[shard]
@@ -647,28 +470,29 @@ class SglangWeights(ModelWeights):
         return arrays[name]
 
     def describe(self, spec: ParamSpec) -> str:
-        return f"{spec.module} ({self.name_of(spec, '*')[0]})"  # experts.*.w1.weight
+        return f"{spec.module} ({sglang.name_of(spec, '*')[0]})"  # experts.*.w1.weight
 
     def plain(self, spec: ParamSpec) -> np.ndarray:
-        name, transposed = self.name_of(spec)
+        name, transposed = sglang.name_of(spec)
         want = spec.array("array").shape
         a = self.tensor(name)
         _check_shape(name, a, tuple(reversed(want)) if transposed else want)
-        out = a.read().astype(np.float32)
+        out = self.read(a).astype(np.float32)
         return np.ascontiguousarray(out.T) if transposed else out
 
-    def _embedding(self) -> StoredArray:
+    def _embedding(self) -> ArrayRef:
         spec = self.spec("language_model/in_out_embed")
-        a = self.tensor(self.name_of(spec)[0])
-        _check_shape("model.embed_tokens.weight", a, spec.array("array").shape)
+        a = self.tensor(sglang.EMBEDDING)
+        _check_shape(sglang.EMBEDDING, a, spec.array("array").shape)
         return a
 
     def matrix(self, spec: ParamSpec, expert: int | None = None) -> Any:
-        name, _ = self.name_of(spec, expert)
+        name, _ = sglang.name_of(spec, expert)
         k, n = spec.array("weight").shape[-2:]
         a = self.tensor(name)
         _check_shape(name, a, (n, k))
-        return TransposedMatrix(f"{spec.module} ({name})", a, spec.scale_groups)
+        return TransposedMatrix(f"{spec.module} ({name})", self.source(a.path), a,
+                                spec.scale_groups)
 
 
 # ---------------------------------------------------------------------------
@@ -676,39 +500,15 @@ class SglangWeights(ModelWeights):
 # ---------------------------------------------------------------------------
 
 
-def _hf_config(d: dict[str, Any]) -> dict[str, Any]:
-    """Official field names from a Hugging Face style config.json (as the sglang layout writes)."""
-    if "emb_size" in d or "meta" in d:
-        return d
-    try:
-        emb, ffn = int(d["hidden_size"]), int(d["intermediate_size"])
-        out = {
-            "vocab_size": d["vocab_size"],
-            "emb_size": emb,
-            "key_size": d.get("head_dim", emb // int(d["num_attention_heads"])),
-            "num_q_heads": d["num_attention_heads"],
-            "num_kv_heads": d["num_key_value_heads"],
-            "num_layers": d["num_hidden_layers"],
-            "num_experts": d["num_local_experts"],
-            "num_selected_experts": d["num_experts_per_tok"],
-            # ffn_size(emb, 1.5 * ffn / emb) == ffn for any ffn that is a multiple of 8
-            "widening_factor": 1.5 * ffn / emb,
-        }
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"config.json lacks {e} (pass --config)") from None
-    for ours, theirs in (
-        ("embedding_multiplier_scale", "embedding_multiplier_scale"),
-        ("output_multiplier_scale", "output_multiplier_scale"),
-        ("rms_norm_eps", "rms_norm_eps"),
-        ("rope_base", "rope_theta"),
-        ("attn_logit_softcap", "attn_logit_softcapping"),
-        ("sequence_len", "max_position_embeddings"),
-        ("pad_token", "pad_token_id"),
-        ("eos_token", "eos_token_id"),
-    ):
-        if d.get(theirs) is not None:
-            out[ours] = d[theirs]
-    return out
+def _config_json(path: Path) -> ModelConfig:
+    """The model of a repack's config.json: HF field names (what the sglang layout writes),
+    or the official ones."""
+    d = _read_json(path)
+    if isinstance(d, dict) and ("emb_size" in d or "meta" in d):
+        return ModelConfig.from_dict(d)
+    if not isinstance(d, dict):
+        raise UsageError(f"{path}: not a JSON object")
+    return sglang.config_from_hf(d)
 
 
 def _read_json(path: Path) -> Any:
@@ -718,107 +518,37 @@ def _read_json(path: Path) -> Any:
         raise UsageError(f"{path}: cannot read JSON: {e}") from None
 
 
-def layers_text(layers: list[int] | set[int]) -> str:
-    """[0, 1, 2, 3, 10] -> '0-3,10' (the --layers syntax)."""
-    runs: list[list[int]] = []
-    for x in sorted(layers):
-        if runs and x == runs[-1][-1] + 1:
-            runs[-1].append(x)
-        else:
-            runs.append([x])
-    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
-
-
-def complete_layers(params: list[ParamSpec], present: set[str]) -> list[int]:
-    """The layers whose every parameter is in ``present`` (module paths), when that is
-    some but not all of them and the embedding and final norm are there too: what a
-    partial copy (``get --layers``, ``repack --layers``) can still be used for."""
-    layers: dict[int, bool] = {}
-    for p in params:
-        if p.layer is None:
-            if p.module not in present:
-                return []
-        else:
-            layers[p.layer] = layers.get(p.layer, True) and p.module in present
-    complete = [layer for layer, ok in layers.items() if ok]
-    return complete if len(complete) < len(layers) else []
-
-
-def holds_only(complete: list[int], what: str) -> str:
-    if not complete:
-        return ""
-    return f"; {what} holds only layer{'s' if len(complete) > 1 else ''} {layers_text(complete)}"
-
-
-def check_config_fits(ckpt: Checkpoint) -> None:
-    """Refuse a config that would name the checkpoint's files wrongly.
-
-    The file order depends on the layer count (JAX sorts ``decoder_layer_10``
-    before ``decoder_layer_2``), and every layer's files have the same shapes,
-    so a config with the wrong ``num_layers`` still reads "fine" - with most
-    layers taken from another layer's files.  Two things give it away:
-    tensor files beyond the config's last index, and a pinned manifest that
-    says a file holds another parameter than the config puts there.
-    """
-    from grokfetch.checkpoint import tensor_files
-
-    if ckpt.config_source != "explicit":  # inferred from the files, or the manifest's own
-        return
-    cfg = ckpt.config
-    n = len(ckpt.params)
-    extra = sorted(i for i in tensor_files(ckpt.ckpt_dir) if i >= n)
-    if extra:
-        last = ckpt.ckpt_dir / file_name(extra[-1])
-        raise UsageError(
-            f"{last}: the config says {cfg.num_layers} layers ({n} files, up to "
-            f"{file_name(n - 1)}) but the checkpoint has {file_name(extra[-1])}; the file "
-            "order depends on the layer count, so layers would be read from the wrong files - "
-            "pass the checkpoint's own config"
-        )
-    if ckpt.manifest is not None:
-        by_file = {p.file: p.module for p in ckpt.params}
-        for e in ckpt.manifest.files:
-            if e.param and e.path in by_file and by_file[e.path] != e.param:
-                raise UsageError(
-                    f"{ckpt.root / e.path}: the manifest says it holds {e.param}, the config "
-                    f"({cfg.num_layers} layers) puts {by_file[e.path]} there; pass the "
-                    "checkpoint's own config"
-                )
-
-
 def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None) -> ModelWeights:
     """A lazy loader for the checkpoint or repack at ``path`` (layout detected).
 
     ``config``: the model configuration; by default the one pinned in the
     folder's manifest (or a repack's config.json).
     """
-    from grokfetch.manifest import MANIFEST_NAME, load_manifest
-
     root = Path(path)
     if not root.exists():
         raise UsageError(f"{root}: no such file or directory")
     manifest_path = root / MANIFEST_NAME
     manifest = load_manifest(manifest_path) if manifest_path.is_file() else None
-    if manifest is not None and manifest.repack is not None or (root / INDEX_NAME).is_file():
+    index_path = root / sglang.INDEX_NAME
+    if manifest is not None and manifest.repack is not None or index_path.is_file():
         repack = dict(manifest.repack or {}) if manifest is not None else {"layout": "sglang"}
         source = "explicit"
         if config is None and manifest is not None and manifest.config is not None:
             config, source = manifest.config, "manifest"
-        if config is None and (root / "config.json").is_file():
-            config = ModelConfig.from_dict(_hf_config(_read_json(root / "config.json")))
-            source = "config.json"
+        if config is None and (root / sglang.CONFIG_NAME).is_file():
+            config, source = _config_json(root / sglang.CONFIG_NAME), "config.json"
         if config is None:
             raise UsageError(
                 f"{root}: no model config in the manifest or config.json (pass --config)"
             )
-        if repack.get("layout") == "sglang" or (root / INDEX_NAME).is_file():
-            index = _read_json(root / INDEX_NAME)
+        if repack.get("layout") == "sglang" or index_path.is_file():
+            index = _read_json(index_path)
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict):
-                raise UsageError(f"{root / INDEX_NAME}: no weight_map")
+                raise UsageError(f"{index_path}: no weight_map")
             bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
             if bad is not None:  # say what is wrong, not "unsafe path 5: empty" later
-                raise UsageError(f"{root / INDEX_NAME}: weight_map[{bad!r}] is "
+                raise UsageError(f"{index_path}: weight_map[{bad!r}] is "
                                  f"{type(weight_map[bad]).__name__}, expected a shard file name")
             dtype = str(repack.get("dtype", "bf16"))
             return SglangWeights(root, config, source, weight_map, dtype)
@@ -826,10 +556,7 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
             raise UsageError(f"{root}: no manifest")
         files = {f.param: f.path for f in manifest.files if f.param}
         return PerTensorWeights(root, config, source, files, repack)
-    from grokfetch.checkpoint import open_checkpoint
-    from grokfetch.repack import JOURNAL_NAME
-
-    if (root / JOURNAL_NAME).is_file() and not (root / "ckpt-0").exists():
+    if (root / JOURNAL_NAME).is_file() and not (root / CKPT_DIR).exists():
         raise UsageError(f"{root}: an unfinished repack (its journal, no manifest yet); rerun "
                          "the same grokfetch repack command to finish it")
     ckpt = open_checkpoint(root, config=config)

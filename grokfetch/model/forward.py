@@ -1,7 +1,7 @@
 """A readable numpy reference of the Grok-1 forward pass (one function per block).
 
 This follows the official implementation (xai-org/grok-1 ``model.py``) as
-written up in ``GROK1_FORMAT.md``; it is meant to be read next to it::
+written up in docs/FORMAT.md, "The model"; it is meant to be read next to it::
 
     h0 = embeddings[tokens] * embedding_multiplier_scale
     for each of the num_layers decoder layers:
@@ -25,7 +25,7 @@ query heads per key/value head, d = key_size, E experts, k selected experts,
 F = ffn_size, V = vocab_size.  There is no batch dimension and no padding
 mask: the smoke test runs one unpadded sequence.
 
-Weights come from a loader (``grokfetch.weights``) with this interface:
+Weights come from a loader (``grokfetch.model.weights``) with this interface:
 ``embedding_rows(tokens)``, ``embedding_blocks()``, ``final_norm()`` and
 ``layer(i) -> LayerWeights``.  A linear weight is either a float32 array
 [K, N] or a lazy ``Matrix`` that yields float32 row blocks, so that a
@@ -46,7 +46,7 @@ import numpy as np
 
 
 class Config(Protocol):
-    """The fields of ``grokfetch.layout.ModelConfig`` (official names) this file reads."""
+    """The fields of ``grokfetch.format.layout.ModelConfig`` (official names) this file reads."""
 
     @property
     def emb_size(self) -> int: ...  # D, width of the residual stream

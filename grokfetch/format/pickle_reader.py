@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from grokfetch.errors import CheckpointFormatError
+from grokfetch.format.arrays import BFLOAT16, ArrayRef
 from grokfetch.names import escape, shorten
 
-# The only globals a checkpoint file may name (GROK1_FORMAT.md).
+# The only globals a checkpoint file may name (docs/FORMAT.md, "The pickle files").
 _RECONSTRUCT = {
     ("numpy.core.multiarray", "_reconstruct"),  # numpy 1.x, as the checkpoint was written
     ("numpy._core.multiarray", "_reconstruct"),  # numpy 2.x spelling
@@ -47,7 +47,6 @@ _TYPESTRS = {
     for n in sizes
 }
 _TYPESTRS["b1"] = np.dtype("?")
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 _MAX_MEMO = 4096  # real files memoise < 40 objects; a bound stops memory abuse
 _MAX_STACK = 256
@@ -64,28 +63,13 @@ _MAX_DICT = 64
 
 
 @dataclass(frozen=True)
-class ArrayInfo:
-    """Where one array lies in a parameter file."""
-
-    name: str  # 'array', or 'weight' / 'scales' inside a QuantizedWeight8bit
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    offset: int  # first payload byte in the file
-    nbytes: int
-
-    @property
-    def dtype_name(self) -> str:
-        return self.dtype.name
-
-
-@dataclass(frozen=True)
 class ParamFile:
     """What one checkpoint file holds, as found by ``scan``."""
 
     path: Path
     size: int
     kind: str  # 'ndarray' or 'quantized'
-    arrays: dict[str, ArrayInfo]
+    arrays: dict[str, ArrayRef]  # 'array', or 'weight' and 'scales' of a QuantizedWeight8bit
     numpy_spelling: int  # 1: numpy.core.multiarray (as released), 2: numpy._core
 
     def open(self, name: str) -> np.ndarray:
@@ -133,7 +117,7 @@ class _PendingArray:
     """``_reconstruct(ndarray, (0,), b'b')`` before its BUILD sets the state."""
 
     offset: int
-    info: ArrayInfo | None = None
+    info: ArrayRef | None = None
 
 
 @dataclass
@@ -343,7 +327,7 @@ class _Walker:
                 f"payload is {data.length} bytes but shape {list(shape)} x "
                 f"{dtype.dtype.name} needs {want}", data.offset
             )
-        p.info = ArrayInfo("array", dtype.dtype, shape, data.offset, data.length)
+        p.info = ArrayRef(self.path, data.offset, dtype.dtype, shape)
 
     @staticmethod
     def describe(v: Any) -> str:
@@ -492,7 +476,7 @@ class _Walker:
                 raise self.fail(f"dict of more than {_MAX_DICT} keys (a checkpoint file's "
                                 "has 2)", at)
 
-    def stop(self, at: int) -> tuple[str, dict[str, ArrayInfo]]:
+    def stop(self, at: int) -> tuple[str, dict[str, ArrayRef]]:
         if len(self.stack) != 1 or self.marks:
             raise self.fail("pickle does not end with exactly one object", at)
         if self.pos != self.size:
@@ -511,8 +495,7 @@ class _Walker:
                 v = st[name]
                 if not isinstance(v, _PendingArray) or v.info is None:
                     raise self.fail(f"QuantizedWeight8bit.{name} is not an array", at)
-                i = v.info
-                arrays[name] = ArrayInfo(name, i.dtype, i.shape, i.offset, i.nbytes)
+                arrays[name] = v.info
             return "quantized", arrays
         raise self.fail(f"the pickled object is a {self.describe(obj)}, not an array or "
                         f"QuantizedWeight8bit", at)

@@ -1,0 +1,103 @@
+"""Records of finished outputs: DEST's manifest and the journal of an unfinished run.
+
+Each finished output is appended to the journal in DEST (one JSON line,
+fsynced), so a run killed at any point knows what finished; a rerun skips
+outputs whose recipe is unchanged and whose BLAKE3 still matches, and redoes
+the rest.  At the end the manifest replaces the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from grokfetch.errors import GrokfetchError, UsageError
+from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.fsutil import loads_json
+from grokfetch.hashing import file_digests
+from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest
+
+
+def recipe(settings: Any, source: Any, arrays: Any, chunk_size: Any) -> str:
+    """What makes an output's record what it is: same recipe + same BLAKE3 on disk = done."""
+    return json.dumps([settings, source, arrays, chunk_size], sort_keys=True)
+
+
+def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str, Any] | None]:
+    """Finished outputs known from DEST's manifest and journal: rel -> (recipe, entry).
+
+    Also returns the repack settings found there (None when DEST is fresh).
+    A line cut short by a kill is ignored: its output is simply redone.
+    """
+    records: dict[str, tuple[str, FileEntry]] = {}
+    settings = None
+    mpath = dest / MANIFEST_NAME
+    if mpath.is_file():
+        m = load_manifest(mpath)
+        if m.repack is None:  # e.g. a checkpoint's pinned manifest: never overwrite it
+            raise UsageError(f"{dest}: holds a grokfetch manifest that is not a repack's "
+                             f"({m.name}); repack into a folder of its own")
+        else:
+            settings = m.repack
+            for e in m.files:
+                if e.param is not None or e.source is not None:
+                    records[e.path] = (recipe(m.repack, e.source, e.arrays, m.chunk_size), e)
+    jpath = dest / JOURNAL_NAME
+    if jpath.is_file():
+        for line in jpath.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = loads_json(line)
+                m = Manifest.from_dict({"format": "grokfetch-manifest", "format_version": 1,
+                                        "name": "journal", "files": [rec["entry"]],
+                                        "chunk_size": rec["chunk_size"]})
+            except (ValueError, KeyError, TypeError, GrokfetchError):
+                continue
+            e = m.files[0]
+            settings = rec.get("repack", settings)
+            records[e.path] = (recipe(rec.get("repack"), e.source, e.arrays, m.chunk_size), e)
+    return records, settings
+
+
+class Journal:
+    """Append-only record of finished outputs (one fsynced JSON line each)."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], chunk_size: int):
+        self.path = path
+        self.settings = settings
+        self.chunk_size = chunk_size
+        self.lock = threading.Lock()
+
+    def touch(self) -> None:
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+
+    def add(self, *entries: FileEntry) -> None:
+        if not entries:
+            return
+        line = "".join(json.dumps({"repack": self.settings, "chunk_size": self.chunk_size,
+                                   "entry": _entry_dict(e)}) + "\n" for e in entries)
+        with self.lock:
+            # O_NOFOLLOW: a symlink planted in DEST must not redirect the appends elsewhere.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                         0o644)
+            try:
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _entry_dict(e: FileEntry) -> dict[str, Any]:
+    return {k: v for k, v in e.__dict__.items() if v is not None}
+
+
+def still_good(path: Path, entry: FileEntry, chunk_size: int) -> bool:
+    """Is the file on disk the one the record describes (size, then BLAKE3)?"""
+    try:
+        if path.stat().st_size != entry.size:
+            return False
+    except OSError:
+        return False
+    return file_digests(path, chunk_size).blake3 == entry.blake3
