@@ -13,7 +13,6 @@ the shapes and defaults to head size 128).
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,8 @@ from grokfetch.format.layout import (
     param_list,
     tensor_files,
 )
-from grokfetch.format.pickle_reader import ParamFile, scan
+from grokfetch.format.pickle_reader import ParamFile, file_kind, scan
+from grokfetch.fsutil import loads_json
 from grokfetch.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 DEFAULT_KEY_SIZE = 128
@@ -37,7 +37,7 @@ DEFAULT_KEY_SIZE = 128
 def load_config_file(path: str | os.PathLike[str]) -> ModelConfig:
     """A model config from a JSON file with the official field names (``--config``)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = loads_json(Path(path).read_text())
     except OSError as e:
         raise UsageError(f"{path}: cannot read config: {e.strerror or e}") from None
     except ValueError as e:
@@ -87,6 +87,14 @@ def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfi
             "Pass --config or use the checkpoint's manifest"
         )
     num_layers = (n - 2) // 12
+    holes = sorted(set(range(n)) - set(files))
+    if holes:  # what `get --layers 7` leaves: only some layers' files
+        raise UsageError(
+            f"{ckpt_dir}: {file_name(holes[0])}"
+            + (f" and {len(holes) - 1} more files are" if len(holes) > 1 else " is")
+            + " missing: "
+            "a partial checkpoint cannot describe its model; pass --config (the model's "
+            "config or manifest JSON), or keep the manifest `grokfetch get` wrote")
 
     def shape(i: int, name: str) -> tuple[int, ...]:
         if i not in files:
@@ -110,6 +118,16 @@ def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfi
                       num_kv_heads=kv_width // ks, num_layers=num_layers, num_experts=experts,
                       num_selected_experts=min(2, experts), widening_factor=widening)
     return cfg
+
+
+def _partial_get_config(root: Path) -> ModelConfig | None:
+    """The model config ``get --layers`` left in its state folder (DEST/.grokfetch), if any:
+    a partial folder's files alone describe a smaller model, not the one on disk."""
+    for state in (root / ".grokfetch", root.parent / ".grokfetch"):
+        p = state / "manifest.json"
+        if p.is_file():
+            return load_manifest(p).config
+    return None
 
 
 def _widening_for(emb: int, ffn: int) -> float:
@@ -163,6 +181,8 @@ def open_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = N
         manifest = load_manifest(mpath)
     if config is None and manifest is not None and manifest.config is not None:
         config, source = manifest.config, "manifest"
+    if config is None:
+        config, source = _partial_get_config(root), "manifest"
     if config is None:
         config, source = infer_config(ckpt_dir, key_size), "inferred"
     return Checkpoint(root, ckpt_dir, config, param_list(config), source, manifest)
@@ -268,8 +288,8 @@ def _scan_file(p: Path) -> ParamFile:
     except OSError as e:
         raise CheckpointFormatError(p, None, f"cannot read: {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode):
-        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise CheckpointFormatError(p, None, f"{what}, expected a checkpoint file")
+        raise CheckpointFormatError(p, None, f"is {file_kind(st.st_mode)}, expected a "
+                                    "checkpoint file")
     return scan(p)
 
 

@@ -15,6 +15,7 @@ And one way to turn an OSError nobody foresaw into a one-line DiskError
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import inspect
 import json
@@ -26,7 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, ParamSpec, TypeVar
 
-from grokfetch.errors import DiskError, UnsafePathError
+from grokfetch.errors import CheckpointFormatError, DiskError, UnsafePathError, UsageError
+from grokfetch.readguard import FileChangedError
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -109,7 +111,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
-        f.close()
+        # close() flushes what is buffered and fails again on a full disk: the temp
+        # file must go all the same (a 0-byte .grokfetch-tmp-* was left behind)
+        with contextlib.suppress(OSError):
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
@@ -124,6 +129,41 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON (with a trailing newline), atomically."""
     text = json.dumps(obj, indent=1, sort_keys=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def lock_dest(dest: str | os.PathLike[str], command: str, doing: str = "is writing into",
+              lock_file: str | os.PathLike[str] | None = None) -> int:
+    """An exclusive lock for one run per DEST (an fd to close; it dies with the process),
+    or UsageError naming ``command`` when another run holds it.
+
+    The lock is the file ``lock_file`` when given (get's, in its state folder), else
+    the DEST folder itself, so a repack leaves no extra file among its outputs.
+    """
+    flags = getattr(os, "O_CLOEXEC", 0)
+    if lock_file is not None:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | flags, 0o644)
+    else:
+        fd = os.open(dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | flags)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"{dest}: another `grokfetch {command}` {doing} this folder; "
+            "wait for it to finish (or stop it) and rerun"
+        ) from None
+    except OSError:  # a filesystem without flock (some network mounts): run unlocked
+        pass
+    return fd
+
+
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads`` for hostile documents: nesting deep enough to exhaust the parser's
+    recursion is a JSONDecodeError like any malformed document, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
 
 
 def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
@@ -162,6 +202,8 @@ def os_errors_as_disk_errors(place: str) -> Callable[[Callable[_P, _R]], Callabl
                 return fn(*args, **kwargs)
             except BrokenPipeError:
                 raise
+            except FileChangedError as e:  # a source shrank or was rewritten under us
+                raise CheckpointFormatError(e.filename, None, str(e.strerror)) from None
             except OSError as e:
                 where = e.filename
                 if where is None:

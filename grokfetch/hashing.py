@@ -43,6 +43,8 @@ from typing import Any, TypeVar
 
 import blake3
 
+from grokfetch.readguard import lease
+
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024  # 64 MiB: locates a corruption to 1/25 of a 1.6 GB file
 
 # Bytes mapped at a time.  8-32 MiB all reach b3sum's speed here; 4 MiB is
@@ -82,26 +84,41 @@ def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
         if data:
             yield memoryview(data)
         return
+    with lease(fd) as held:  # a file shrinking under the map must not kill us with SIGBUS
+        if not held.held:  # no lease to be had here: copy with pread (slower, never fatal)
+            yield from _pread_blocks(fd, start, end)
+            return
+        pos = start
+        while pos < end:
+            # Re-check the size before each mapping; while the lease holds nobody can
+            # shrink the file under a window, and once it breaks we stop.
+            held.check()
+            end = min(end, os.fstat(fd).st_size)
+            if pos >= end:
+                return
+            base = pos - pos % WINDOW
+            length = min(base + WINDOW, end) - base
+            with mmap.mmap(fd, length, offset=base, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    block = view[pos - base :]
+                    try:
+                        yield block
+                    finally:
+                        block.release()
+                finally:
+                    view.release()
+            pos = base + length
+
+
+def _pread_blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
     pos = start
     while pos < end:
-        # Re-check the size before each mapping: touching a mapped page past the end
-        # of a file that shrank meanwhile would kill the process with SIGBUS.
-        end = min(end, os.fstat(fd).st_size)
-        if pos >= end:
+        data = os.pread(fd, min(WINDOW, end - pos), pos)
+        if not data:  # the file shrank: stop early, as the mapped path does
             return
-        base = pos - pos % WINDOW
-        length = min(base + WINDOW, end) - base
-        with mmap.mmap(fd, length, offset=base, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                block = view[pos - base :]
-                try:
-                    yield block
-                finally:
-                    block.release()
-            finally:
-                view.release()
-        pos = base + length
+        yield memoryview(data)
+        pos += len(data)
 
 
 def _open(path: str | os.PathLike[str]) -> int:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from grokfetch.errors import GrokfetchError, ManifestError
+from grokfetch.errors import DiskError, GrokfetchError, ManifestError
 from grokfetch.format.layout import ModelConfig
 from grokfetch.fsutil import atomic_write_bytes, atomic_write_json, safe_relpath
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
@@ -410,8 +410,12 @@ def load_manifest_file(path: str | os.PathLike[str]) -> LoadedManifest:
 
 
 def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
-    """Write ``manifest`` as JSON, atomically (temp, fsync, rename)."""
-    atomic_write_json(path, manifest.to_dict())
+    """Write ``manifest`` as JSON, atomically (temp, fsync, rename); DiskError (exit 5)
+    on a full or read-only disk, naming the manifest."""
+    try:
+        atomic_write_json(path, manifest.to_dict())
+    except OSError as e:
+        raise DiskError(f"{path}: cannot write the manifest ({e.strerror or e})") from None
     return Path(path)
 
 

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -51,11 +51,19 @@ from grokfetch.errors import (
     Interrupted,
     PinRefused,
     TorrentError,
+    UnsafePathError,
     UsageError,
 )
 from grokfetch.fleet import Fleet, FleetStatus, fleet_of
-from grokfetch.fsutil import atomic_write_bytes, atomic_write_json, inside
+from grokfetch.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    inside,
+    lock_dest,
+    remove_stale_temps,
+)
 from grokfetch.metainfo import TorrentMeta, make_torrent
+from grokfetch.progress import human
 from grokfetch.trust import STATE_DIR
 
 __all__ = [
@@ -70,12 +78,14 @@ __all__ = [
     "session_settings",
 ]
 
+SELECTION_MANIFEST = "manifest.json"  # in STATE_DIR: the manifest a partial get chose from
 SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick)
 FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
 PRIO_WAIT = 30.0  # seconds to wait for file_prio_alert before judging completion anyway
 REDIAL_EVERY = 5.0  # seconds between re-dialling --peer addresses while unconnected
 TOKENIZER = "tokenizer.model"  # an extra file of the torrent worth fetching with the weights
 ALERT_GRACE = 1.0  # seconds to wait for the file_error_alert behind a stopped torrent
+STALL_NOTICE = 60.0  # seconds without new verified data before saying why, and again after each
 
 _S = lt.torrent_status.states
 _STATE_NAMES = {
@@ -328,7 +338,8 @@ def _packaged_manifest_for(info_hash: str) -> Any:
     return m if ih == info_hash.lower() else None
 
 
-def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path) -> Path:
+def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
+                   progress: Callable[[int, str], Any] | None = None) -> Path:
     """Pin the BLAKE3 manifest after a download (the verify stage's ``pin``).
 
     The pin pass reads every byte once and checks it against the torrent's SHA-1
@@ -337,7 +348,7 @@ def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path) -> Path:
     """
     from grokfetch import verify
 
-    return verify.pin(root, base=manifest, torrent=torrent_path).path
+    return verify.pin(root, base=manifest, torrent=torrent_path, progress=progress).path
 
 
 # --------------------------------------------------------------------------- helpers
@@ -375,11 +386,8 @@ def check_space(dest: Path, chosen: Sequence[metainfo.TorrentFile]) -> int:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
+    """Decimal units, as on the bar and in every summary (one convention: issue 13)."""
+    return human(n)
 
 
 def _listen_text(ses: Any, net: NetOptions) -> str:
@@ -387,20 +395,63 @@ def _listen_text(ses: Any, net: NetOptions) -> str:
     return f"{host}:{ses.listen_port()}"
 
 
-def _host_for_magnet(listen_host: str) -> str:
-    """The address to advertise: the --listen host, else this host's first non-loopback IPv4.
+def default_route_address() -> str | None:
+    """The IPv4 address of the interface holding the default route, or None.
 
-    (Many distributions map the host name to 127.0.1.1, useless to other
-    nodes; --listen with an explicit address always wins.)
+    A UDP socket "connected" to an address beyond the default route makes the
+    kernel choose the source address it would use; nothing is sent.  (The host
+    name is no guide: on cloud, container and Kubernetes nodes it often
+    resolves to 127.0.0.1.)
+    """
+    try:
+        with open("/proc/net/route") as f:  # Linux: is there a default route at all?
+            if not any(line.split()[1:2] == ["00000000"] for line in f.readlines()[1:]):
+                return None
+    except OSError:
+        pass  # not Linux: let the kernel decide below
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): routed by default, never used
+            addr = str(s.getsockname()[0])
+    except OSError:  # no route
+        return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
+def _host_for_magnet(listen_host: str) -> str:
+    """The address to advertise: the --listen host, else the default route's interface,
+    else this host name's first non-loopback IPv4 (else loopback: see ``seed``'s warning).
     """
     if listen_host not in ("", "0.0.0.0", "::"):
         return listen_host
+    routed = default_route_address()
+    if routed is not None:
+        return routed
     addrs: list[str] = []
     with contextlib.suppress(OSError):
         infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
         addrs = [str(i[4][0]) for i in infos]
     outside = [a for a in addrs if not a.startswith("127.")]
     return (outside or addrs or ["127.0.0.1"])[0]
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost")
+
+
+def advertised_peer(listen_host: str, port: int, advertise: tuple[str, int] | None = None
+                    ) -> tuple[str, int, str | None]:
+    """The HOST, PORT a seeder's magnet names, and a warning when other machines could
+    not reach it (a wildcard --listen that found only loopback)."""
+    if advertise is not None:
+        return advertise[0], advertise[1], None
+    host = _host_for_magnet(listen_host)
+    warning = None
+    if is_loopback(host) and not is_loopback(listen_host):
+        warning = (f"warning: the magnet names {host}:{port} (no default route, and this "
+                   "host's name resolves to loopback): other machines cannot reach it; pass "
+                   "--advertise HOST:PORT with an address they can")
+    return host, port, warning
 
 
 def magnet_with_peer(ti: Any, host: str, port: int) -> str:
@@ -438,6 +489,13 @@ class _Run:
     prio_since: float = 0.0
     back: Any = None  # a backsource.BackSource: torrent URL, mirror pieces, status
     status: str = ""
+    pin_progress: Callable[[int, str], Any] | None = None  # the bar of the BLAKE3 pin pass
+    last_gain: float = 0.0  # when verified data last grew (the stall clock)
+    last_done: int = -1
+    last_notice: float = 0.0
+    warned_peers: set[tuple[str, int]] = field(default_factory=set)
+    watch_dirs: list[str] = field(default_factory=list)  # must never become links out
+    files_checked: float = 0.0
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -500,19 +558,7 @@ def _have_bytes(params: Any, meta: TorrentMeta | None) -> int:
 
 def _lock_dest(state_dir: Path) -> int:
     """An exclusive lock on DEST's state folder (an fd to close), or UsageError if held."""
-    path = state_dir / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UsageError(
-            f"{state_dir.parent}: another `grokfetch get` is downloading into this folder; "
-            "wait for it to finish (or stop it) and rerun"
-        ) from None
-    except OSError:  # a filesystem without flock (some network mounts): run unlocked
-        pass
-    return fd
+    return lock_dest(state_dir.parent, "get", "is downloading into", lock_file=state_dir / "lock")
 
 
 def _os_errors_as_disk_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -552,11 +598,13 @@ def download(
     resume_interval: float = 30.0,
     progress_interval: float = 1.0,
     timeout: float | None = None,
+    stall_timeout: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_message: Callable[[str], None] | None = None,
     sources: str = "auto",
     mirror: Any = None,
     metadata_timeout: float = 60.0,
+    pin_progress: Callable[[int, str], Any] | None = None,
 ) -> Any:
     """Download ``source`` (model name, magnet or .torrent) into ``dest``.
 
@@ -575,6 +623,11 @@ def download(
     Raises Interrupted on KeyboardInterrupt (state saved), DiskError on a full
     disk or I/O error (state saved), TorrentError / UnsafePathError when the
     torrent is unusable.  Rerunning with the same arguments continues.
+    ``stall_timeout``: give up (TorrentError, state saved) when no verified
+    data arrived for that many seconds; a stall is reported through
+    ``on_message`` after STALL_NOTICE seconds either way, saying what
+    libtorrent knows (peers, the piece nobody has, a peer that refuses).
+    ``pin_progress``: the progress factory of the BLAKE3 pin pass at the end.
     """
     net = net or NetOptions()
     say = on_message or (lambda _m: None)
@@ -594,6 +647,7 @@ def download(
         # This run may change the files: whoever waits on the marker must wait again.
         with contextlib.suppress(FileNotFoundError):
             done_marker(dest).unlink()
+        remove_stale_temps(state_dir)  # resume data a killed or disk-full run left half-written
         # What the user asked for vouches for the .torrent this run saves (grokfetch.trust).
         trust.remember_torrent(state_dir, src.info_hash, src.what)
         run = _Run(
@@ -605,6 +659,7 @@ def download(
             layers=layers,
             space_check=space_check,
             on_message=say,
+            pin_progress=pin_progress,
         )
         if sources == "mirror":
             return backsource.files_from_mirror(man, dest, state_dir, mirror, include=include,
@@ -693,7 +748,7 @@ def download(
             atomic_write_bytes(marker, str(os.getpid()).encode())
             try:
                 _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-                      timeout, on_progress)
+                      timeout, on_progress, stall_timeout)
             except backsource.FallBackToFiles:
                 _stop_and_save(run, ses, h, marker)
                 ses.remove_torrent(h)
@@ -774,11 +829,17 @@ def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
     complete = _is_complete_selection(run)
     manifest_path = None
     if pin and complete and run.torrent_path is not None:
-        manifest_path = pin_checkpoint(root, run.manifest, run.torrent_path)
+        manifest_path = pin_checkpoint(root, run.manifest, run.torrent_path, run.pin_progress)
         if manifest_path is not None:
             run.on_message(f"pinned manifest: {manifest_path}")
     elif pin:
         run.on_message("partial download (--layers/--include): the manifest is not pinned")
+        if run.manifest is not None and getattr(run.manifest, "config", None) is not None:
+            # inspect, smoke and repack find the model here (inferring it from a partial
+            # folder would describe another model); not a root of trust, so not pinned
+            path = run.state_dir / SELECTION_MANIFEST
+            _manifest_mod().save_manifest(run.manifest, path)
+            run.on_message(f"model config for later commands: {path}")
     return root, complete, manifest_path
 
 
@@ -1005,16 +1066,20 @@ def _loop(
     progress_interval: float,
     timeout: float | None,
     on_progress: Callable[[Progress], None] | None,
+    stall_timeout: float | None = None,
 ) -> None:
     """Run until every selected piece is verified; raise on errors, timeout or Ctrl-C."""
     last_progress = 0.0
     last_save = time.monotonic()
     last_dial = time.monotonic()
     ti_known = run.meta is not None
+    run.last_gain = run.last_notice = time.monotonic()
+    notice_every = STALL_NOTICE if stall_timeout is None else min(STALL_NOTICE, stall_timeout / 2)
     while True:
         ses.wait_for_alert(200 if run.back is None else run.back.wait_ms())
         for a in ses.pop_alerts():
             _handle_alert(run, a, ses)
+        _check_still_inside(run, h)
         now = time.monotonic()
         st = h.status()
         if not ti_known and not st.has_metadata and run.back is not None:
@@ -1042,6 +1107,12 @@ def _loop(
         if peers and st.num_peers == 0 and now - last_dial >= REDIAL_EVERY:
             for addr in peers:
                 h.connect_peer(addr)
+                if addr not in run.warned_peers:  # say once why a named peer is not there
+                    run.warned_peers.add(addr)
+                    why = probe_peer(addr)
+                    if why is not None:
+                        run.on_message(f"cannot connect to {addr[0]}:{addr[1]}: {why} "
+                                       f"(retrying every {REDIAL_EVERY:.0f} s)")
             last_dial = now
         done = (
             ti_known
@@ -1066,14 +1137,107 @@ def _loop(
             _save_resume(run, ses, h, flush=True)
             run.on_message(f"complete: {len(run.chosen)} files verified by their piece hashes")
             return
+        if st.total_wanted_done > run.last_done or st.state in (
+            _S.checking_files, _S.checking_resume_data
+        ):
+            run.last_done = st.total_wanted_done
+            run.last_gain = run.last_notice = now
+        stalled = now - run.last_gain
+        if stall_timeout is not None and stalled >= stall_timeout:
+            raise TorrentError(f"{src.what}: no progress for {stall_timeout:.0f} s: "
+                               f"{stall_text(run, h, st, peers, stalled)}; state saved, rerun")
+        if now - run.last_notice >= notice_every:
+            run.last_notice = now
+            run.on_message(f"no data for {stalled:.0f} s: {stall_text(run, h, st, peers, stalled)}")
         if timeout is not None and now - start > timeout and not done:
             total = st.total_wanted if ti_known else getattr(run.manifest, "total_size", 0)
             why = "" if run.back is None else "; " + run.back.why_stopped(ses, st, now, ti_known)
             raise TorrentError(
                 f"{src.what}: not complete after {timeout:.0f} s "
-                f"({st.total_wanted_done if ti_known else 0:,} of {total:,} bytes{why}); "
-                "state saved, rerun"
+                f"({st.total_wanted_done if ti_known else 0:,} of {total:,} bytes{why}; "
+                f"{stall_text(run, h, st, peers, stalled)}); state saved, rerun"
             )
+
+
+def _check_still_inside(run: _Run, h: Any) -> None:
+    """Stop before libtorrent writes through a symlink swapped into DEST mid-run.
+
+    libtorrent opens files by path, so ``DEST/ckpt-0`` replaced by a link to
+    elsewhere would redirect every file it opens from then on.  Checked at
+    each tick of the loop (a few lstat calls: only a link found on the way is
+    resolved); on an escape the torrent is paused at once.
+    """
+    if not run.chosen:
+        return
+    if not run.watch_dirs:
+        run.watch_dirs = sorted({str(Path(f.path).parent) for f in run.chosen} - {"."}, key=len)
+    # the folders at every tick (a handful); the files, a few hundred, twice a second
+    now = time.monotonic()
+    watch = run.watch_dirs
+    if now - run.files_checked >= 0.5:
+        run.files_checked = now
+        watch = watch + [f.path for f in run.chosen]
+    for rel in watch:
+        try:
+            is_link = stat.S_ISLNK(os.lstat(run.dest / rel).st_mode)
+        except OSError:  # not created yet
+            continue
+        if is_link:
+            try:
+                inside(run.dest, rel, "path")
+            except UnsafePathError:
+                h.pause()
+                raise UnsafePathError(
+                    f"{run.dest / rel}: became a symlink leading outside {run.dest} during "
+                    "the download; stopped before writing through it (remove the link and "
+                    "rerun)") from None
+
+
+def probe_peer(addr: tuple[str, int], timeout: float = 1.0) -> str | None:
+    """Why a TCP connection to ``addr`` fails ('connection refused'), or None if it opens.
+
+    libtorrent drops a failed dial without an alert; a user who named a peer
+    must be told it is not there.
+    """
+    try:
+        with socket.create_connection(addr, timeout=timeout):
+            return None
+    except TimeoutError:
+        return "no answer (timed out)"
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+
+
+def stall_text(run: _Run, h: Any, st: Any, peers: Sequence[tuple[str, int]],
+               stalled: float) -> str:
+    """What libtorrent can tell about a run that gets no data: peers, and what they lack."""
+    n = st.num_peers
+    seeds = st.num_seeds
+    text = f"{n} peer{'' if n == 1 else 's'} ({seeds} seed{'' if seeds == 1 else 's'})"
+    if n == 0:
+        failing = [(a, why) for a in list(peers)[:4] if (why := probe_peer(a)) is not None]
+        if failing:
+            text += "; " + "; ".join(f"{a[0]}:{a[1]}: {why}" for a, why in failing)
+        elif not peers:
+            text += "; no peer found yet (name one with --peer HOST:PORT, or check the network)"
+        return text
+    if run.meta is None:
+        return text + ", waiting for them to send the metadata"
+    with contextlib.suppress(Exception):  # a status query must never end the run
+        prios = h.get_piece_priorities()
+        avail = h.piece_availability()
+        have = st.pieces
+        missing = [i for i, p in enumerate(prios) if p and i < len(have) and not have[i]]
+        lacking = [i for i in missing if i < len(avail) and avail[i] == 0]
+        if lacking:
+            i = lacking[0]
+            more = f" (and {len(lacking) - 1} more pieces)" if len(lacking) > 1 else ""
+            text += (f"; none of them has piece {i}{more}: "
+                     f"{piece_files(h.torrent_file(), i)}")
+        elif missing:
+            text += (f"; they have the {len(missing)} missing piece(s) but send nothing "
+                     "(choked, or the data fails its hash check on their side)")
+    return text
 
 
 def _stopped_error(run: _Run, ses: Any, h: Any, st: Any) -> GrokfetchError:
@@ -1239,8 +1403,11 @@ class Seeder:
         web_seeds: Sequence[str] = (),
         full_check: bool = False,
         on_message: Callable[[str], None] | None = None,
+        advertise: str | None = None,
     ) -> None:
         self.folder = Path(folder)
+        # HOST:PORT put into the magnet's x.pe hint instead of the one guessed
+        self.advertise = parse_hostport(advertise, "--advertise") if advertise else None
         self.torrent = Path(torrent) if torrent is not None else None
         self.net = net or NetOptions()
         self.web_seeds = tuple(web_seeds)
@@ -1330,13 +1497,16 @@ class Seeder:
             )
         port = self.ses.listen_port()
         host = parse_hostport(self.net.listen.split(",")[0], "--listen", allow_zero=True)[0]
+        peer_host, peer_port, warning = advertised_peer(host, port, self.advertise)
+        if warning:
+            self.say(warning)
         self.info = SeedInfo(
             folder=save,
             torrent_path=tpath,
             info_hash=meta.info_hash,
             name=meta.name,
             port=port,
-            magnet=magnet_with_peer(ti, _host_for_magnet(host), port),
+            magnet=magnet_with_peer(ti, peer_host, peer_port),
             verified="lazy" if lazy else "full",
             total=meta.total_size,
             have=st.total_done,

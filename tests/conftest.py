@@ -17,7 +17,10 @@ _CONFIG = tempfile.mkdtemp(prefix="grokfetch-test-config-")
 os.environ["GROKFETCH_CONFIG_DIR"] = _CONFIG
 atexit.register(shutil.rmtree, _CONFIG, True)
 
+from grokfetch.metainfo import make_torrent  # noqa: E402
 from grokfetch.synth import synthesize  # noqa: E402 (after the key folder is set)
+
+PIECE = 16 * 1024  # the torrents of the BitTorrent tests: libtorrent's smallest piece size
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +45,12 @@ def copy_ckpt(tmp_path: Path, mini_ckpt: Path):
         return dest
 
     return _copy
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory, mini_ckpt: Path) -> Path:
+    """A writable copy of the mini checkpoint with its .torrent beside ckpt-0/ (for seeders)."""
+    root = tmp_path_factory.mktemp("src") / "grok-mini"
+    shutil.copytree(mini_ckpt, root)
+    make_torrent(root, piece_size=PIECE)
+    return root

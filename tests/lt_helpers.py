@@ -320,3 +320,61 @@ if __name__ == "__main__":
         serve(sys.argv[2])
     else:
         sys.exit("usage: lt_helpers.py serve DIR")
+
+
+def run_in_pty(args: Sequence[str], timeout: float = 60.0,
+               env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``grokfetch ARGS`` with stdin, stdout and stderr on a real terminal (a pty).
+
+    Returns the exit code and everything the terminal showed (bars included:
+    progress is on, as for a user at a terminal).
+    """
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    # a fresh pty is 0 columns wide (tqdm would draw nothing): make it a 160x40 terminal
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    e = _env()
+    e.pop("GROKFETCH_NO_PROGRESS", None)
+    e.update(env or {})
+    proc = subprocess.Popen(grokfetch_cmd(*args), stdin=slave, stdout=slave, stderr=slave,
+                            env=e, cwd=REPO, start_new_session=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{args} did not finish in {timeout} s: "
+                                     f"{b''.join(chunks)[-2000:]!r}")
+            import select
+
+            if not select.select([master], [], [], 0.5)[0]:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return rc, b"".join(chunks).decode("utf-8", "replace")
+
+
+def run_piped(args: Sequence[str], timeout: float = 60.0,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``grokfetch ARGS`` with stderr piped (a log: nohup, systemd), progress not silenced."""
+    e = _env()
+    e.pop("GROKFETCH_NO_PROGRESS", None)
+    e.update(env or {})
+    return subprocess.run(grokfetch_cmd(*args), capture_output=True, text=True, env=e,
+                          cwd=REPO, timeout=timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from click.testing import CliRunner
 from helpers import GOLDEN
@@ -104,7 +105,7 @@ def test_inspect_a_fifo_in_the_checkpoint_is_a_bad_file_not_a_hang(copy_ckpt):
         raise AssertionError("inspect blocked opening a FIFO")
     r = got[0]
     assert r.exit_code == 3
-    assert r.stderr == f"Error: {fifo}: not a regular file, expected a checkpoint file\n"
+    assert r.stderr == f"Error: {fifo}: is a FIFO (named pipe), expected a checkpoint file\n"
 
 
 def test_inspect_with_config_file(tmp_path):
@@ -156,3 +157,27 @@ def test_inspect_through_a_symlink_to_ckpt_0_uses_the_pinned_manifest(mini_ckpt,
     r = run("inspect", link, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["config_source"] == "manifest"
+
+
+def test_json_commands_print_an_error_document_on_exits_2_to_5(tmp_path, mini_ckpt,
+                                                               monkeypatch):
+    """A script reading --json output always gets a document (issue 13, item 17)."""
+    import shutil
+
+    from grokfetch import repack as repack_mod
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    cases = [(("verify", mini_ckpt, "--manifest", bad, "--json"), 2, "not valid JSON")]
+    fifo = tmp_path / "tensor00000_000"
+    os.mkfifo(fifo)
+    cases.append((("inspect", fifo, "--json"), 3, "is a FIFO"))
+    real = shutil.disk_usage
+    monkeypatch.setattr(repack_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=1))
+    cases.append((("repack", mini_ckpt, tmp_path / "out", "--json"), 5, "only 1 B free"))
+    for args, code, words in cases:
+        r = run(*args)
+        assert r.exit_code == code, r.output
+        doc = json.loads(r.stdout)
+        assert doc["error"]["exit_code"] == code and words in doc["error"]["message"]
+        assert r.stderr.startswith("Error: ")

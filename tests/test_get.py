@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import PIECE
 from lt_helpers import (
     LOOPBACK,
     GetProc,
@@ -31,17 +32,6 @@ from grokfetch import torrent
 from grokfetch.cli import cli
 from grokfetch.manifest import load_manifest
 from grokfetch.metainfo import load_torrent, make_torrent
-
-PIECE = 16 * 1024
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory, mini_ckpt: Path) -> Path:
-    """A writable copy of the mini checkpoint with its .torrent beside ckpt-0/."""
-    root = tmp_path_factory.mktemp("src") / "grok-mini"
-    shutil.copytree(mini_ckpt, root)
-    make_torrent(root, piece_size=PIECE)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +234,7 @@ def test_insufficient_space_refused_before_any_byte(tmp_path: Path, source: Path
     r = CliRunner().invoke(cli, ["get", seeder.magnet, "--dest", str(dest),
                                  *manifest_arg(source), *LOOPBACK, "--timeout", "30", "-q"])
     assert r.exit_code == 5, r.output
-    assert "not enough free space" in r.stderr and "976.6 KiB free" in r.stderr
+    assert "not enough free space" in r.stderr and "1.0 MB free" in r.stderr
     assert not (dest / "ckpt-0").exists()  # the metadata came, not one byte of data
 
 
@@ -434,8 +424,9 @@ def test_progress_bar_counts_wanted_bytes_and_shows_peers_and_state(monkeypatch)
     from grokfetch.cli import get as get_cli
 
     class Bar:
-        def __init__(self, total: int, desc: str) -> None:
-            self.total, self.n, self.postfix = total, 0, ""
+        def __init__(self, total: int, desc: str, initial: int = 0) -> None:
+            self.total, self.n, self.postfix = total, initial, ""
+            self.initial = initial  # shown, but not counted in the rate
 
         def update(self, n: int) -> None:
             self.n += n
@@ -457,7 +448,7 @@ def test_progress_bar_counts_wanted_bytes_and_shows_peers_and_state(monkeypatch)
                                 seeds=1, **base))
     r.progress(torrent.Progress(state="downloading", wanted=1000, wanted_done=600, peers=4,
                                 seeds=2, **base))
-    assert (r.bar.total, r.bar.n) == (1000, 600)
+    assert (r.bar.total, r.bar.n, r.bar.initial) == (1000, 600, 250)
     assert r.bar.postfix == "4 peers, 2 seeds, downloading"
 
 

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from lt_helpers import LOOPBACK, GetProc, SeederProc, run_get, tree_bytes
 
+from grokfetch import torrent
 from grokfetch.cli import cli
 from grokfetch.errors import UsageError
 from grokfetch.metainfo import load_torrent, make_torrent
@@ -158,3 +159,41 @@ def test_a_full_check_that_finds_bad_pieces_names_their_files(ckpt: Path):
     warning = next(m for m in said if m.startswith("warning: only"))
     assert re.search(r"\(piece \d+: .*ckpt-0/tensor00003_000 bytes 0-\d+\)", warning), warning
     assert f"grokfetch get {t} --dest {ckpt} --repair" in warning
+
+
+def test_a_wildcard_listen_advertises_the_default_route_interface_not_loopback():
+    """On this kind of machine (cloud, containers) the host name resolves to 127.0.0.1;
+    the magnet must name the address of the interface holding the default route."""
+    import socket
+
+    has_default = any(line.split()[1:2] == ["00000000"]
+                      for line in open("/proc/net/route").readlines()[1:])
+    got = torrent.default_route_address()
+    if has_default:
+        assert got is not None and not got.startswith("127.")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # what the kernel picks as source for that route
+            assert got == s.getsockname()[0]
+        assert torrent.advertised_peer("0.0.0.0", 6881) == (got, 6881, None)
+    else:
+        assert got is None
+    assert torrent.advertised_peer("10.0.0.5", 6881) == ("10.0.0.5", 6881, None)
+
+
+def test_only_loopback_found_is_warned_about_loudly(monkeypatch):
+    import socket
+
+    monkeypatch.setattr(torrent, "default_route_address", lambda: None)
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda *a, **k: [(socket.AF_INET, 0, 0, "", ("127.0.0.1", 0))])
+    host, port, warning = torrent.advertised_peer("0.0.0.0", 6881)
+    assert (host, port) == ("127.0.0.1", 6881)
+    assert warning is not None and "other machines cannot reach it" in warning
+    assert "--advertise HOST:PORT" in warning
+    assert torrent.advertised_peer("0.0.0.0", 6881, ("10.1.2.3", 7000)) == (
+        "10.1.2.3", 7000, None)
+
+
+def test_seed_advertise_puts_that_address_in_the_magnet(source):
+    with SeederProc(source, "--advertise", "10.9.8.7:7000") as s:
+        assert s.magnet.endswith("&x.pe=10.9.8.7:7000")

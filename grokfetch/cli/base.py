@@ -13,14 +13,17 @@ import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from grokfetch import __version__
 from grokfetch.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, GrokfetchError
+from grokfetch.names import escape_text, shorten
 
 # Command name -> the module that defines it.  Modules are imported only when
 # their command runs (or help lists it), so `grokfetch verify` does not pay
@@ -52,14 +55,19 @@ class GrokfetchGroup(click.Group):
         return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        _json_errors["mode"] = None
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except GrokfetchError as e:
             if os.environ.get("GROKFETCH_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"Error: {e}", err=True)
+            _echo_json_error(e.exit_code, str(e))
+            # names in messages come from hostile files: no control character reaches the tty
+            click.echo(f"Error: {escape_text(str(e))}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
+            _echo_json_error(EXIT_INTERRUPTED, "interrupted")
             click.echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
@@ -73,7 +81,8 @@ class GrokfetchGroup(click.Group):
         except Exception as e:  # a bug: still one line, and a way to see more
             if os.environ.get("GROKFETCH_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"Error: internal error ({type(e).__name__}: {e}); this is a bug in "
+            what = escape_text(shorten(str(e)))
+            click.echo(f"Error: internal error ({type(e).__name__}: {what}); this is a bug in "
                        "grokfetch - rerun with GROKFETCH_DEBUG=1 for the traceback and report it",
                        err=True)
             ctx.exit(EXIT_INTERNAL)
@@ -99,6 +108,52 @@ def cli() -> None:
 
     Set GROKFETCH_DEBUG=1 to see a traceback instead of the one-line error.
     """
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C in every command: state saved where it applies, exit 130.
+
+    (`kill`, systemd, Kubernetes and `timeout` send SIGTERM; without this the
+    process would die with 143, no message and, for repack, no journal flush.)
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): nothing to do
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# How the running command wants an error reported on stdout besides the Error: line:
+# "document" (--json: one JSON document) or "lines" (--json-progress: a last event).
+_json_errors: dict[str, str | None] = {"mode": None}
+
+
+def json_errors(mode: str | None) -> None:
+    """Ask for errors as JSON on stdout too (``"document"`` or ``"lines"``; None: off).
+
+    A script reading ``--json`` output then always gets a document, and a
+    ``--json-progress`` stream always ends with an event saying how it ended.
+    """
+    _json_errors["mode"] = mode
+
+
+def _echo_json_error(exit_code: int, message: str) -> None:
+    mode = _json_errors["mode"]
+    with contextlib.suppress(OSError, ValueError):
+        if mode == "document":
+            echo_json({"error": {"exit_code": exit_code, "message": message}})
+        elif mode == "lines":
+            click.echo(json.dumps({"event": "error", "exit_code": exit_code, "message": message}))
+        sys.stdout.flush()
 
 
 def echo_json(obj: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from grokfetch.cli.base import cli, echo_json
+from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.demo import DemoReport, Stage, run_demo
 from grokfetch.errors import EXIT_PROBLEMS
 from grokfetch.progress import bytes_bar
@@ -48,6 +48,7 @@ def demo_cmd(keep: str | None, num_layers: int | None, as_json: bool) -> None:
     compare it with the repacked weights.  Prints one summary table.  Exit 0
     when every stage passed, 1 otherwise; Ctrl-C stops cleanly (130).
     """
+    json_errors("document" if as_json else None)
     bar = None
 
     def on_stage(s: Stage) -> None:

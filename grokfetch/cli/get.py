@@ -13,19 +13,17 @@ Everything here is option parsing and rendering; the work is in
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from grokfetch import torrent
-from grokfetch.cli.base import cli
+from grokfetch.cli.base import cli, json_errors, sigterm_as_interrupt
 from grokfetch.errors import UsageError
-from grokfetch.progress import bytes_bar
+from grokfetch.names import escape_text
+from grokfetch.progress import NullBar, bytes_bar
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -46,24 +44,6 @@ def parse_rate(text: str | None) -> int:
     return int(value * _UNITS[unit])
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C while downloading: pause, save state, exit 130."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. some test runners): nothing to do
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 class Renderer:
     """Turns torrent callbacks into a tqdm bar, JSON lines, or nothing."""
 
@@ -80,8 +60,9 @@ class Renderer:
         if self.json:
             self.emit({"event": "message", "message": text})
         elif not self.quiet:
+            text = escape_text(text)  # file names from a torrent reach the terminal escaped
             if hasattr(self.bar, "write"):  # tqdm: print above the bar, not through it
-                self.bar.write(text, file=sys.stderr)
+                self.bar.write(text)
             else:
                 click.echo(text, err=True)
 
@@ -92,17 +73,38 @@ class Renderer:
         total = p.wanted if p.wanted > 0 else p.expected  # before the metadata: the manifest's
         if self.quiet or total <= 0:
             return
-        if self.bar is None:
-            self.bar = bytes_bar(total, "get")
-        if getattr(self.bar, "total", total) != total:
-            self.bar.total = total
-        self.bar.update(p.wanted_done - self.bar.n)
+        if self.bar is None:  # what is already on disk is shown, not counted as speed
+            self.bar = bytes_bar(total, "get", initial=p.wanted_done)
+        else:
+            if getattr(self.bar, "total", total) != total:
+                self.bar.total = total
+            self.bar.update(p.wanted_done - self.bar.n)
         self.bar.set_postfix_str(postfix(p), refresh=p.wanted <= 0)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def pin_bar(self, total: int, desc: str) -> Any:
+        """The bar of get's BLAKE3 pin pass: the download bar ends, this one starts."""
+        self.close()
+        if self.json:
+            self.emit({"event": "message", "message": f"pinning: hashing {total:,} bytes"})
+            return NullBar()
+        return NullBar() if self.quiet else bytes_bar(total, desc)
+
+    def seed_status(self, p: torrent.Progress) -> None:
+        """seed: JSON lines, or a bar of bytes sent (plain lines in a log)."""
+        if self.json:
+            self.emit({"event": "progress", **p.to_dict()})
+            return
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = bytes_bar(None, "seed")  # no total: a counter
+        self.bar.update(p.uploaded - self.bar.n)
+        self.bar.set_postfix_str(f"sent, {p.peers} peers", refresh=False)
 
 
 def postfix(p: torrent.Progress) -> str:
@@ -194,6 +196,9 @@ def _net_options(f: Any) -> Any:
 @click.option("--resume-interval", type=click.FloatRange(min=0.1), default=30.0,
               show_default=True, help="Seconds between resume-data saves.")
 @click.option("--timeout", type=click.FloatRange(min=1), help="Give up after SECONDS (exit 4).")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Give up when no data arrived for SECONDS (exit 4, state saved); a stall "
+                   "is reported after 60 s (or half this) either way.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
 @click.option("--json-progress", is_flag=True,
               help="One JSON object per line on stdout: messages, progress each second, result.")
@@ -205,7 +210,8 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
             no_dht: bool, no_utp: bool, max_upload_rate: str | None, repair: bool,
             no_space_check: bool, seed_after: bool, seed_ratio: float | None,
             seed_while_needed: bool, idle_timeout: float, resume_interval: float,
-            timeout: float | None, quiet: bool, json_progress: bool) -> None:
+            timeout: float | None, stall_timeout: float | None, quiet: bool,
+            json_progress: bool) -> None:
     """Download a checkpoint with BitTorrent, verify every piece, pin its manifest.
 
     SOURCE is a model name from the packaged manifests (default grok-1), a
@@ -221,6 +227,7 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
     Once every selected byte is verified, DEST/.grokfetch/done.json is written
     (what readiness probes wait for).
     """
+    json_errors("lines" if json_progress else None)
     if seed_ratio is not None and not seed_after:
         raise UsageError("--seed-ratio needs --seed")
     if seed_while_needed and seed_after:
@@ -250,12 +257,14 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
                 seed_while_needed=idle_timeout if seed_while_needed else None,
                 resume_interval=resume_interval,
                 timeout=timeout,
+                stall_timeout=stall_timeout,
                 progress_interval=1.0 if json_progress else 0.25,
                 on_progress=r.progress,
                 on_message=r.message,
                 sources=source_mode,
                 mirror=mirror,
                 metadata_timeout=metadata_timeout,
+                pin_progress=r.pin_bar,
             )
     finally:
         r.close()
@@ -280,6 +289,9 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
 @click.option("--web-seed", "web_seeds", multiple=True, metavar="URL",
               help="Put this BEP 19 URL into a newly made torrent.")
 @_net_options
+@click.option("--advertise", metavar="HOST:PORT",
+              help="Address other nodes reach this seeder at, put into the magnet (default: "
+                   "the --listen host, else the interface holding the default route).")
 @click.option("--full-check", is_flag=True,
               help="Hash every piece before seeding even when a pinned manifest is present.")
 @click.option("--until-complete", type=click.IntRange(min=1), metavar="N",
@@ -293,9 +305,9 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
 @click.option("--json-progress", is_flag=True,
               help="JSON lines on stdout: the magnet first, then status each second.")
 def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], listen: str,
-             no_dht: bool, no_utp: bool, max_upload_rate: str | None, full_check: bool,
-             until_complete: int | None, seed_timeout: float | None, status_interval: float,
-             quiet: bool, json_progress: bool) -> None:
+             no_dht: bool, no_utp: bool, max_upload_rate: str | None, advertise: str | None,
+             full_check: bool, until_complete: int | None, seed_timeout: float | None,
+             status_interval: float, quiet: bool, json_progress: bool) -> None:
     """Verify and seed a checkpoint FOLDER; print its magnet link with this host as a peer.
 
     With a pinned manifest each piece is checked against the torrent when it
@@ -304,10 +316,11 @@ def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], 
     names this seeder) and share among themselves.  Stop with Ctrl-C or
     SIGTERM (exit 0).
     """
+    json_errors("lines" if json_progress else None)
     net = _net(listen, no_dht, no_utp, None, max_upload_rate)
     r = Renderer(quiet, json_progress)
     seeder = torrent.Seeder(folder, torrent=torrent_file, net=net, web_seeds=web_seeds,
-                            full_check=full_check, on_message=r.message)
+                            full_check=full_check, on_message=r.message, advertise=advertise)
     with sigterm_as_interrupt():
         try:
             info = seeder.start()
@@ -328,15 +341,15 @@ def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], 
         fleet_line = FleetLine(info.total, until_complete, status_interval)
 
         def show(p: torrent.Progress) -> None:
-            if json_progress:
-                r.emit({"event": "progress", **p.to_dict()})
-            elif not quiet and (line := fleet_line.due(p)) is not None:
-                click.echo(line, err=True)
+            r.seed_status(p)  # JSON lines (each with the fleet), or the bar of bytes sent
+            if not json_progress and not quiet and (line := fleet_line.due(p)) is not None:
+                r.message(line)  # above the bar
 
         try:
             last = seeder.run(on_status=show, until_complete=until_complete,
                               timeout=seed_timeout)
         finally:
+            r.close()
             seeder.stop()
     if json_progress:
         r.emit({"event": "stopped", **last.to_dict()})

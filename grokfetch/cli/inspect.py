@@ -13,10 +13,11 @@ from grokfetch.checkpoint import (
     inspect_file,
     load_config_file,
 )
-from grokfetch.cli.base import cli, echo_json
+from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS
-from grokfetch.format.layout import ModelConfig
+from grokfetch.format.layout import ModelConfig, param_list
 from grokfetch.format.pickle_reader import ParamFile
+from grokfetch.names import escape, escape_text
 
 
 def load_config_option(path: str | None) -> ModelConfig | None:
@@ -72,13 +73,14 @@ def inspect_cmd(path: str, as_json: bool, config_path: str | None, key_size: int
     missing or differ from the layout, 3 when a file is not a valid
     checkpoint file.
     """
+    json_errors("document" if as_json else None)
     p = Path(path)
-    if p.is_file():
+    if p.is_file() or (p.exists() and not p.is_dir()):  # a FIFO or device: the reader says so
         pf = inspect_file(p)
         if as_json:
             echo_json(_file_json(pf))
             return
-        click.echo(f"{p}: {pf.kind}, {pf.size:,} bytes")
+        click.echo(f"{escape(str(p))}: {pf.kind}, {pf.size:,} bytes")
         for name, a in pf.arrays.items():
             click.echo(f"  {name:8s} {a.dtype.name:9s} {_shape(a.shape):22s} "
                        f"offset {a.offset:,}  {a.nbytes:,} bytes")
@@ -105,7 +107,7 @@ def _print_table(r: InspectReport) -> None:
         spec = f.spec
         name = f"{spec.module}/{spec.leaf}" if spec else "?"
         if f.found is None:
-            click.echo(f"{f.index:5d}  {name:58s} UNREADABLE: {'; '.join(f.problems)}")
+            click.echo(f"{f.index:5d}  {name:58s} UNREADABLE: {escape_text('; '.join(f.problems))}")
             continue
         arrays = list(f.found.arrays.values())
         dtypes = "+".join(a.dtype.name for a in arrays)
@@ -115,10 +117,17 @@ def _print_table(r: InspectReport) -> None:
         click.echo(f"{f.index:5d}  {name:58s} {f.found.kind:9s} {dtypes:15s} {shapes:26s} "
                    f"{g:>2} {f.found.size:>15,}")
         for prob in f.problems:
-            click.echo(f"       PROBLEM: {prob}")
+            click.echo(f"       PROBLEM: {escape_text(prob)}")
     for m in r.missing:
         click.echo(f"MISSING: {m}")
+    if r.missing:  # a partial copy (get --layers): say what it can still be used for
+        from grokfetch.format.layout import complete_layers, layers_text
+
+        params = [f.spec for f in r.files if f.spec is not None]
+        done = complete_layers(param_list(cfg), {p.module for p in params})
+        click.echo(f"layers present: {layers_text(done) if done else 'none complete'} "
+                   f"of 0-{cfg.num_layers - 1}")
     for u in r.unexpected:
-        click.echo(f"UNEXPECTED: {u}")
+        click.echo(f"UNEXPECTED: {escape(u)}")
     status = "OK" if r.ok else f"{len(r.problems)} problem(s)"
     click.echo(f"{len(r.files)} files, {total:,} bytes: {status}")

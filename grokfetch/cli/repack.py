@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import click
 
-from grokfetch.cli.base import cli, echo_json, stderr
+from grokfetch.cli.base import cli, echo_json, json_errors, stderr
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.progress import bytes_bar
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, DTYPES, LAYOUTS
@@ -67,6 +67,7 @@ def repack_cmd(src: str, dest: str, fmt: str, layout: str, dtype: str | None,
     files are kept (their BLAKE3 is checked against DEST's manifest). DEST gets
     grokfetch-manifest.json, so `grokfetch verify DEST` checks the result.
     """
+    json_errors("document" if as_json else None)
     enabled = False if (quiet or as_json) else None
     result = repack(
         src, dest, layout=layout, dtype=dtype, compress=compress, layers=layers, jobs=jobs,

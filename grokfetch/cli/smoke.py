@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from grokfetch.cli.base import cli, echo_json
+from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.cli.inspect import load_config_option
 from grokfetch.errors import EXIT_PROBLEMS, UsageError
 from grokfetch.model.smoke import (
@@ -19,6 +19,7 @@ from grokfetch.model.smoke import (
     smoke_compare,
 )
 from grokfetch.model.weights import open_weights
+from grokfetch.progress import bar
 
 BAR_WIDTH = 30
 
@@ -162,6 +163,7 @@ def smoke_cmd(
     CKPT is an original checkpoint folder, a per-tensor repack or an SGLang
     repack.  Exit 0 when every check passes, 1 when one fails.
     """
+    json_errors("document" if as_json else None)
     if all_layers and layer is not None:
         raise UsageError("--layer and --all exclude each other")
     if input_path and all_layers:
@@ -178,6 +180,8 @@ def smoke_cmd(
         all_layers=all_layers,
         tokens=token_list,
         hidden=input_path,
+        # layers done, on a terminal or as log lines (--all at full size: 30-55 minutes)
+        progress=lambda total, desc: bar(total, desc, False if as_json else None, unit="layer"),
     )
     other_report = comparison = None
     if other:

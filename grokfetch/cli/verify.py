@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from grokfetch.cli.base import cli, echo_json, stderr
+from grokfetch.cli.base import cli, echo_json, json_errors, stderr
 from grokfetch.errors import EXIT_PROBLEMS, EXIT_UNPROVEN, PinRefused, UsageError
 from grokfetch.manifest import MANIFEST_NAME
 from grokfetch.progress import bytes_bar
@@ -173,6 +173,7 @@ def verify_cmd(
     signature does not hold (another key, altered, untrusted certificate,
     malformed).
     """
+    json_errors("document" if as_json else None)
     if trust_on_first_use and not do_pin:
         raise UsageError("--trust-on-first-use only makes sense with --pin")
     accept_first_use = accept_first_use or trust_on_first_use  # asked to trust it: accepted

@@ -28,6 +28,7 @@ import numpy as np
 
 from grokfetch.errors import UsageError
 from grokfetch.format.arrays import BFLOAT16
+from grokfetch.names import shorten
 
 CKPT_DIR = "ckpt-0"
 SCALE_GROUPS = 8  # the 8 tensor-parallel shards of the original training run
@@ -56,6 +57,17 @@ def ffn_size(emb_size: int, widening_factor: float) -> int:
     return size + (8 - size) % 8
 
 
+# Integer fields of ModelConfig and the largest value accepted for each.
+CONFIG_INT_BOUNDS = {
+    "vocab_size": 1 << 22, "emb_size": 1 << 17, "key_size": 1 << 12, "num_q_heads": 1 << 12,
+    "num_kv_heads": 1 << 12, "num_layers": 1 << 12, "num_experts": 1 << 10,
+    "num_selected_experts": 1 << 10, "sequence_len": 1 << 24, "pad_token": 1 << 22,
+    "eos_token": 1 << 22,
+}
+CONFIG_FLOATS = ("widening_factor", "embedding_multiplier_scale", "output_multiplier_scale",
+                 "attn_output_multiplier", "rms_norm_eps", "rope_base", "attn_logit_softcap")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A Grok-1-shaped model.  Field names are the official configuration's."""
@@ -80,11 +92,26 @@ class ModelConfig:
     eos_token: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "emb_size", "key_size", "num_q_heads", "num_kv_heads",
-                     "num_layers", "num_experts", "num_selected_experts"):
+        # Every config source (manifest, --config, config.json, inference) ends here, so
+        # this is the one validator.  Upper bounds are far above Grok-1's (vocab 131072,
+        # width 6144, 64 layers) and keep a hostile config from costing hours or memory.
+        for name, most in CONFIG_INT_BOUNDS.items():
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise UsageError(f"model config: {name} must be a positive integer, got {v!r}")
+            low = 0 if name in ("pad_token", "eos_token") else 1
+            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= most:
+                what = "a non-negative" if low == 0 else "a positive"
+                raise UsageError(f"model config: {name} must be {what} integer up to "
+                                 f"{most:,}, got {shorten(repr(v), 60)}")
+        for name in CONFIG_FLOATS:
+            v = getattr(self, name)
+            if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                    or v <= 0):
+                raise UsageError(f"model config: {name} must be a finite number > 0, "
+                                 f"got {shorten(repr(v), 60)}")
+        for name in ("pad_token", "eos_token"):
+            if getattr(self, name) >= self.vocab_size:
+                raise UsageError(f"model config: {name} {getattr(self, name)} is outside the "
+                                 f"vocabulary 0-{self.vocab_size - 1}")
         if self.num_q_heads % self.num_kv_heads:
             raise UsageError(
                 f"model config: num_q_heads {self.num_q_heads} is not a multiple of "
@@ -112,20 +139,21 @@ class ModelConfig:
             raise UsageError(f"model config must be a JSON object, got {type(d).__name__}")
         if "emb_size" not in d and isinstance(d.get("meta"), dict) and "config" in d["meta"]:
             d = d["meta"]["config"]
+        if "emb_size" not in d and isinstance(d.get("config"), dict):  # a whole manifest
+            d = d["config"]
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.default is dataclasses.MISSING and f.name not in kwargs]
         if missing:
             raise UsageError(f"model config: missing field(s) {', '.join(missing)}")
-        for k in ("embedding_multiplier_scale", "output_multiplier_scale",
-                  "attn_output_multiplier", "rms_norm_eps", "rope_base",
-                  "attn_logit_softcap", "widening_factor"):
+        for k in CONFIG_FLOATS:
             if k in kwargs:
-                try:
-                    kwargs[k] = float(kwargs[k])
-                except (TypeError, ValueError):
-                    raise UsageError(f"model config: {k} must be a number") from None
+                v = kwargs[k]
+                if not isinstance(v, (int, float)) or isinstance(v, bool):  # not "1e-5", true
+                    raise UsageError(f"model config: {k} must be a number, got "
+                                     f"{shorten(repr(v), 60)}")
+                kwargs[k] = float(v)
         try:
             cfg = cls(**kwargs)
         except TypeError as e:  # pragma: no cover - dataclass signature mismatch

@@ -16,8 +16,8 @@ byte offset and what was found there.
 from __future__ import annotations
 
 import math
-import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 
 from grokfetch.errors import CheckpointFormatError
 from grokfetch.format.arrays import BFLOAT16, ArrayRef
+from grokfetch.names import escape, shorten
 
 # The only globals a checkpoint file may name (docs/FORMAT.md, "The pickle files").
 _RECONSTRUCT = {
@@ -52,6 +53,13 @@ _MAX_STACK = 256
 _MAX_STR = 1024
 _MAX_NDIM = 8
 _SMALL_BYTES = 64  # bytes payloads up to this size are read (e.g. the b'b' marker)
+# Bounds on cost: a real file is < 100 opcodes, nests objects 3 deep and its one dict
+# has 2 keys.  200,000 nested tuples or a 10^6-key dict are refused at once, and
+# nothing recursive (repr, ==) ever sees a deep object.
+_MAX_OPS = 10_000
+_MAX_DEPTH = 8
+_MAX_NODES = 1024
+_MAX_DICT = 64
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,7 @@ _MARK = _Mark()
 
 
 class _Walker:
-    def __init__(self, path: Path, buf: memoryview | bytes, size: int):
+    def __init__(self, path: Path, buf: _PreadBuffer, size: int):
         self.path = path
         self.buf = buf
         self.size = size
@@ -138,13 +146,41 @@ class _Walker:
 
     # -- helpers -----------------------------------------------------------------
     def fail(self, what: str, offset: int | None = None) -> CheckpointFormatError:
-        return CheckpointFormatError(self.path, self.pos if offset is None else offset, what)
+        return CheckpointFormatError(self.path, self.pos if offset is None else offset,
+                                     shorten(what))
+
+    def check_nesting(self, items: Any, at: int) -> None:
+        """Refuse objects nested deeper than _MAX_DEPTH or made of more than _MAX_NODES
+        values (breadth first, without recursion; a memo cycle counts as too many)."""
+        level, depth, nodes = list(items), 1, 0
+        while level:
+            nxt: list[Any] = []
+            for v in level:
+                nodes += 1
+                if isinstance(v, tuple):
+                    nxt.extend(v)
+                elif isinstance(v, dict):
+                    nxt.extend(v.values())
+                elif isinstance(v, _Quantized) and v.state is not None:
+                    nxt.extend(v.state.values())
+            if nodes > _MAX_NODES:
+                raise self.fail(f"object of more than {_MAX_NODES} values (a checkpoint "
+                                "file's are a few dozen)", at)
+            if nxt:
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    raise self.fail(f"objects nested more than {_MAX_DEPTH} deep (a "
+                                    "checkpoint file's are 3 deep)", at)
+            level = nxt
 
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > self.size:
             raise self.fail(f"truncated: {what} needs {n} bytes, "
                             f"{max(self.size - self.pos, 0)} left in the file")
         b = bytes(self.buf[self.pos:self.pos + n])
+        if len(b) != n:
+            raise self.fail(f"truncated while being read: {what} needs {n} bytes, "
+                            f"{len(b)} left (the file shrank)")
         self.pos += n
         return b
 
@@ -186,6 +222,8 @@ class _Walker:
                 at,
             )
         value = bytes(self.buf[start:start + n]) if n <= _SMALL_BYTES else None
+        if value is not None and len(value) != n:
+            raise self.fail("truncated while being read (the file shrank)", at)
         self.pos = start + n  # skip the payload without reading it
         return _Bytes(start, n, value)
 
@@ -204,8 +242,8 @@ class _Walker:
     # -- semantics -----------------------------------------------------------------
     def global_(self, module: str, name: str, at: int) -> _Global:
         if (module, name) not in ALLOWED_GLOBALS:
-            raise self.fail(f"forbidden global {module}.{name} (only numpy array and "
-                            f"QuantizedWeight8bit pickles are accepted)", at)
+            raise self.fail(f"forbidden global {escape(module)}.{escape(name)} (only numpy "
+                            f"array and QuantizedWeight8bit pickles are accepted)", at)
         if (module, name) == ("numpy._core.multiarray", "_reconstruct"):
             self.spelling = 2
         return _Global(module, name)
@@ -309,8 +347,13 @@ class _Walker:
         first = bytes(self.buf[0:2])
         if first[:1] != b"\x80":
             raise self.fail(f"not a pickle (starts with {first!r})", 0)
+        ops = 0
         while True:
             at = self.pos
+            ops += 1
+            if ops > _MAX_OPS:
+                raise self.fail(f"more than {_MAX_OPS} opcodes (a checkpoint file has fewer "
+                                "than 100)", at)
             if at >= self.size:
                 raise self.fail("truncated: file ends before the pickle's STOP opcode")
             op = self.take(1, "opcode")
@@ -365,6 +408,7 @@ class _Walker:
                 if len(self.stack) < n:
                     raise self.fail("pickle stack underflow", at)
                 items = tuple(self.stack[-n:])
+                self.check_nesting(items, at)
                 del self.stack[-n:]
                 self.push(items)
             elif c == 0x28:  # MARK
@@ -373,7 +417,9 @@ class _Walker:
                 self.marks.append(self.stack)
                 self.stack = []
             elif c == 0x74:  # TUPLE
-                self.push(tuple(self.pop_mark(at)))
+                items = tuple(self.pop_mark(at))
+                self.check_nesting(items, at)
+                self.push(items)
             elif c == 0x4E:  # NONE
                 self.push(None)
             elif c == 0x88:  # NEWTRUE
@@ -424,7 +470,11 @@ class _Walker:
         for k, v in zip(items[::2], items[1::2], strict=True):
             if not isinstance(k, str):
                 raise self.fail("dict key is not a string", at)
+            self.check_nesting([v], at)
             d[k] = v
+            if len(d) > _MAX_DICT:
+                raise self.fail(f"dict of more than {_MAX_DICT} keys (a checkpoint file's "
+                                "has 2)", at)
 
     def stop(self, at: int) -> tuple[str, dict[str, ArrayRef]]:
         if len(self.stack) != 1 or self.marks:
@@ -438,8 +488,8 @@ class _Walker:
         if isinstance(obj, _Quantized) and obj.state is not None:
             st = obj.state
             if set(st) != {"weight", "scales"}:
-                raise self.fail(f"QuantizedWeight8bit fields {sorted(st)} are not "
-                                f"['scales', 'weight']", at)
+                raise self.fail(f"QuantizedWeight8bit fields {escape(str(sorted(st)))} are "
+                                f"not ['scales', 'weight']", at)
             arrays = {}
             for name in ("weight", "scales"):
                 v = st[name]
@@ -474,6 +524,28 @@ def zero_tail_offset(path: str | os.PathLike[str], block: int = 1 << 20) -> int 
         return 0
 
 
+class _PreadBuffer:
+    """``buf[a:b]`` over a file by pread, a window at a time, never mapped.
+
+    A file truncated while it is scanned then reads short (the walker reports
+    it truncated) instead of killing the process with SIGBUS, as a mapping would.
+    """
+
+    WINDOW = 64 * 1024  # the framing of a real file is a few hundred bytes
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.start = 0
+        self.data = b""
+
+    def __getitem__(self, s: slice) -> bytes:
+        lo, hi = s.start or 0, s.stop
+        if not (self.start <= lo and hi <= self.start + len(self.data)):
+            self.start = lo
+            self.data = os.pread(self.fd, max(hi - lo, self.WINDOW), lo)
+        return self.data[lo - self.start:hi - self.start]
+
+
 def scan(path: str | os.PathLike[str]) -> ParamFile:
     """Find the parameter kind and every array's dtype, shape, offset and length.
 
@@ -482,18 +554,22 @@ def scan(path: str | os.PathLike[str]) -> ParamFile:
     """
     p = Path(path)
     try:
-        size = os.path.getsize(p)
-        with open(p, "rb") as f:
+        # O_NONBLOCK: a FIFO named like a tensor file must be refused, not wait forever
+        # for a writer; the type is checked on the open file, so it cannot be swapped.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointFormatError(p, None, f"is {file_kind(st.st_mode)}, not a "
+                                            "checkpoint file (a regular file)")
+            size = st.st_size
             if size == 0:
                 raise CheckpointFormatError(p, 0, "empty file (0 bytes)")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                walker = _Walker(p, memoryview(mm), size)
-                try:
-                    kind, arrays = walker.run()
-                    spelling = walker.spelling
-                finally:
-                    walker.buf = b""  # release the mmap before it closes
-                    del walker
+            walker = _Walker(p, _PreadBuffer(fd), size)
+            kind, arrays = walker.run()
+            spelling = walker.spelling
+        finally:
+            os.close(fd)
     except CheckpointFormatError as e:
         zero_from = _safe_zero_tail(p)
         if zero_from is not None:
@@ -511,8 +587,20 @@ def scan(path: str | os.PathLike[str]) -> ParamFile:
     return ParamFile(p, size, kind, arrays, spelling)
 
 
+def file_kind(mode: int) -> str:
+    """'a folder', 'a FIFO (named pipe)', 'a character device', ... for a stat mode."""
+    for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def _safe_zero_tail(p: Path) -> int | None:
     try:
+        if not stat.S_ISREG(os.stat(p).st_mode):  # never open a FIFO (it would block)
+            return None
         return zero_tail_offset(p)
     except OSError:
         return None

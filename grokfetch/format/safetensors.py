@@ -46,8 +46,9 @@ import numpy as np
 from grokfetch.errors import CheckpointFormatError, DiskError, UsageError
 from grokfetch.format.arrays import BFLOAT16, ArrayRef
 from grokfetch.format.files import ByteSource
-from grokfetch.fsutil import atomic_write
+from grokfetch.fsutil import atomic_write, loads_json
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, ChunkHasher
+from grokfetch.readguard import Lease
 
 # safetensors' dtype names with their numpy types, in the order of its Rust ``Dtype``
 # enum: the reference serializer sorts tensors by this rank (descending), then by name,
@@ -328,6 +329,10 @@ class _Mapped:
         with open(path, "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
             self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+            # A read lease on our own descriptor: a program truncating the file waits
+            # for us (we stop at the next block) instead of killing us with SIGBUS.
+            self.fd = os.dup(f.fileno())
+        self.lease = Lease(self.fd, path)
 
     def array(self, a: ArrayRef) -> np.ndarray:
         if self.mm is None or a.offset < 0 or a.offset + a.nbytes > self.size:
@@ -338,8 +343,12 @@ class _Mapped:
     def release(self) -> None:
         if self.mm is not None and hasattr(mmap, "MADV_DONTNEED"):
             self.mm.madvise(mmap.MADV_DONTNEED)
+        self.lease.check()  # raises FileChangedError once someone wants to shrink the file
 
     def close(self) -> None:
+        self.lease.release()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
         if self.mm is not None:
             try:
                 self.mm.close()
@@ -568,7 +577,7 @@ def read_header(source: ByteSource) -> Header:
     if not 2 <= n <= MAX_HEADER_BYTES:
         raise CheckpointFormatError(path, 0, f"not a safetensors file (header size {n})")
     try:
-        head = json.loads(bytes(source.read(8, n)))
+        head = loads_json(bytes(source.read(8, n)))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointFormatError(path, 8, "safetensors header is not JSON") from None
     if not isinstance(head, dict):

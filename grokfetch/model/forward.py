@@ -34,7 +34,7 @@ quantized weight is dequantized a block at a time and never whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -289,14 +289,20 @@ class ModelOutput:
     logits: np.ndarray  # [T, V]
 
 
-def model(tokens: Sequence[int] | np.ndarray, weights: Weights, cfg: Config) -> ModelOutput:
-    """The whole model: tokens -> logits, keeping every layer's output."""
+def model(tokens: Sequence[int] | np.ndarray, weights: Weights, cfg: Config,
+          on_layer: Callable[[int], object] | None = None) -> ModelOutput:
+    """The whole model: tokens -> logits, keeping every layer's output.
+
+    ``on_layer(i)`` is called after layer i (progress: a full-size layer takes
+    tens of seconds on a CPU)."""
     h0 = embed(tokens, weights, cfg)  # (T, D)
     h, layers = h0, []
     for i in range(cfg.num_layers):
         out = decoder_layer(h, weights.layer(i), cfg)
         layers.append(out)
         h = out.h  # (T, D)
+        if on_layer is not None:
+            on_layer(i)
     h_final_norm = rms_norm(h, weights.final_norm(), cfg.rms_norm_eps)  # (T, D)
     logits = unembed(h_final_norm, weights, cfg)  # (T, V)
     return ModelOutput(h0, tuple(layers), h_final_norm, logits)

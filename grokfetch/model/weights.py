@@ -59,7 +59,7 @@ from grokfetch.format.layout import (
 )
 from grokfetch.format.pickle_reader import scan
 from grokfetch.format.safetensors import read_header
-from grokfetch.fsutil import inside
+from grokfetch.fsutil import inside, loads_json
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.model.forward import LayerWeights
 
@@ -385,7 +385,7 @@ class OriginalWeights(ModelWeights):
 
     def _arrays(self, spec: ParamSpec) -> dict[str, ArrayRef]:
         path = self.path(spec)
-        if not path.is_file():
+        if not path.is_file() and not os.path.lexists(path):
             present = {p.module for p in self.params.values() if self.path(p).is_file()}
             raise CheckpointFormatError(
                 path, None, f"missing (holds {spec.module})"
@@ -513,7 +513,7 @@ def _config_json(path: Path) -> ModelConfig:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{path}: cannot read JSON: {e}") from None
 
@@ -546,6 +546,10 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict):
                 raise UsageError(f"{index_path}: no weight_map")
+            bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
+            if bad is not None:  # say what is wrong, not "unsafe path 5: empty" later
+                raise UsageError(f"{index_path}: weight_map[{bad!r}] is "
+                                 f"{type(weight_map[bad]).__name__}, expected a shard file name")
             dtype = str(repack.get("dtype", "bf16"))
             return SglangWeights(root, config, source, weight_map, dtype)
         if manifest is None:  # pragma: no cover - excluded above

@@ -16,6 +16,7 @@ from typing import Any
 
 from grokfetch.errors import GrokfetchError, UsageError
 from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.fsutil import loads_json
 from grokfetch.hashing import file_digests
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest
 
@@ -48,7 +49,7 @@ def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str
     if jpath.is_file():
         for line in jpath.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                rec = json.loads(line)
+                rec = loads_json(line)
                 m = Manifest.from_dict({"format": "grokfetch-manifest", "format_version": 1,
                                         "name": "journal", "files": [rec["entry"]],
                                         "chunk_size": rec["chunk_size"]})

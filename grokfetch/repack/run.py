@@ -9,14 +9,18 @@ parallel, journaling each -> finish (config/index, manifest).
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import json
 import os
 import threading
 import time
+import typing
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from grokfetch.checkpoint import Checkpoint, compare, open_checkpoint
 from grokfetch.errors import (
@@ -41,12 +45,13 @@ from grokfetch.fsutil import (
     atomic_write_bytes,
     free_space,
     inside,
+    lock_dest,
     os_errors_as_disk_errors,
     remove_stale_temps,
 )
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, proven_pin, save_pin
-from grokfetch.progress import Bar, ProgressFactory, no_progress
+from grokfetch.progress import Bar, NullBar, ProgressFactory, no_progress
 from grokfetch.repack.journal import Journal, load_records, recipe, still_good
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, TOOL, Output, Plan, RepackOptions, make_plan
 from grokfetch.trust import PinRoot, now
@@ -79,6 +84,10 @@ class RepackResult:
         return len(self.written) + len(self.skipped)
 
 
+_P = typing.ParamSpec("_P")
+_R = TypeVar("_R")
+
+
 @dataclass
 class _Dest:
     """DEST as the run found and prepared it."""
@@ -89,6 +98,27 @@ class _Dest:
     removed_temps: int
 
 
+_held_locks: contextvars.ContextVar[list[int]] = contextvars.ContextVar("_held_locks")
+
+
+def _releasing_dest_lock(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Close the DEST lock the run took, however it ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        held: list[int] = []
+        token = _held_locks.set(held)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _held_locks.reset(token)
+            for fd in held:
+                os.close(fd)
+
+    return wrapper
+
+
+@_releasing_dest_lock
 @os_errors_as_disk_errors("dest")
 def repack(
     src: str | os.PathLike[str],
@@ -135,7 +165,7 @@ def repack(
     _check_dest(dest_path, ckpt)
     params = opts.params(ckpt)
     found = scan_sources(ckpt, params)
-    hashes = source_hashes(ckpt, params, opts.jobs)
+    hashes = source_hashes(ckpt, params, opts.jobs, progress)
     plan = make_plan(ckpt, params, found, hashes, opts)
     state = _prepare_dest(dest_path, plan, ckpt, params, opts)
     done = _already_done(state, plan, opts)
@@ -170,6 +200,8 @@ def _prepare_dest(dest: Path, plan: Plan, ckpt: Checkpoint, params: list[ParamSp
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"{dest}: cannot create the folder ({e.strerror or e})") from None
+    # One repack per DEST, as for get: two would interleave journal lines and outputs.
+    _held_locks.get().append(lock_dest(dest, "repack"))
     for rel in [o.rel for o in plan.outputs] + [*plan.extra_files, JOURNAL_NAME]:
         inside(dest, rel, "output path")  # refuse before writing anything, not half-way
     records, old_settings = load_records(dest)  # refuses a folder that is not a repack's
@@ -284,9 +316,11 @@ def scan_sources(ckpt: Checkpoint, params: list[ParamSpec]) -> dict[int, ParamFi
     return found
 
 
-def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int) -> dict[int, str]:
+def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int,
+                  progress: ProgressFactory | None = None) -> dict[int, str]:
     """BLAKE3 of each source: from the checkpoint's pin when it is proven (this user pinned
-    it from a root of trust), hashing the rest (a copied manifest vouches for nothing)."""
+    it from a root of trust), hashing the rest (a copied manifest vouches for nothing) -
+    with a bar: at full size that is minutes before the first output."""
     out: dict[int, str] = {}
     todo = []
     pin = proven_pin(ckpt.root)
@@ -298,7 +332,19 @@ def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int) -> dict[
             todo.append(spec)
     # parallel_map, not pool.map: on Ctrl-C it cancels the queued files instead of
     # hashing every one of them (hours for 318 GB) before the run can stop.
-    digests = list(parallel_map(lambda s: file_digests(ckpt.path_of(s)), todo, max(1, jobs)))
+    bar = (progress(sum(ckpt.path_of(s).stat().st_size for s in todo), "hash sources")
+           if progress is not None and todo else NullBar())
+    lock = threading.Lock()
+
+    def count(n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    try:
+        digests = list(parallel_map(lambda s: file_digests(ckpt.path_of(s), on_bytes=count),
+                                    todo, max(1, jobs)))
+    finally:
+        bar.close()
     for spec, digest in zip(todo, digests, strict=True):
         out[spec.index] = digest.blake3
     return out
