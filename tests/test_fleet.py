@@ -81,7 +81,9 @@ def test_seed_timeout_before_enough_nodes_finished_is_exit_4_saying_how_many(
 def test_seeder_progress_lines_show_each_peer(copy_ckpt, tmp_path: Path):
     ckpt = copy_ckpt()
     with SeederProc(ckpt, "--max-upload-rate", "2M") as s:
-        with GetProc(s.magnet, "--dest", str(tmp_path / "n"), "--timeout", "60") as g:
+        # a node that leaves the instant it is done may go unseen: it stays 3 s once done
+        with GetProc(s.magnet, "--dest", str(tmp_path / "n"), "--seed-while-needed",
+                     "--idle-timeout", "3", "--timeout", "60") as g:
             ev = s.wait_for(lambda e: e.get("event") == "progress" and e["fleet"]["connected"],
                             30, "a progress line with a peer")
             peer = ev["fleet"]["peers"][0]
