@@ -430,7 +430,10 @@ def save_pin(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     d = manifest.to_dict()
     d["pin_tag"] = tag(_untagged_bytes(d), "pin")
-    atomic_write_bytes(path, _serialise(d))
+    try:
+        atomic_write_bytes(path, _serialise(d))
+    except OSError as e:  # a full or read-only disk: exit 5 naming the manifest
+        raise DiskError(f"{path}: cannot write the manifest ({e.strerror or e})") from None
     return path
 
 

@@ -162,9 +162,7 @@ def test_inspect_through_a_symlink_to_ckpt_0_uses_the_pinned_manifest(mini_ckpt,
 def test_json_commands_print_an_error_document_on_exits_2_to_5(tmp_path, mini_ckpt,
                                                                monkeypatch):
     """A script reading --json output always gets a document (issue 13, item 17)."""
-    import shutil
-
-    from grokfetch import repack as repack_mod
+    from grokfetch.repack import run as repack_run
 
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -172,8 +170,7 @@ def test_json_commands_print_an_error_document_on_exits_2_to_5(tmp_path, mini_ck
     fifo = tmp_path / "tensor00000_000"
     os.mkfifo(fifo)
     cases.append((("inspect", fifo, "--json"), 3, "is a FIFO"))
-    real = shutil.disk_usage
-    monkeypatch.setattr(repack_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=1))
+    monkeypatch.setattr(repack_run, "free_space", lambda p: 1)
     cases.append((("repack", mini_ckpt, tmp_path / "out", "--json"), 5, "only 1 B free"))
     for args, code, words in cases:
         r = run(*args)

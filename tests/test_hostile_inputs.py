@@ -135,10 +135,10 @@ def deep_json(depth: int = 100_000) -> str:
 def test_deeply_nested_json_is_malformed_json_everywhere(ckpt, tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text(deep_json())
-    assert "not valid JSON" in one_line_error(run("verify", ckpt, "--manifest", deep), 2)
+    assert "nested too deeply" in one_line_error(run("verify", ckpt, "--manifest", deep), 2)
     assert "nested too deeply" in one_line_error(run("inspect", ckpt, "--config", deep), 2)
     (ckpt / "grokfetch-manifest.json").write_text(deep_json())
-    assert "not valid JSON" in one_line_error(run("verify", ckpt), 2)
+    assert "nested too deeply" in one_line_error(run("verify", ckpt), 2)
 
 
 def test_deep_json_in_a_safetensors_header_and_an_sglang_index(mini_ckpt, tmp_path):
@@ -237,7 +237,8 @@ def test_file_names_cannot_clear_the_screen_or_forge_a_verdict(ckpt):
 def pinned_folder(folder: Path, files: dict[str, bytes]) -> None:
     """A folder of plain files with a pinned BLAKE3 manifest (what verify checks them by)."""
     from grokfetch.hashing import file_digests
-    from grokfetch.manifest import FileEntry, Manifest, save_manifest
+    from grokfetch.manifest import FileEntry, Manifest
+    from grokfetch.verify import pin
 
     folder.mkdir()
     entries = []
@@ -245,8 +246,7 @@ def pinned_folder(folder: Path, files: dict[str, bytes]) -> None:
         (folder / name).write_bytes(data)
         d = file_digests(folder / name)
         entries.append(FileEntry(path=name, size=len(data), blake3=d.blake3, chunks=d.chunks))
-    save_manifest(Manifest(name="data", files=entries, pinned=True),
-                  folder / "grokfetch-manifest.json")
+    pin(folder, manifest=Manifest(name="data", files=entries))  # proven against it, pinned
     assert run("verify", folder).exit_code == 0
 
 
@@ -303,8 +303,7 @@ def test_verify_survives_a_file_truncated_at_random_moments(tmp_path):
 
 
 def test_a_source_shrinking_under_a_dequantizing_repack_stops_it(tmp_path):
-    from grokfetch.safetensors_io import _Mapped
-
+    from grokfetch.format.safetensors import _Mapped
     from grokfetch.readguard import FileChangedError
 
     src = tmp_path / "src.bin"
@@ -327,17 +326,17 @@ def test_a_source_shrinking_under_a_dequantizing_repack_stops_it(tmp_path):
 def test_verify_pin_on_a_full_disk_is_exit_5(ckpt, monkeypatch):
     import errno
 
-    from grokfetch import fsutil
+    from grokfetch import manifest
 
     (ckpt / "grokfetch-manifest.json").unlink()
-    real = fsutil.atomic_write_bytes
+    real = manifest.atomic_write_bytes
 
     def full(path, data):  # the disk that has no room for the manifest
         if str(path).endswith("grokfetch-manifest.json"):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, data)
 
-    monkeypatch.setattr(fsutil, "atomic_write_bytes", full)
+    monkeypatch.setattr(manifest, "atomic_write_bytes", full)
     r = run("verify", ckpt, "--pin", "--trust-on-first-use", "--quiet")
     line = one_line_error(r, 5)
     assert "grokfetch-manifest.json: cannot write the manifest (No space left on device)" in line

@@ -461,9 +461,8 @@ def test_compare_fails_when_expert_choices_differ_even_within_every_limit(mini_c
     token to other experts computes another function."""
     import dataclasses
 
-    from grokfetch.smoke import compare, compare_weights, run_smoke
-
     from grokfetch.cli.smoke import _print_comparison
+    from grokfetch.model.smoke import compare, compare_weights, run_smoke
 
     bf16 = mini_repacks["per-tensor-bf16"]
     with open_weights(mini_ckpt) as wb, open_weights(bf16) as wa:

@@ -108,10 +108,6 @@ class ModelConfig:
                     or v <= 0):
                 raise UsageError(f"model config: {name} must be a finite number > 0, "
                                  f"got {shorten(repr(v), 60)}")
-        for name in ("pad_token", "eos_token"):
-            if getattr(self, name) >= self.vocab_size:
-                raise UsageError(f"model config: {name} {getattr(self, name)} is outside the "
-                                 f"vocabulary 0-{self.vocab_size - 1}")
         if self.num_q_heads % self.num_kv_heads:
             raise UsageError(
                 f"model config: num_q_heads {self.num_q_heads} is not a multiple of "
