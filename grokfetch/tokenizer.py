@@ -184,18 +184,18 @@ def tokenizer_files(tok: Tokenizer, max_length: int) -> dict[str, bytes]:
 
     ``tokenizer.model`` itself (llama.cpp's converter reads it with
     sentencepiece), and ``tokenizer_config.json`` for transformers'
-    ``AutoTokenizer`` (what SGLang uses) and for llama.cpp's special-token
-    handling: the tokenizer class, the special pieces by name, and no BOS or EOS
-    added, as the official runner encodes.
+    ``AutoTokenizer`` (what SGLang uses) and llama.cpp's special-token handling:
+    transformers' SentencePiece backend (its default, a converted fast
+    tokenizer, splits runs of spaces and some punctuation differently from the
+    model), the special pieces by name, and no BOS or EOS added, as the
+    official runner encodes.
     """
     config: dict[str, Any] = {
-        "tokenizer_class": "LlamaTokenizer",
+        "tokenizer_class": "SentencePieceBackend",
         "add_bos_token": False,
         "add_eos_token": False,
-        "legacy": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_length,
-        "sp_model_kwargs": {},
     }
     for kind in ("bos", "eos", "unk", "pad"):
         if kind in tok.special_tokens:

@@ -52,18 +52,3 @@ def sglang_repacks(tmp_path_factory, golden) -> dict[str, Path]:
     return {dtype: repack(golden["root"], base / dtype, layout="sglang", dtype=dtype,
                           config=golden["config"], jobs=1).dest
             for dtype in ("f32", "bf16")}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-def rel_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-def record(name: str, **figures: object) -> None:
-    """Print a result line (run with -s to see them; the README table quotes them)."""
-    print(f"\n[consumers] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))

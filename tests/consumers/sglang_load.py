@@ -91,7 +91,6 @@ def rank_main(rank: int, model_dir: str, out_dir: str, tp: int, dtype: str, port
     install_stubs()
     import torch
     from safetensors.torch import save_file
-
     from sglang.srt.configs.device_config import DeviceConfig
     from sglang.srt.configs.load_config import LoadConfig
     from sglang.srt.configs.model_config import ModelConfig

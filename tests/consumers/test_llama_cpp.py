@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 
+import build_cache
 import numpy as np
 import pytest
-from conftest import cosine, record, rel_l2
-
-import build_cache
+from figures import cosine, record, rel_l2
 
 pytestmark = pytest.mark.consumers
 
