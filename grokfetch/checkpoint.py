@@ -29,7 +29,7 @@ from grokfetch.format.layout import (
 )
 from grokfetch.format.pickle_reader import ParamFile, file_kind, scan
 from grokfetch.fsutil import loads_json
-from grokfetch.manifest import MANIFEST_NAME, Manifest, load_manifest
+from grokfetch.manifest import MANIFEST_NAME, Manifest, load_manifest, model_names
 
 DEFAULT_KEY_SIZE = 128
 
@@ -186,6 +186,21 @@ def open_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = N
     if config is None:
         config, source = infer_config(ckpt_dir, key_size), "inferred"
     return Checkpoint(root, ckpt_dir, config, param_list(config), source, manifest)
+
+
+def confirmed_by_packaged(config: ModelConfig) -> bool:
+    """Is this (inferred) config exactly a packaged model's, e.g. Grok-1's?
+
+    Then the head size the files cannot show is the published one, not a guess.
+    """
+    for name in model_names():
+        try:
+            packaged = load_manifest(name).config
+        except GrokfetchError:
+            continue
+        if packaged is not None and packaged.to_dict() == config.to_dict():
+            return True
+    return False
 
 
 # -- inspection ---------------------------------------------------------------------------

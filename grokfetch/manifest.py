@@ -84,6 +84,7 @@ class Manifest:
     repack: dict[str, Any] | None = None  # set on repack outputs: layout, dtype, compress
     notes: str | None = None
     pinned_by: tuple[PinRoot, ...] = ()  # what proved a pin's bytes (grokfetch.trust)
+    tokenizer: FileEntry | None = None  # the model's tokenizer file (not in the checkpoint)
 
     @property
     def total_size(self) -> int:
@@ -115,6 +116,8 @@ class Manifest:
             d["notes"] = self.notes
         if self.pinned_by:
             d["pinned_by"] = [r.to_dict() for r in self.pinned_by]
+        if self.tokenizer is not None:
+            d["tokenizer"] = _entry_dict(self.tokenizer)
         d["total_size"] = self.total_size
         d["files"] = [_entry_dict(f) for f in self.files]
         return d
@@ -196,10 +199,13 @@ def _parse(d: Any, origin: str) -> Manifest:
     if not isinstance(raw_roots, list):
         raise _bad(origin, "pinned_by", "must be a list")
     pinned_by = tuple(PinRoot.from_dict(r, origin) for r in raw_roots)
+    tokenizer = None
+    if d.get("tokenizer") is not None:
+        tokenizer = _parse_entry(d["tokenizer"], origin, "tokenizer", chunk_size)
     return Manifest(name=name, files=files, license=lic, pinned=pinned, config=config,
                     sources=sources, chunk_size=chunk_size, repack=repack,
                     notes=d.get("notes") if isinstance(d.get("notes"), str) else None,
-                    pinned_by=pinned_by)
+                    pinned_by=pinned_by, tokenizer=tokenizer)
 
 
 def _parse_sources(s: Any, origin: str) -> Sources:

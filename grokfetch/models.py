@@ -36,6 +36,14 @@ GROK1_MIRRORS = [{"kind": "huggingface", "repo": "xai-org/grok-1", "revision": "
                   "folder": "ckpt-0"}]
 # Academic Torrents (the magnet's tracker) serves the published .torrent here.
 GROK1_TORRENT_URL = f"https://academictorrents.com/download/{GROK1_INFO_HASH}.torrent"
+# Grok-1's SentencePiece tokenizer: not in the torrent, it ships with the official code
+# repository; grokfetch carries a copy (grokfetch/data/tokenizer.model).
+GROK1_TOKENIZER = FileEntry(
+    path="tokenizer.model", size=2_229_219,
+    sha256="5c69d7cbad192fa2c9d14e2a77fbfdc11597c68907b043ddb0260e3d28eddd7f",
+    sha256_source="xai-org/grok-1 code repository, tokenizer.model at commit "
+                  "7050ed204b8206bb8645c7b7bbef7252f79561b0 (Apache-2.0)",
+)
 HF_SOURCE = "Hugging Face mirror xai-org/grok-1 (Git LFS oid = SHA-256 of the file), per-file page"
 
 
@@ -75,6 +83,7 @@ def grok1_manifest(sha256_table: dict[str, tuple[str, str]]) -> Manifest:
                "sizes are derived from the layout and the exact pickle framing. Not pinned: "
                "run `grokfetch get` (or `grokfetch verify --torrent ... --pin`) to pin BLAKE3 "
                "hashes. Mirror: https://huggingface.co/xai-org/grok-1/tree/main/ckpt-0"),
+        tokenizer=GROK1_TOKENIZER,
     )
 
 

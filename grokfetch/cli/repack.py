@@ -29,6 +29,11 @@ def summary(r: RepackResult) -> str:
                      f"({format_bytes(r.payload_total)} -> {format_bytes(r.bytes_out)})")
     if r.removed_temps:
         lines.append(f"removed {r.removed_temps} temp file(s) of an interrupted run")
+    tok = r.tokenizer
+    if tok:
+        which = ("Grok-1's official tokenizer" if tok["official"]
+                 else f"{tok['source']}, not the official Grok-1 tokenizer")
+        lines.append(f"{tok['path']}: {which} (sha256 {tok['sha256']})")
     lines.append(f"manifest {r.manifest_path}; check it with: grokfetch verify {r.dest}")
     return "\n".join(lines)
 
@@ -56,11 +61,15 @@ def summary(r: RepackResult) -> str:
               show_default=True, help="sglang layout: bytes per shard.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Model config JSON (official field names) instead of the checkpoint's.")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False),
+              help="SentencePiece tokenizer.model to put beside the weights (default: Grok-1's, "
+                   "packaged; another is checked to be a SentencePiece model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def repack_cmd(src: str, dest: str, fmt: str, layout: str, dtype: str | None,
                compress: str | None, layers: str | None, jobs: int, force: bool,
-               shard_size: int, config_path: str | None, as_json: bool, quiet: bool) -> None:
+               shard_size: int, config_path: str | None, tokenizer_path: str | None,
+               as_json: bool, quiet: bool) -> None:
     """Repack the checkpoint in SRC into safetensors files in DEST, never unpickling.
 
     Restartable: rerun the same command after an interruption and finished
@@ -72,6 +81,7 @@ def repack_cmd(src: str, dest: str, fmt: str, layout: str, dtype: str | None,
     result = repack(
         src, dest, layout=layout, dtype=dtype, compress=compress, layers=layers, jobs=jobs,
         force=force, shard_size=shard_size, config=load_config_option(config_path),
+        tokenizer=tokenizer_path,
         progress=lambda total, desc: bytes_bar(total, desc, enabled),
     )
     if as_json:

@@ -105,6 +105,9 @@ HF_FIELDS = {
     "embedding_multiplier_scale": "embedding_multiplier_scale",
     "output_multiplier_scale": "output_multiplier_scale",
     "attn_logit_softcapping": "attn_logit_softcap",
+    # llama.cpp's converter otherwise scales attention by head_dim ** -0.5, which is
+    # Grok-1's multiplier only at head size 128.
+    "attn_output_multiplier": "attn_output_multiplier",
     "pad_token_id": "pad_token",
     "eos_token_id": "eos_token",
 }
@@ -114,12 +117,23 @@ _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layer
              "num_experts_per_tok")
 
 
-def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
-    """config.json for SGLang (and transformers' AutoConfig / llama.cpp's converter)."""
+def config_to_hf(cfg: ModelConfig, dtype: str, bos_token: int | None = None) -> dict[str, Any]:
+    """config.json for SGLang, llama.cpp's converter and vLLM (and transformers' AutoConfig).
+
+    Each key some consumer's Grok loader reads is here (tests/consumers/required_keys.json
+    lists them per consumer); a missing one is silently replaced by that loader's default.
+    """
     return {
         "architectures": [ARCHITECTURE],
         "model_type": "mixtral",
         **{theirs: getattr(cfg, ours) for theirs, ours in HF_FIELDS.items()},
+        # Grok-1's router has no soft cap (vLLM's Grok loader caps at 30 unless told 0).
+        "router_logit_softcapping": 0.0,
+        # Present, vLLM 0.24 takes its Grok class whose names are ours (w1/w2/w3); SGLang
+        # reads it as the expert width.  Grok-1 does not renormalise the top-2 gates.
+        "moe_intermediate_size": cfg.ffn_size,
+        "moe_router_renormalize": False,
+        **({"bos_token_id": bos_token} if bos_token is not None else {}),
         "hidden_act": "gelu_pytorch_tanh",
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16" if dtype == "bf16" else "float32",

@@ -23,6 +23,7 @@ from grokfetch.format.layout import ParamSpec, layer_selection, select_layers
 from grokfetch.format.pickle_reader import ParamFile
 from grokfetch.format.safetensors import DEFAULT_ZSTD_LEVEL, Tensor
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
+from grokfetch.tokenizer import Tokenizer, tokenizer_files
 
 LAYOUTS = ("per-tensor", "sglang")
 DTYPES = ("keep", "bf16", "f32")
@@ -135,11 +136,12 @@ def parse_compress(spec: str | None) -> int | None:
 
 
 def make_plan(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
-              hashes: dict[int, str], opts: RepackOptions) -> Plan:
-    """The outputs of ``opts.layout`` for ``params`` (scanned: ``found``; BLAKE3: ``hashes``)."""
+              hashes: dict[int, str], opts: RepackOptions, tok: Tokenizer) -> Plan:
+    """The outputs of ``opts.layout`` for ``params`` (scanned: ``found``; BLAKE3: ``hashes``),
+    with the tokenizer ``tok`` beside them."""
     if opts.layout == "sglang":
-        return plan_sglang(ckpt, params, found, hashes, opts.dtype, opts.shard_size)
-    return plan_per_tensor(ckpt, params, found, hashes, opts.dtype, opts.level)
+        return plan_sglang(ckpt, params, found, hashes, opts.dtype, opts.shard_size, tok)
+    return plan_per_tensor(ckpt, params, found, hashes, opts.dtype, opts.level, tok)
 
 
 def layer_folder(layer: int, num_layers: int) -> str:
@@ -153,7 +155,8 @@ def per_tensor_rel(spec: ParamSpec, num_layers: int, compressed: bool) -> str:
 
 
 def plan_per_tensor(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
-                    hashes: dict[int, str], dtype: str, level: int | None) -> Plan:
+                    hashes: dict[int, str], dtype: str, level: int | None,
+                    tok: Tokenizer) -> Plan:
     outputs = []
     for spec in sorted(params, key=_numeric_order):
         pf = found[spec.index]
@@ -188,7 +191,8 @@ def plan_per_tensor(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, 
             param=spec.module, kind=spec.kind, layer=spec.layer,
         ))
     config = json.dumps(ckpt.config.to_dict(), indent=1) + "\n"
-    return Plan(outputs, {sglang.CONFIG_NAME: config.encode()})
+    return Plan(outputs, {sglang.CONFIG_NAME: config.encode(),
+                          **tokenizer_files(tok, ckpt.config.sequence_len)})
 
 
 def _numeric_order(spec: ParamSpec) -> tuple[int, str]:
@@ -197,7 +201,7 @@ def _numeric_order(spec: ParamSpec) -> tuple[int, str]:
 
 
 def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
-                hashes: dict[int, str], dtype: str, shard_size: int) -> Plan:
+                hashes: dict[int, str], dtype: str, shard_size: int, tok: Tokenizer) -> Plan:
     out = _OUT_DTYPES[dtype]
     # Model order: embedding, layers 0..N-1, final norm, lm_head - so shards follow the model.
     items: list[tuple[Tensor, ParamSpec]] = []
@@ -239,9 +243,10 @@ def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, Para
         "metadata": {"total_size": sum(t.nbytes for t, _s in items)},
         "weight_map": dict(sorted(weight_map.items())),
     }
+    config = sglang.config_to_hf(ckpt.config, dtype, tok.special_ids.get("bos"))
     extra = {
-        sglang.CONFIG_NAME: (json.dumps(sglang.config_to_hf(ckpt.config, dtype), indent=1)
-                             + "\n").encode(),
+        sglang.CONFIG_NAME: (json.dumps(config, indent=1) + "\n").encode(),
         sglang.INDEX_NAME: (json.dumps(index, indent=1) + "\n").encode(),
+        **tokenizer_files(tok, ckpt.config.sequence_len),
     }
     return Plan(outputs, extra)

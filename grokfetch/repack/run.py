@@ -18,11 +18,11 @@ import time
 import typing
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from grokfetch.checkpoint import Checkpoint, compare, open_checkpoint
+from grokfetch.checkpoint import Checkpoint, compare, confirmed_by_packaged, open_checkpoint
 from grokfetch.errors import (
     CheckpointFormatError,
     DiskError,
@@ -54,6 +54,7 @@ from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, proven_pin, s
 from grokfetch.progress import Bar, NullBar, ProgressFactory, no_progress
 from grokfetch.repack.journal import Journal, load_records, recipe, still_good
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, TOOL, Output, Plan, RepackOptions, make_plan
+from grokfetch.tokenizer import TOKENIZER_NAME, Tokenizer, load_tokenizer, official_entry
 from grokfetch.trust import PinRoot, now
 from grokfetch.units import format_bytes
 
@@ -78,6 +79,7 @@ class RepackResult:
     # shapes: the head size is a guess, and DEST's manifest and config.json now record it).
     config_source: str = "explicit"
     key_size: int = 0
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # path, size, sha256, official
 
     @property
     def files(self) -> int:
@@ -133,6 +135,7 @@ def repack(
     shard_size: int = DEFAULT_SHARD_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     config: ModelConfig | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
     progress: ProgressFactory = no_progress,
 ) -> RepackResult:
     """Repack the checkpoint at ``src`` into safetensors files under ``dest``.
@@ -148,6 +151,9 @@ def repack(
         force: redo every output even if an earlier run finished it.
         shard_size: sglang shard size in bytes.
         chunk_size: chunk size of the DEST manifest's chunk hashes.
+        config: the model config (default: the pinned manifest's, else inferred).
+        tokenizer: a SentencePiece tokenizer.model to copy into DEST (default: Grok-1's,
+            packaged); checked against the official hash, else parsed as a model.
         progress: ``progress(total_bytes, desc)`` -> a bar with update(n) and close().
 
     Raises:
@@ -161,12 +167,20 @@ def repack(
                                chunk_size=chunk_size)
     ckpt = open_checkpoint(src, config)
     check_config_fits(ckpt)
+    if opts.layout == "sglang" and ckpt.config_source == "inferred" and not (
+            confirmed_by_packaged(ckpt.config)):
+        raise UsageError(
+            f"{src}: --layout sglang writes config.json for other stacks, and this config was "
+            f"inferred from the file shapes with a guessed head size ({ckpt.config.key_size}); "
+            "pass --config FILE.json (official field names) or pin the checkpoint first "
+            "(grokfetch verify SRC --torrent FILE --pin)")
+    tok = load_tokenizer(tokenizer)
     dest_path = Path(dest)
     _check_dest(dest_path, ckpt)
     params = opts.params(ckpt)
     found = scan_sources(ckpt, params)
     hashes = source_hashes(ckpt, params, opts.jobs, progress)
-    plan = make_plan(ckpt, params, found, hashes, opts)
+    plan = make_plan(ckpt, params, found, hashes, opts, tok)
     state = _prepare_dest(dest_path, plan, ckpt, params, opts)
     done = _already_done(state, plan, opts)
     todo = [o for o in plan.outputs if o.rel not in done]
@@ -177,7 +191,7 @@ def repack(
         entries = sorted(entries + list(state.kept.values()),
                          key=lambda e: (-1 if e.layer is None else e.layer, e.param or ""))
     bytes_out = sum(e.size for e in entries)
-    mpath = _finish(dest_path, plan, entries, ckpt, opts)
+    mpath = _finish(dest_path, plan, entries, ckpt, opts, tok)
     return RepackResult(
         dest=dest_path, manifest_path=mpath, layout=opts.layout, dtype=opts.dtype,
         compress=opts.settings["compress"],
@@ -189,7 +203,16 @@ def repack(
         seconds=time.monotonic() - t0,
         config_source=ckpt.config_source,
         key_size=ckpt.config.key_size,
+        tokenizer={"path": TOKENIZER_NAME, "size": tok.size, "sha256": tok.sha256,
+                   "official": tok.official, "source": str(tok.path)},
     )
+
+
+def _tokenizer_origin(tok: Tokenizer) -> str:
+    official = official_entry()
+    if tok.official and official is not None and official.sha256_source:
+        return official.sha256_source
+    return f"given with --tokenizer: {tok.path.name} (not the official Grok-1 tokenizer)"
 
 
 def _prepare_dest(dest: Path, plan: Plan, ckpt: Checkpoint, params: list[ParamSpec],
@@ -256,7 +279,7 @@ def _write_outputs(state: _Dest, todo: list[Output], done: dict[str, FileEntry],
 
 
 def _finish(dest: Path, plan: Plan, entries: list[FileEntry], ckpt: Checkpoint,
-            opts: RepackOptions) -> Path:
+            opts: RepackOptions, tok: Tokenizer) -> Path:
     """Write config.json (and the index), then the manifest that replaces the journal."""
     for name, data in plan.extra_files.items():
         path = inside(dest, name)
@@ -277,6 +300,8 @@ def _finish(dest: Path, plan: Plan, entries: list[FileEntry], ckpt: Checkpoint,
         # the outputs are hashed as written; they are proven when their source was
         pinned_by=(PinRoot("repack", None, Path(os.path.abspath(ckpt.root)).name, now(),
                            source_pin.pinned_by if source_pin is not None else ()),),
+        tokenizer=FileEntry(path=TOKENIZER_NAME, size=tok.size, sha256=tok.sha256,
+                            sha256_source=_tokenizer_origin(tok)),
     )
     mpath = save_pin(manifest, dest / MANIFEST_NAME)
     with contextlib.suppress(FileNotFoundError):
