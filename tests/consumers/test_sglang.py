@@ -22,9 +22,9 @@ from figures import record
 from safetensors import safe_open
 
 from grokfetch.checkpoint import open_checkpoint
-from grokfetch.reader import scan
-from grokfetch.repack import SGLANG_LAYER_NAMES
-from grokfetch.weights import dequantize
+from grokfetch.format.pickle_reader import scan
+from grokfetch.format.sglang import LAYER_NAMES as SGLANG_LAYER_NAMES
+from grokfetch.model.weights import dequantize
 
 pytestmark = pytest.mark.consumers
 
