@@ -12,12 +12,12 @@ import struct
 
 import pytest
 from click.testing import CliRunner
-from conftest import GOLDEN
+from helpers import GOLDEN
 
 from grokfetch.cli import cli
 from grokfetch.errors import UsageError
 from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.repack import repack
+from grokfetch.repack.run import repack
 from grokfetch.tokenizer import PACKAGED_TOKENIZER, load_tokenizer, parse_sentencepiece
 from grokfetch.verify import verify
 

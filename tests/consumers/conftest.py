@@ -23,9 +23,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import build_cache  # noqa: E402
-from grokfetch.layout import ModelConfig  # noqa: E402
 
-from grokfetch.repack import repack  # noqa: E402
+from grokfetch.format.layout import ModelConfig  # noqa: E402
+from grokfetch.repack.run import repack  # noqa: E402
 
 GOLDEN = Path(os.environ.get("GROKFETCH_CONSUMERS_GOLDEN") or HERE.parent / "data" / "golden")
 

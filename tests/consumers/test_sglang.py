@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from build_cache import HERE
 from figures import record
-from grokfetch.reader import scan
-from grokfetch.weights import dequantize
 from safetensors import safe_open
 
 from grokfetch.checkpoint import open_checkpoint
-from grokfetch.repack import SGLANG_LAYER_NAMES
+from grokfetch.format.pickle_reader import scan
+from grokfetch.format.sglang import LAYER_NAMES as SGLANG_LAYER_NAMES
+from grokfetch.model.weights import dequantize
 
 pytestmark = pytest.mark.consumers
 
