@@ -17,10 +17,10 @@ _CONFIG = tempfile.mkdtemp(prefix="grokfetch-test-config-")
 os.environ["GROKFETCH_CONFIG_DIR"] = _CONFIG
 atexit.register(shutil.rmtree, _CONFIG, True)
 
+from helpers import PIECE  # noqa: E402
+
 from grokfetch.metainfo import make_torrent  # noqa: E402
 from grokfetch.synth import synthesize  # noqa: E402 (after the key folder is set)
-
-PIECE = 16 * 1024  # the torrents of the BitTorrent tests: libtorrent's smallest piece size
 
 
 @pytest.fixture(scope="session")

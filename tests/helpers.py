@@ -13,6 +13,8 @@ HERE = Path(__file__).parent
 GOLDEN = HERE / "data" / "golden"
 
 
+PIECE = 16 * 1024  # the torrents of the BitTorrent tests: libtorrent's smallest piece size
+
 def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
     """Corrupt one byte in place (XOR with ``mask``): the smallest possible damage."""
     with open(path, "r+b") as f:

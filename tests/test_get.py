@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import PIECE
+from helpers import PIECE
 from lt_helpers import (
     LOOPBACK,
     GetProc,
