@@ -9,7 +9,10 @@ in one run measures:
 * ``repack --dtype keep`` against ``cp -r`` of the same source (ratio; the
   target is <= 1.2x), in interleaved rounds because a shared virtual disk's
   speed swings by 2-3x from minute to minute.  Repack fsyncs every output,
-  cp does not, so cp is also timed with a trailing ``sync``;
+  cp does not, so cp is also timed with a trailing ``sync``.  Twice: from the
+  pinned source (its BLAKE3 values come from the pin) and from the same files
+  unpinned (the pin moved aside, as for a copy or a mirror download: every
+  source byte is hashed too);
 * repack's peak RSS under ``/usr/bin/time -v`` (target < 300 MB);
 * bf16 dequantization GB/s on one 1.6 GB MoE tensor (per-tensor layout) and
   the sglang path (dequantize + transpose + split per expert);
@@ -40,6 +43,7 @@ from grokfetch.format.arrays import BFLOAT16  # noqa: E402
 from grokfetch.format.layout import GROK1, param_list  # noqa: E402
 from grokfetch.format.pickle_reader import scan  # noqa: E402
 from grokfetch.format.safetensors import Tensor, write_safetensors  # noqa: E402
+from grokfetch.manifest import MANIFEST_NAME  # noqa: E402
 
 NEED_BYTES = 30 * 10**9  # source 8.1 + cp 8.1 + repack 8.1 + one 3.2 GB bf16 file, with margin
 
@@ -93,7 +97,9 @@ def main() -> int:
         sync()
 
         # -- keep vs cp, interleaved: the disk is shared and its speed varies a lot ----
-        cp_times, rp_times, rss = [], [], []
+        cp_times, rp_times, un_times, rss = [], [], [], []
+        pin_file = src / MANIFEST_NAME
+        aside = work / "pin-aside.json"
         out = work / "keep"
         timev = work / "time-v.txt"
         for r in range(args.rounds):
@@ -111,10 +117,20 @@ def main() -> int:
             out_size = dir_size(out)
             shutil.rmtree(out)
             sync()
+            os.replace(pin_file, aside)  # unpinned: the same files, nothing vouches for them
+            try:
+                t_un = run([sys.executable, "-m", "grokfetch", "repack", str(src), str(out),
+                            "--dtype", "keep", "-j", str(args.jobs), "-q"], env)
+                un_times.append((t_un, t_un + sync()))
+            finally:
+                os.replace(aside, pin_file)
+            shutil.rmtree(out)
+            sync()
             print(f"  round {r + 1}: cp -r {t_cp:.2f} s (+sync {cp_times[-1][1]:.2f} s), "
-                  f"repack {t_rp:.2f} s, peak RSS {rss[-1]:.0f} MB")
+                  f"repack {t_rp:.2f} s, unpinned {t_un:.2f} s, peak RSS {rss[-1]:.0f} MB")
         t_cp, t_cp_sync = (statistics.median(x) for x in zip(*cp_times, strict=True))
         t_rp, t_rp_sync = (statistics.median(x) for x in zip(*rp_times, strict=True))
+        t_un, t_un_sync = (statistics.median(x) for x in zip(*un_times, strict=True))
         best = min(x[0] for x in rp_times) / min(x[0] for x in cp_times)
         rss_mb = max(rss)
 
@@ -138,13 +154,17 @@ def main() -> int:
         print()
         print(f"source: {total / 1e9:.2f} GB in {len(list((src / 'ckpt-0').iterdir()))} files "
               f"(1 layer, real shapes), jobs={args.jobs}")
-        print(f"medians of {args.rounds} interleaved rounds:")
+        print(f"medians of {args.rounds} interleaved rounds (load average at the end "
+              f"{os.getloadavg()[0]:.2f}):")
         print(f"cp -r:                 {t_cp:6.2f} s  ({total / t_cp / 1e9:.2f} GB/s)")
         print(f"cp -r + sync:          {t_cp_sync:6.2f} s  ({total / t_cp_sync / 1e9:.2f} GB/s)")
         print(f"repack --dtype keep:   {t_rp:6.2f} s  ({total / t_rp / 1e9:.2f} GB/s; "
               f"fsyncs every file; {out_size / 1e9:.2f} GB out)")
         print(f"ratio repack / cp:        {t_rp / t_cp:.2f}x   (target <= 1.2x)")
-        print(f"ratio repack / (cp+sync): {t_rp_sync / t_cp_sync:.2f}x")
+        print(f"ratio repack / (cp+sync): {t_rp_sync / t_cp_sync:.2f}x   (target <= 1.1x)")
+        print(f"repack, source unpinned: {t_un:6.2f} s  (+sync {t_un_sync:.2f} s; hashes every "
+              "source byte too)")
+        print(f"ratio unpinned / (cp+sync): {t_un_sync / t_cp_sync:.2f}x   (target <= 1.1x)")
         print(f"ratio best repack / best cp: {best:.2f}x")
         print(f"peak RSS (repack, /usr/bin/time -v, worst round): {rss_mb:.0f} MB   "
               "(target < 300 MB)")

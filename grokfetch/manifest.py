@@ -451,19 +451,22 @@ def _untagged_bytes(d: dict[str, Any]) -> bytes:
     return _serialise({k: v for k, v in d.items() if k != "pin_tag"})
 
 
+_TAG_FIELD = b',\n "pin_tag": "'  # how _serialise writes the last field of a pin
+
+
 def _authentic_pin(data: bytes) -> bool:
-    """The bytes are a pin this user wrote: re-serialised without their tag, they give
-    back exactly the bytes that carry it (any edit, or another key, fails)."""
-    try:
-        d = json.loads(data)
-    except (ValueError, RecursionError):
+    """The bytes are a pin this user wrote: their last field is the tag, and the bytes
+    before it, closed as _serialise closes a document, carry it (any edit, or another
+    key, fails).  Cut from the bytes rather than re-serialised: re-encoding a 770-file
+    pin with indentation cost ~0.1 s, the most of a --changed-only run."""
+    at = data.rfind(_TAG_FIELD)
+    if at < 0:
         return False
-    if not isinstance(d, dict) or not isinstance(d.get("pin_tag"), str):
+    tag_hex = data[at + len(_TAG_FIELD):]
+    if len(tag_hex) != 64 + 4 or not tag_hex.endswith(b'"\n}\n'):
         return False
-    untagged = _untagged_bytes(d)
-    if _serialise({**json.loads(untagged), "pin_tag": d["pin_tag"]}) != data:
-        return False  # not our serialisation: whatever the tag says, it is not these bytes
-    return authentic(untagged, "pin", d["pin_tag"])
+    untagged = data[:at] + b"\n}\n"  # == _untagged_bytes of the document the bytes hold
+    return authentic(untagged, "pin", tag_hex[:64].decode("ascii", "replace"))
 
 
 def proven_pin(root: str | os.PathLike[str], accept_first_use: bool = False) -> Manifest | None:

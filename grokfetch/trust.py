@@ -12,10 +12,11 @@ it is bound to something the sender cannot forge:
   the HMAC-SHA256 of the exact bytes of the rest of the file, made with a
   per-user secret key kept under the user's config folder
   (``$GROKFETCH_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/grokfetch``, else
-  ``~/.config/grokfetch``; created 0600 on the first pin).  Nothing but the
-  manifest is written into the folder.  A pin that arrives from another
-  machine fails the check: it is reported as "manifest of unknown origin"
-  and vouches for nothing.
+  ``~/.config/grokfetch``; created 0600 on the first pin).  The key never
+  enters the folder: the manifest and, for ``verify --changed-only``, a record
+  tagged the same way (``grokfetch.verified_record``) are all that is.  A pin
+  that arrives from another machine fails the check: it is reported as
+  "manifest of unknown origin" and vouches for nothing.
 
 A pin records what proved its bytes (``pinned_by``, inside the authenticated
 manifest): one ``PinRoot`` per root, e.g. the torrent's info-hash, the SHA-256

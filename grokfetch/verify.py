@@ -101,6 +101,10 @@ from grokfetch.trust import (
     roots_proven,
     roots_words,
 )
+from grokfetch.verified_record import Verified, racy, stat_key
+from grokfetch.verified_record import load as load_verified
+from grokfetch.verified_record import now_ns as _now_ns
+from grokfetch.verified_record import save as save_verified
 
 # The reader (numpy, ml_dtypes) and the torrent code (libtorrent) take ~0.3 s
 # to import; verifying against a pinned manifest needs neither, so they are
@@ -113,15 +117,19 @@ if TYPE_CHECKING:
 # --quick, the size and the sampled chunks did).  FAILED: size, hash or
 # structure is wrong.  UNVERIFIED: present and well-formed, but nothing could
 # vouch for its content.  EXTRA: on disk, not in the file list.
-OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA = (
+# UNCHANGED (--changed-only): not re-read, because what the filesystem says about it
+# (device, inode, size, mtime, ctime) is what it said when a full verification
+# proved it; that proves nothing about its bytes (grokfetch.verified_record).
+OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA, UNCHANGED = (
     "OK",
     "FAILED",
     "MISSING",
     "UNREADABLE",
     "UNVERIFIED",
     "EXTRA",
+    "UNCHANGED",
 )
-STATUSES = (OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA)
+STATUSES = (OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA, UNCHANGED)
 
 # Chunks (or pieces) per file that --quick hashes: the first (it holds the header)
 # and a random one.  On the real checkpoint that reads ~12% of the bytes.
@@ -148,13 +156,15 @@ class FileResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in (OK, UNVERIFIED, EXTRA)
+        return self.status in (OK, UNVERIFIED, EXTRA, UNCHANGED)
 
     def line(self) -> str:
         """b3sum-style; a name with a newline, backslash or control character is escaped
         and the line starts with a backslash (``names.report_line``)."""
         if self.status == OK and not self.detail:
             return report_line(self.path, f": OK ({', '.join(self.hashes) or self.vouched_by})")
+        if self.status == UNCHANGED:  # 'UNCHANGED since verified at T (not re-read)'
+            return report_line(self.path, f": {self.status} {escape_text(self.detail)}")
         rest = f": {self.status}" + (f" ({escape_text(self.detail)})" if self.detail else "")
         return report_line(self.path, rest)
 
@@ -190,14 +200,18 @@ class VerifyReport:
     notes: tuple[str, ...] = ()  # files found that are no root of trust, roots not used
     unproven: str | None = None  # why the run proved less than every file (None: proven)
     signed: SignedModel | None = field(default=None, repr=False)  # the OMS signature checked
+    changed_only: bool = False  # --changed-only: files whose metadata is unchanged not re-read
+    accept_unchanged: bool = False  # ... and the user counts those as proven
 
     @property
     def content_proven(self) -> bool:
-        """Every listed file's content matched a hash or torrent pieces (not just sampled)."""
+        """Every listed file's content matched a hash or torrent pieces (not just sampled);
+        with ``accept_unchanged``, an UNCHANGED file counts as the proof it had."""
+        good = {OK, UNCHANGED} if self.accept_unchanged else {OK}
         return (
             self.ok
             and not self.quick
-            and all(f.status == OK for f in self.files if f.status != EXTRA)
+            and all(f.status in good for f in self.files if f.status != EXTRA)
         )
 
     @property
@@ -233,6 +247,8 @@ class VerifyReport:
             "info_hash": self.info_hash,
             "quick": self.quick,
             "strict": self.strict,
+            "changed_only": self.changed_only,
+            "accept_unchanged": self.accept_unchanged,
             "ok": self.ok,
             "proven": self.proven,
             "unproven": self.unproven,
@@ -400,6 +416,7 @@ class _Trust:
     manifest_vouch: str | None = None  # vouched_by of a file a manifest hash proved
     torrent_vouch: str | None = None  # vouched_by of a file the torrent's pieces proved
     signed: SignedModel | None = None
+    pin_sha256: str | None = None  # the pinned manifest's bytes, when it is the root
 
 
 def _signature_trust(signed: SignedModel) -> _Trust:
@@ -502,7 +519,8 @@ def _choose_trust(
             vouch = "pin:" + ",".join(f"{r.kind}:{r.id}" if r.id else r.kind
                                       for r in m.pinned_by)
             return _Trust("pinned", f"pinned manifest {pinned}, {_pin_words(m.pinned_by)}", m,
-                          None, roots=m.pinned_by, proven=proven, manifest_vouch=vouch)
+                          None, roots=m.pinned_by, proven=proven, manifest_vouch=vouch,
+                          pin_sha256=lm.sha256)
         notes.append(
             f"{pinned}: manifest of unknown origin: not a root of trust (not pinned by you "
             "on this machine; a copy from elsewhere vouches for nothing)"
@@ -1124,6 +1142,8 @@ def verify(
     layers: str | None = None,
     accept_first_use: bool = False,
     signature: SignedModel | None = None,
+    changed_only: bool = False,
+    accept_unchanged: bool = False,
 ) -> VerifyReport:
     """Check every file under ``path`` against the best available root of trust.
 
@@ -1139,7 +1159,10 @@ def verify(
     checked nor reported.  ``accept_first_use``: a pin made on first use counts as proven.
     ``signature``: a verified OMS signature (``grokfetch.signing.verify_bundle``), the
     root of trust: ``path`` is then the signed folder itself, and files it neither signs
-    nor ignores are problems.
+    nor ignores are problems.  ``changed_only``: against the pinned manifest only, re-hash
+    just the files whose filesystem metadata changed since a full verification proved
+    them (``grokfetch.verified_record``); the others are UNCHANGED, which proves nothing
+    unless ``accept_unchanged``.  Its own run updates the record.
 
     Raises UsageError / ManifestError (exit 2) when it cannot run, TorrentError
     (exit 4) for a torrent that cannot vouch for these files.
@@ -1156,6 +1179,11 @@ def verify(
     else:
         place = _locate(path)
         trust = _choose_trust(path, place, manifest, torrent, accept_first_use)
+    if changed_only and (quick or trust.kind != "pinned" or trust.pin_sha256 is None):
+        raise UsageError(
+            f"{path}: --changed-only " + ("re-hashes files in full: drop --quick" if quick else
+            "checks against the pinned manifest only: pin the folder first (verify --pin), "
+            "and drop --manifest, --torrent and --signature"))
     xs = _expected(trust, place)
     # Every listed file is looked at (a missing unselected file still takes the blame for
     # torrent pieces it shares), but only the selected ones are checked and reported.
@@ -1171,6 +1199,14 @@ def verify(
         r = _stat(x)
         if r is not None:
             known[x.rel] = r
+    unchanged: dict[str, FileResult] = {}
+    looked: dict[str, tuple[int, tuple[int, int, int, int, int]]] = {}  # rel -> (when, stat)
+    record: dict[str, Verified] = {}
+    if changed_only:
+        assert trust.pin_sha256 is not None
+        record = load_verified(place.root, trust.pin_sha256)
+        unchanged, looked = _unchanged(sel, known, record)
+        known.update(unchanged)
     hashed = [x for x in sel if x.rel not in known and (x.blake3 or x.sha256 or x.chunks)]
     by_torrent = [
         x
@@ -1263,6 +1299,23 @@ def verify(
             f"published magnet link with `grokfetch verify {path} --torrent FILE --pin`"
         )
     uncovered = _not_listed(trust, {x.rel for x in xs}, layers, place)
+    notes = trust.notes
+    if changed_only:
+        assert trust.pin_sha256 is not None
+        chosen = {x.rel for x in sel}
+        keep = {rel: v for rel, v in record.items() if rel not in chosen or rel in unchanged}
+        at = now()
+        for f in files:  # proven just now, by a full read: recorded with the stat before it
+            if f.status == OK and f.path in looked:
+                when, key = looked[f.path]
+                if not racy(key, when):
+                    keep[f.path] = Verified(key, at)
+        if keep != record:
+            try:
+                save_verified(place.root, trust.pin_sha256, keep)
+            except OSError as e:
+                notes += (f"{place.root}: could not record what was verified "
+                          f"({e.strerror or e}): the next --changed-only run re-hashes it",)
     return VerifyReport(
         root=place.root,
         root_of_trust=trust.text,
@@ -1277,10 +1330,37 @@ def verify(
         manifest=trust.manifest,
         torrent=trust.pm.source if trust.pm is not None else None,
         roots=trust.roots,
-        notes=trust.notes,
-        unproven=_why_unproven(trust, files, uncovered, quick),
+        notes=notes,
+        unproven=_why_unproven(trust, files, uncovered, quick, accept_unchanged),
         signed=trust.signed,
+        changed_only=changed_only,
+        accept_unchanged=accept_unchanged,
     )
+
+
+def _unchanged(
+    sel: list[_Expect], known: dict[str, FileResult], record: dict[str, Verified]
+) -> tuple[dict[str, FileResult], dict[str, tuple[int, tuple[int, int, int, int, int]]]]:
+    """The files whose stat is the one recorded when a full verification proved them
+    (UNCHANGED, not re-read), and what stat said of every file looked at, and when: a
+    file re-hashed now is recorded with the stat taken *before* it was read, so a change
+    during the read shows at the next run."""
+    unchanged: dict[str, FileResult] = {}
+    looked = {}
+    for x in sel:
+        if x.rel in known:
+            continue
+        try:
+            when, key = _now_ns(), stat_key(os.stat(x.disk))
+        except OSError:
+            continue
+        looked[x.rel] = (when, key)
+        v = record.get(x.rel)
+        if v is not None and v.key == key:
+            unchanged[x.rel] = FileResult(x.rel, UNCHANGED, None,
+                                          f"since verified at {v.at} (not re-read)",
+                                          size=key[2], expected_size=x.size)
+    return unchanged, looked
 
 
 def _vouched(r: FileResult, trust: _Trust) -> FileResult:
@@ -1310,7 +1390,8 @@ def _not_listed(trust: _Trust, listed: set[str], layers: str | None, place: _Pla
 
 
 def _why_unproven(
-    trust: _Trust, files: list[FileResult], uncovered: list[str], quick: bool
+    trust: _Trust, files: list[FileResult], uncovered: list[str], quick: bool,
+    accept_unchanged: bool = False,
 ) -> str | None:
     """One line naming what kept the run from proving every file, or None when it did."""
     if quick:
@@ -1323,6 +1404,11 @@ def _why_unproven(
             f" (first: {first})" if first else "") + note
     if not trust.proven:
         return f"{trust.text}"
+    same = [f for f in files if f.status == UNCHANGED]
+    if same and not accept_unchanged:
+        return (f"--changed-only: {len(same)} file(s) UNCHANGED, not re-read: their metadata "
+                "is what it was when a full verify proved them, which does not prove their "
+                "bytes (--accept-unchanged counts them)")
     bad = [f for f in files if f.status == UNVERIFIED]
     if bad:
         return f"{bad[0].path}: UNVERIFIED ({bad[0].detail})" + (
@@ -1425,10 +1511,11 @@ def pin(
 
     # Up front: every file is there, a regular file (never open a FIFO), of its size.
     sizes: dict[str, int] = {}
+    looked: dict[str, tuple[int, tuple[int, int, int, int, int]]] = {}
     for e in entries:
         disk = place.disk(e.path)
         try:
-            st = os.stat(disk)
+            when, st = _now_ns(), os.stat(disk)
         except FileNotFoundError:
             raise PinRefused(f"{disk}: missing: not pinned") from None
         except OSError as err:
@@ -1439,6 +1526,7 @@ def pin(
         if want >= 0 and st.st_size != want:
             raise PinRefused(f"{disk}: {st.st_size} bytes, expected {want}: not pinned")
         sizes[e.path] = st.st_size
+        looked[e.path] = (when, stat_key(st))
     extra_stream = 0
     if pm is not None:
         ours = {tfiles[e.path].index for e in entries if e.path in tfiles}
@@ -1554,6 +1642,7 @@ def pin(
         pinned_by=tuple(roots),
     )
     out = save_pin(m, place.root / MANIFEST_NAME)
+    _record_pinned(place.root, out, looked)
     report = VerifyReport(
         root=place.root,
         root_of_trust=f"pin pass: {roots_words(roots)}",
@@ -1568,6 +1657,20 @@ def pin(
         unproven=None if roots_proven(roots) else _pin_words(tuple(roots)),
     )
     return PinResult(out, m, tuple(roots), report)
+
+
+def _record_pinned(
+    root: Path, pinned: Path, looked: dict[str, tuple[int, tuple[int, int, int, int, int]]]
+) -> None:
+    """What stat said of each file the pin pass just proved, for ``--changed-only``
+    (best effort: without it, the first --changed-only run re-hashes everything)."""
+    at = now()
+    files = {rel: Verified(key, at) for rel, (when, key) in looked.items()
+             if not racy(key, when)}
+    try:
+        save_verified(root, hashlib.sha256(pinned.read_bytes()).hexdigest(), files)
+    except OSError:
+        pass
 
 
 def _hash_problem(e: FileEntry, d: FileDigests, chunk_size: int) -> str | None:

@@ -417,3 +417,24 @@ def test_files_another_tool_put_in_dest_are_not_overwritten_without_force(mini_c
                                  "--force", "-q"])
     assert r.exit_code == 0, r.output
     assert json.loads((dest / "config.json").read_text())["model_type"] == "mixtral"
+
+
+def test_an_unpinned_source_is_hashed_and_its_blake3_recorded(copy_ckpt, tmp_path):
+    # A copy without its pin (a mirror download, rsync): nothing vouches for the source,
+    # so repack hashes every source file itself and records what it read.
+    import blake3
+
+    src = copy_ckpt()
+    pinned = load_manifest(src / MANIFEST_NAME)
+    (src / MANIFEST_NAME).unlink()
+    dest = tmp_path / "out"
+    repack(src, dest, layers="0", chunk_size=CHUNK)
+    m = load_manifest(dest / MANIFEST_NAME)
+    assert m.files
+    for e in m.files:
+        if e.source is None:
+            continue
+        want = blake3.blake3((src / e.source["file"]).read_bytes()).hexdigest()
+        assert e.source["blake3"] == want == pinned.file(e.source["file"]).blake3
+        assert read_tensors(dest / e.path)[1]["source_blake3"] == want
+    assert_manifest_verifies(dest, proven=False)

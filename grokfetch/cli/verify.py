@@ -113,6 +113,20 @@ def _summary(r: VerifyReport) -> str:
     help="Count a pin made on first use (--trust-on-first-use) as proven: exit 0 instead of 6.",
 )
 @click.option(
+    "--changed-only",
+    is_flag=True,
+    help="Against the pinned manifest: re-hash only the files whose device, inode, size, "
+    "mtime or ctime changed since a full verification proved them; report the others as "
+    "UNCHANGED (not re-read). Proves nothing about their bytes: exit 6 unless "
+    "--accept-unchanged. Updates the record (FOLDER/.grokfetch/verified.json).",
+)
+@click.option(
+    "--accept-unchanged",
+    is_flag=True,
+    help="With --changed-only: count UNCHANGED files as proven (exit 0 when nothing else "
+    "is wrong): you accept that unchanged metadata means unchanged bytes.",
+)
+@click.option(
     "--allow-unproven",
     is_flag=True,
     help="Exit 0 when nothing is wrong even if not every file was proven by a root of trust "
@@ -141,6 +155,8 @@ def verify_cmd(
     do_pin: bool,
     trust_on_first_use: bool,
     accept_first_use: bool,
+    changed_only: bool,
+    accept_unchanged: bool,
     allow_unproven: bool,
     jobs: int | None,
     as_json: bool,
@@ -169,7 +185,8 @@ def verify_cmd(
     1 problems found, 2 could not run (bad arguments, unreadable, ambiguous or
     unsafe manifest), 4 the torrent is unreadable or is not the one the manifest
     names, 6 nothing wrong found but not every file proven (no root, UNVERIFIED
-    files, a pin made on first use; --allow-unproven makes this 0), 7 the
+    files, a pin made on first use, UNCHANGED files of --changed-only;
+    --allow-unproven makes this 0, as --accept-unchanged does for UNCHANGED), 7 the
     signature does not hold (another key, altered, untrusted certificate,
     malformed).
     """
@@ -181,6 +198,10 @@ def verify_cmd(
         raise UsageError("--pin needs a full verification; drop --quick")
     if do_pin and layers is not None:
         raise UsageError("--pin pins every file of the checkpoint; drop --layers")
+    if accept_unchanged and not changed_only:
+        raise UsageError("--accept-unchanged only makes sense with --changed-only")
+    if changed_only and do_pin:
+        raise UsageError("--pin reads every byte; drop --changed-only")
 
     def progress(total: int, desc: str) -> Any:  # tqdm on a terminal, else a NullBar
         return bytes_bar(total, desc)
@@ -190,7 +211,8 @@ def verify_cmd(
     def check() -> VerifyReport:
         return verify(folder, manifest=manifest, torrent=torrent, quick=quick, strict=strict,
                       jobs=jobs, progress=progress, seed=seed, layers=layers,
-                      accept_first_use=accept_first_use, signature=signed)
+                      accept_first_use=accept_first_use, signature=signed,
+                      changed_only=changed_only, accept_unchanged=accept_unchanged)
 
     pinned: Path | None = None
     refused: str | None = None

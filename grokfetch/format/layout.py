@@ -22,13 +22,15 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from grokfetch.errors import UsageError
-from grokfetch.format.arrays import BFLOAT16
 from grokfetch.names import shorten
+
+# numpy and ml_dtypes take most of a second to import; verify against a pin needs
+# the layout but no array, so they are imported where a dtype is asked for.
+if TYPE_CHECKING:
+    import numpy as np
 
 CKPT_DIR = "ckpt-0"
 SCALE_GROUPS = 8  # the 8 tensor-parallel shards of the original training run
@@ -186,6 +188,10 @@ class ArraySpec:
 
     @property
     def numpy_dtype(self) -> np.dtype:
+        import numpy as np
+
+        from grokfetch.format.arrays import BFLOAT16
+
         return BFLOAT16 if self.dtype == "bfloat16" else np.dtype(self.dtype)
 
     @property

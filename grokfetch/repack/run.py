@@ -1,9 +1,16 @@
 """``repack()``: carry out a repack plan in named phases, restartable at any point.
 
-sources (scan and hash every source first) -> plan -> prepare DEST (refuse
-what is not ours, clean up after an interrupted run, carry over earlier
-``--layers`` runs) -> find what is already done -> write the rest in
+sources (scan every source first; BLAKE3 from a proven pin) -> plan -> prepare
+DEST (refuse what is not ours, clean up after an interrupted run, carry over
+earlier ``--layers`` runs) -> find what is already done -> write the rest in
 parallel, journaling each -> finish (config/index, manifest).
+
+A source no proven pin covers is hashed by the thread that writes its output,
+just before it copies it (``_SourceHashes``): the copy then reads bytes the
+hash pass just brought into the page cache, so each source byte comes off the
+disk once, and the hashing of one file overlaps the writing (and fsync) of
+another.  Hashing every source before the first output, as repack once did,
+read 318 GB twice: the first pass pushed the start out of the cache.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ import contextvars
 import functools
 import json
 import os
+import re
 import threading
 import time
 import typing
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,9 +57,9 @@ from grokfetch.fsutil import (
     os_errors_as_disk_errors,
     remove_stale_temps,
 )
-from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests, parallel_map
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE, blake3_file, file_digests, parallel_map
 from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, proven_pin, save_pin
-from grokfetch.progress import Bar, NullBar, ProgressFactory, no_progress
+from grokfetch.progress import Bar, ProgressFactory, no_progress
 from grokfetch.repack.journal import Journal, load_records, recipe, still_good
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, TOOL, Output, Plan, RepackOptions, make_plan
 from grokfetch.tokenizer import TOKENIZER_NAME, Tokenizer, load_tokenizer, official_entry
@@ -179,13 +187,18 @@ def repack(
     _check_dest(dest_path, ckpt)
     params = opts.params(ckpt)
     found = scan_sources(ckpt, params)
-    hashes = source_hashes(ckpt, params, opts.jobs, progress)
-    plan = make_plan(ckpt, params, found, hashes, opts, tok)
+    sources = _SourceHashes(ckpt, params)
+    plan = make_plan(ckpt, params, found, sources.planned(), opts, tok)
     state = _prepare_dest(dest_path, plan, ckpt, params, opts)
+    # an earlier run's output is done only if made from these source bytes: hash its sources
+    resumed = [o for o in plan.outputs if o.rel in state.records]
+    sources.hash_all({i for o in resumed for i in sources.pending_in(o)}, opts.jobs, progress)
+    plan = replace(plan, outputs=[sources.fill(o) if o.rel in state.records else o
+                                  for o in plan.outputs])
     done = _already_done(state, plan, opts)
     todo = [o for o in plan.outputs if o.rel not in done]
     _check_space(dest_path, todo, opts.level)
-    written = _write_outputs(state, todo, done, opts, progress)
+    written = _write_outputs(state, todo, done, opts, progress, sources)
     entries = [done.get(o.rel) or written[o.rel] for o in plan.outputs]
     if state.kept:  # per-tensor outputs of earlier --layers runs stay listed, in model order
         entries = sorted(entries + list(state.kept.values()),
@@ -269,13 +282,14 @@ def _already_done(state: _Dest, plan: Plan, opts: RepackOptions) -> dict[str, Fi
 
 
 def _write_outputs(state: _Dest, todo: list[Output], done: dict[str, FileEntry],
-                   opts: RepackOptions, progress: ProgressFactory) -> dict[str, FileEntry]:
+                   opts: RepackOptions, progress: ProgressFactory,
+                   sources: _SourceHashes) -> dict[str, FileEntry]:
     """Write ``todo``, journaling each output as it lands."""
     journal = Journal(state.path / JOURNAL_NAME, opts.settings, opts.chunk_size)
     journal.add(*done.values(), *state.kept.values())  # complete even if this run is killed too
     journal.touch()  # DEST is now recognisably ours, before the first output lands in it
     return _write_all(state.path, todo, opts.level, opts.chunk_size, opts.jobs, journal,
-                      progress(sum(o.payload for o in todo), "repack"))
+                      progress(sum(o.payload for o in todo), "repack"), sources)
 
 
 def _finish(dest: Path, plan: Plan, entries: list[FileEntry], ckpt: Checkpoint,
@@ -341,38 +355,73 @@ def scan_sources(ckpt: Checkpoint, params: list[ParamSpec]) -> dict[int, ParamFi
     return found
 
 
-def source_hashes(ckpt: Checkpoint, params: list[ParamSpec], jobs: int,
-                  progress: ProgressFactory | None = None) -> dict[int, str]:
-    """BLAKE3 of each source: from the checkpoint's pin when it is proven (this user pinned
-    it from a root of trust), hashing the rest (a copied manifest vouches for nothing) -
-    with a bar: at full size that is minutes before the first output."""
-    out: dict[int, str] = {}
-    todo = []
-    pin = proven_pin(ckpt.root)
-    for spec in params:
-        entry = pin.file(spec.file) if pin is not None else None
-        if entry is not None and entry.blake3:
-            out[spec.index] = entry.blake3
-        else:
-            todo.append(spec)
-    # parallel_map, not pool.map: on Ctrl-C it cancels the queued files instead of
-    # hashing every one of them (hours for 318 GB) before the run can stop.
-    bar = (progress(sum(ckpt.path_of(s).stat().st_size for s in todo), "hash sources")
-           if progress is not None and todo else NullBar())
-    lock = threading.Lock()
+_PENDING = "pending-blake3:"  # in a plan: this source's BLAKE3, computed when it is written
+_PENDING_RE = re.compile(re.escape(_PENDING) + r"(\d+);")
 
-    def count(n: int) -> None:
-        with lock:
-            bar.update(n)
 
-    try:
-        digests = list(parallel_map(lambda s: file_digests(ckpt.path_of(s), on_bytes=count),
-                                    todo, max(1, jobs)))
-    finally:
-        bar.close()
-    for spec, digest in zip(todo, digests, strict=True):
-        out[spec.index] = digest.blake3
-    return out
+class _SourceHashes:
+    """The BLAKE3 of every source: from the checkpoint's pin when it is proven (this user
+    pinned it from a root of trust), else computed once, by the first writer that needs
+    it.  The plan is made with a placeholder for each pending one; ``fill`` puts the
+    hashes into an output's metadata and source record before it is written."""
+
+    def __init__(self, ckpt: Checkpoint, params: list[ParamSpec]):
+        self.ckpt = ckpt
+        self.specs = {s.index: s for s in params}
+        self.known: dict[int, str] = {}
+        pin = proven_pin(ckpt.root)
+        for spec in params:
+            entry = pin.file(spec.file) if pin is not None else None
+            if entry is not None and entry.blake3:
+                self.known[spec.index] = entry.blake3
+        self.locks = {i: threading.Lock() for i in self.specs if i not in self.known}
+
+    def planned(self) -> dict[int, str]:
+        return {i: self.known.get(i, f"{_PENDING}{i};") for i in self.specs}
+
+    def pending_in(self, o: Output) -> set[int]:
+        text = json.dumps([o.metadata, o.source])
+        return {int(m) for m in _PENDING_RE.findall(text)}
+
+    def get(self, index: int) -> str:
+        with self.locks.get(index) or contextlib.nullcontext():
+            if index not in self.known:
+                self.known[index] = blake3_file(self.ckpt.path_of(self.specs[index]))
+        return self.known[index]
+
+    def hash_all(self, indices: set[int], jobs: int, progress: ProgressFactory) -> None:
+        """Hash these sources now, in parallel, with a bar (a restart checks its outputs)."""
+        todo = sorted(i for i in indices if i not in self.known)
+        if not todo:
+            return
+        bar = progress(sum(self.ckpt.path_of(self.specs[i]).stat().st_size for i in todo),
+                       "hash sources")
+        def one(i: int) -> int:
+            self.get(i)
+            return self.ckpt.path_of(self.specs[i]).stat().st_size
+
+        try:
+            # parallel_map, not pool.map: on Ctrl-C it cancels the queued files
+            for size in parallel_map(one, todo, max(1, jobs)):
+                bar.update(size)
+        finally:
+            bar.close()
+
+    def fill(self, o: Output) -> Output:
+        """``o`` with every pending source hash computed and written in."""
+        if not self.pending_in(o):
+            return o
+
+        def sub(v: Any) -> Any:
+            if isinstance(v, str):
+                return _PENDING_RE.sub(lambda m: self.get(int(m.group(1))), v)
+            if isinstance(v, dict):
+                return {k: sub(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [sub(x) for x in v]
+            return v
+
+        return replace(o, metadata=sub(o.metadata), source=sub(o.source))
 
 
 # -- DEST -------------------------------------------------------------------------------
@@ -455,7 +504,7 @@ def _remove_unplanned(dest: Path, records: dict[str, tuple[str, FileEntry]],
 
 
 def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: int, jobs: int,
-               journal: Journal, bar: Bar) -> dict[str, FileEntry]:
+               journal: Journal, bar: Bar, sources: _SourceHashes) -> dict[str, FileEntry]:
     """Write ``todo`` with ``jobs`` threads, journal each as it finishes, stop at an error."""
     stop = threading.Event()
     bar_lock = threading.Lock()
@@ -467,6 +516,9 @@ def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: in
             bar.update(n)
 
     def one(o: Output) -> FileEntry:
+        o = sources.fill(o)  # hashes a source nothing vouches for, just before copying it
+        if stop.is_set():
+            raise Interrupted("repack stopped")
         res = write_safetensors(inside(dest, o.rel), o.tensors, o.metadata,
                                 compress_level=level, chunk_size=chunk_size, on_bytes=on_bytes)
         entry = FileEntry(path=o.rel, size=res.size, blake3=res.blake3, chunks=res.chunks,
