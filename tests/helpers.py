@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).parent
 GOLDEN = HERE / "data" / "golden"
 
@@ -27,3 +29,14 @@ def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
 def by_path(report) -> dict:
     """A verify report's file results by relative path."""
     return {f.path: f for f in report.files}
+
+
+# The golden set's measures: per position, float64.
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)

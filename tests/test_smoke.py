@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import GOLDEN
+from helpers import GOLDEN, cosine, rel_l2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,16 +50,6 @@ VARIANT_IDS = ["-".join(x for x in v if x) for v in VARIANTS]
 def run(*args: object) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["smoke", *map(str, args)])
     return result.exit_code, result.output
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-def rel_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 def same_expert_sets(a: np.ndarray, b: np.ndarray) -> bool:
