@@ -294,13 +294,18 @@ class HubClient:
         raise MirrorError(f"mirror {self.where}: {path}: {status} after {self.attempts} tries "
                           f"({self._advice(last.status)})", last.status)
 
+    def _headers(self, parts: urllib.parse.SplitResult, **extra: str) -> dict[str, str]:
+        """A request's headers: the token goes to the Hub's own host, never to the CDN."""
+        headers = {"Accept-Encoding": "identity", **extra}
+        if parts.netloc == self._hub_host and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
     def _read_once(self, path: str, pos: int, end: int,
                    sink: Callable[[memoryview], None]) -> int:
         url = self._cdn_url(path)
         parts = urllib.parse.urlsplit(url)
-        headers = {"Range": f"bytes={pos}-{end - 1}", "Accept-Encoding": "identity"}
-        if parts.netloc == self._hub_host and self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers = self._headers(parts, Range=f"bytes={pos}-{end - 1}")
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         with self._connection(parts) as conn:
             try:
@@ -378,9 +383,7 @@ class HubClient:
         url = self.file_url(path)
         for _ in range(5):  # the Hub may redirect within itself (a renamed repo) first
             parts = urllib.parse.urlsplit(url)
-            headers = {"Accept-Encoding": "identity"}
-            if parts.netloc == self._hub_host and self.token:
-                headers["Authorization"] = f"Bearer {self.token}"
+            headers = self._headers(parts)
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             with self._connection(parts) as conn:
                 try:
