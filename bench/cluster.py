@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from get import LOOPBACK, env, write_data  # noqa: E402 - bench/get.py, beside this file
 
-from grokfetch.metainfo import make_torrent  # noqa: E402
+from grokfetch.format.metainfo import make_torrent  # noqa: E402
 
 # What each lever changes, on every node (libtorrent settings) and on the seeder alone
 # (a torrent flag).  None: the product exactly as shipped.
@@ -112,8 +112,8 @@ def _node_with_lever(lever: str, args: list[str]) -> None:
     """Run the grokfetch CLI in this process with LEVERS[lever] applied to its sessions."""
     import libtorrent as lt
 
-    from grokfetch import torrent as gt
     from grokfetch.cli import main as cli_main
+    from grokfetch.fetch import torrent as gt
 
     change = dict(LEVERS[lever] or {})
     super_seeding = change.pop("_super_seeding", False)

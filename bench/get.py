@@ -39,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from grokfetch.metainfo import make_torrent  # noqa: E402
+from grokfetch.format.metainfo import make_torrent  # noqa: E402
 
 LOOPBACK = ["--listen", "127.0.0.1:0", "--no-dht", "--no-utp"]
 

@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO))
 from grokfetch.format import sglang  # noqa: E402
 from grokfetch.format.arrays import BFLOAT16  # noqa: E402
 from grokfetch.format.layout import GROK1, param_list  # noqa: E402
+from grokfetch.format.manifest import MANIFEST_NAME  # noqa: E402
 from grokfetch.format.pickle_reader import scan  # noqa: E402
 from grokfetch.format.safetensors import Tensor, write_safetensors  # noqa: E402
-from grokfetch.manifest import MANIFEST_NAME  # noqa: E402
 
 NEED_BYTES = 30 * 10**9  # source 8.1 + cp 8.1 + repack 8.1 + one 3.2 GB bf16 file, with margin
 

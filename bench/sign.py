@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from grokfetch.signing import sign_folder, verify_bundle  # noqa: E402
-from grokfetch.verify import verify  # noqa: E402
+from grokfetch.integrity.signing import sign_folder, verify_bundle  # noqa: E402
+from grokfetch.integrity.verify import verify  # noqa: E402
 
 # (count, bytes each): sizes of the real checkpoint's files, fewer of each.
 SHAPE = [

@@ -44,9 +44,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from grokfetch.manifest import FileEntry, Manifest  # noqa: E402
-from grokfetch.metainfo import build_torrent  # noqa: E402
-from grokfetch.verify import pin, verify  # noqa: E402
+from grokfetch.format.manifest import FileEntry, Manifest  # noqa: E402
+from grokfetch.format.metainfo import build_torrent  # noqa: E402
+from grokfetch.integrity.verify import pin, verify  # noqa: E402
 
 # (count, bytes each): the real checkpoint's sizes (docs/FORMAT.md, "The files"), fewer of each.
 SHAPE = [
@@ -102,7 +102,7 @@ FILE_COUNT = 770  # the real checkpoint's
 
 def bench_changed_only(root: Path, repeat: int) -> None:
     """A cached re-check of a 770-file tree against a full verify of it."""
-    from grokfetch.verified_record import RACY_NS
+    from grokfetch.integrity.verified_record import RACY_NS
 
     ckpt = root / "ckpt-0"
     ckpt.mkdir(parents=True)
@@ -213,10 +213,11 @@ def main() -> None:
         cli = [sys.executable, "-m", "grokfetch", "verify", str(root), "--quiet"]
         # the same call in a fresh process without the CLI: start-up + engine, which is
         # what the CLI would cost if it did not import every command's dependencies
-        fresh = [sys.executable, "-c", "import sys; from grokfetch.verify import verify; "
+        fresh = [sys.executable, "-c", "import sys; from grokfetch.integrity.verify import verify; "
                  "sys.exit(0 if verify(sys.argv[1]).ok else 1)", str(root)]
         # the pin pass in a fresh process too, so its peak RSS is measured
-        fresh_pin = [sys.executable, "-c", "import sys; from grokfetch.verify import pin; "
+        fresh_pin = [sys.executable, "-c", "import sys; "
+                     "from grokfetch.integrity.verify import pin; "
                      "pin(sys.argv[1], torrent=sys.argv[2])", str(root), str(torrent)]
         # the BLAKE3 half of the pin pass alone (what the pin cost before it also checked
         # the pieces): with verify --torrent, the CPU the one-read pass cannot avoid

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grokfetch import metainfo, torrent, verify
 from grokfetch.errors import GrokfetchError, Interrupted, TorrentError
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.fetch import torrent
+from grokfetch.format import metainfo
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.integrity import verify
 from grokfetch.model import smoke
 from grokfetch.repack import run as repack
 from grokfetch.synth import synthesize

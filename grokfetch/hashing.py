@@ -1,7 +1,7 @@
 """BLAKE3 and SHA-256 digests of files: the whole file, fixed-size chunks, or both.
 
 Layered like pip's hashing: byte blocks -> digests of a file -> the verify
-engine (``grokfetch.verify``), which runs these over many files at once.
+engine (``grokfetch.integrity.verify``), which runs these over many files at once.
 
 How it stays as fast as ``b3sum`` (measured by ``bench/verify.py``):
 

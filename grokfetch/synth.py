@@ -35,10 +35,7 @@ from grokfetch.format.layout import (
     param_list,
     tensor_files,
 )
-from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_file
-from grokfetch.fsutil import TMP_MARK, atomic_write, free_space, inside, remove_stale_temps
-from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
-from grokfetch.manifest import (
+from grokfetch.format.manifest import (
     MANIFEST_NAME,
     FileEntry,
     Manifest,
@@ -46,6 +43,9 @@ from grokfetch.manifest import (
     save_manifest,
     save_pin,
 )
+from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_file
+from grokfetch.fsutil import TMP_MARK, atomic_write, free_space, inside, remove_stale_temps
+from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
 from grokfetch.trust import PinRoot, now
 from grokfetch.units import format_bytes
 

@@ -14,7 +14,7 @@ it is bound to something the sender cannot forge:
   (``$GROKFETCH_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/grokfetch``, else
   ``~/.config/grokfetch``; created 0600 on the first pin).  The key never
   enters the folder: the manifest and, for ``verify --changed-only``, a record
-  tagged the same way (``grokfetch.verified_record``) are all that is.  A pin
+  tagged the same way (``grokfetch.integrity.verified_record``) are all that is.  A pin
   that arrives from another machine fails the check: it is reported as
   "manifest of unknown origin" and vouches for nothing.
 

@@ -19,7 +19,7 @@ atexit.register(shutil.rmtree, _CONFIG, True)
 
 from helpers import PIECE  # noqa: E402
 
-from grokfetch.metainfo import make_torrent  # noqa: E402
+from grokfetch.format.metainfo import make_torrent  # noqa: E402
 from grokfetch.synth import synthesize  # noqa: E402 (after the key folder is set)
 
 

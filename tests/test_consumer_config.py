@@ -16,10 +16,10 @@ from helpers import GOLDEN
 
 from grokfetch.cli import cli
 from grokfetch.errors import UsageError
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.format.tokenizer import PACKAGED_TOKENIZER, load_tokenizer, parse_sentencepiece
+from grokfetch.integrity.verify import verify
 from grokfetch.repack.run import repack
-from grokfetch.tokenizer import PACKAGED_TOKENIZER, load_tokenizer, parse_sentencepiece
-from grokfetch.verify import verify
 
 REQUIRED = json.loads((GOLDEN.parent.parent / "consumers" / "required_keys.json").read_text())
 CONSUMERS = [k for k in REQUIRED if not k.startswith("_")]

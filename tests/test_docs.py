@@ -75,7 +75,7 @@ def test_every_readme_command_parses_and_the_offline_ones_run(tmp_path, monkeypa
     """Each README command is parsed by the real CLI (options and types checked);
     those that need no network run for real on a synthesized checkpoint named
     like the real one, in the README's order."""
-    from grokfetch.metainfo import make_torrent
+    from grokfetch.format.metainfo import make_torrent
     from grokfetch.synth import synthesize
 
     monkeypatch.chdir(tmp_path)

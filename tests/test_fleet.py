@@ -16,8 +16,8 @@ from pathlib import Path
 from helpers import flip_byte
 from lt_helpers import GetProc, JsonProc, SeederProc, grokfetch_cmd, run_get, tree_bytes
 
-from grokfetch.fleet import Fleet, PeerView
-from grokfetch.torrent import done_marker
+from grokfetch.fetch.fleet import Fleet, PeerView
+from grokfetch.fetch.torrent import done_marker
 
 
 def _free_port() -> int:

@@ -28,10 +28,10 @@ from lt_helpers import (
     tree_bytes,
 )
 
-from grokfetch import torrent
 from grokfetch.cli import cli
-from grokfetch.manifest import load_manifest
-from grokfetch.metainfo import load_torrent, make_torrent
+from grokfetch.fetch import torrent
+from grokfetch.format.manifest import load_manifest
+from grokfetch.format.metainfo import load_torrent, make_torrent
 
 
 @pytest.fixture(scope="module")

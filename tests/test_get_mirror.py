@@ -31,9 +31,9 @@ from lt_helpers import (
     wait_until,
 )
 
-from grokfetch import metainfo
-from grokfetch.manifest import load_manifest
-from grokfetch.metainfo import load_torrent, make_torrent
+from grokfetch.format import metainfo
+from grokfetch.format.manifest import load_manifest
+from grokfetch.format.metainfo import load_torrent, make_torrent
 
 PIECE = 64 * 1024  # many pieces span two or more files of the mini checkpoint
 REPO = "test/grok-mini"

@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 from lt_helpers import LOOPBACK, GetProc, SeederProc, run_get, tree_bytes
 
-from grokfetch import torrent
 from grokfetch.cli import cli
 from grokfetch.errors import UsageError
-from grokfetch.metainfo import load_torrent, make_torrent
-from grokfetch.torrent import NetOptions, Seeder
+from grokfetch.fetch import torrent
+from grokfetch.fetch.torrent import NetOptions, Seeder
+from grokfetch.format.metainfo import load_torrent, make_torrent
 
 NET = NetOptions(listen="127.0.0.1:0", dht=False, utp=False)
 

@@ -24,8 +24,8 @@ from click.testing import CliRunner
 from helpers import by_path
 
 from grokfetch.cli import cli
-from grokfetch.manifest import load_manifest
-from grokfetch.verify import verify
+from grokfetch.format.manifest import load_manifest
+from grokfetch.integrity.verify import verify
 
 ESC = "\x1b"
 
@@ -236,9 +236,9 @@ def test_file_names_cannot_clear_the_screen_or_forge_a_verdict(ckpt):
 
 def pinned_folder(folder: Path, files: dict[str, bytes]) -> None:
     """A folder of plain files with a pinned BLAKE3 manifest (what verify checks them by)."""
+    from grokfetch.format.manifest import FileEntry, Manifest
     from grokfetch.hashing import file_digests
-    from grokfetch.manifest import FileEntry, Manifest
-    from grokfetch.verify import pin
+    from grokfetch.integrity.verify import pin
 
     folder.mkdir()
     entries = []
@@ -326,7 +326,7 @@ def test_a_source_shrinking_under_a_dequantizing_repack_stops_it(tmp_path):
 def test_verify_pin_on_a_full_disk_is_exit_5(ckpt, monkeypatch):
     import errno
 
-    from grokfetch import manifest
+    from grokfetch.format import manifest
 
     (ckpt / "grokfetch-manifest.json").unlink()
     real = manifest.atomic_write_bytes

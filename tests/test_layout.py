@@ -15,7 +15,7 @@ from grokfetch.format.layout import (
     parse_layer_spec,
     select_layers,
 )
-from grokfetch.manifest import load_manifest
+from grokfetch.format.manifest import load_manifest
 
 
 def test_real_config_file_positions_follow_string_sorted_layers():

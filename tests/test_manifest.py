@@ -8,7 +8,7 @@ import json
 import pytest
 
 from grokfetch.errors import ManifestError
-from grokfetch.manifest import Manifest, load_manifest, resolve_manifest, save_manifest
+from grokfetch.format.manifest import Manifest, load_manifest, resolve_manifest, save_manifest
 
 
 @pytest.fixture
@@ -92,7 +92,8 @@ def test_schema_file_describes_the_format():
 
     import grokfetch
 
-    schema = json.loads((Path(grokfetch.__file__).parent / "manifest.schema.json").read_text())
+    schema_path = Path(grokfetch.__file__).parent / "format" / "manifest.schema.json"
+    schema = json.loads(schema_path.read_text())
     assert schema["properties"]["format"]["const"] == "grokfetch-manifest"
     shipped = load_manifest("grok-1").to_dict()
     # Every top-level key and file-entry key we write is described by the schema.

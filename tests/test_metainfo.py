@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from lt_helpers import handmade_torrent
 
 from grokfetch.errors import TorrentError, UnsafePathError, UsageError
-from grokfetch.manifest import load_manifest
-from grokfetch.metainfo import (
+from grokfetch.format.manifest import load_manifest
+from grokfetch.format.metainfo import (
     TorrentFile,
     TorrentMeta,
     auto_piece_size,
@@ -246,7 +246,7 @@ def test_libtorrent_would_have_sanitised_what_we_refuse():
 def test_metadata_from_peers_is_checked_from_its_raw_bytes():
     # A magnet's metadata reaches us as a torrent_info libtorrent already
     # sanitised; meta_from_info re-reads the raw info section and refuses it.
-    from grokfetch.metainfo import meta_from_info
+    from grokfetch.format.metainfo import meta_from_info
 
     ti = lt.torrent_info(lt.bdecode(handmade_torrent("root", [(["..", "x"], b"x" * 10)])))
     with pytest.raises(UnsafePathError, match="unsafe file path '../x'"):

@@ -1,4 +1,4 @@
-"""Torrent piece verification (grokfetch.pieces) agrees with libtorrent's own recheck.
+"""Torrent piece verification (grokfetch.integrity.pieces) agrees with libtorrent's own recheck.
 
 Pieces of a v1 torrent are cut from all files concatenated, so they span file
 boundaries; the files here are sized so that most pieces do.  Every test
@@ -19,7 +19,7 @@ import pytest
 from helpers import flip_byte
 
 from grokfetch.errors import TorrentError, UsageError
-from grokfetch.pieces import find_strip, load_piece_map, rel_path, verify_pieces
+from grokfetch.integrity.pieces import find_strip, load_piece_map, rel_path, verify_pieces
 
 corrupt = functools.partial(flip_byte, mask=0xFF)
 
@@ -169,7 +169,7 @@ def test_bad_torrent_files_are_refused(tmp_path):
 def test_memory_stays_bounded_for_large_pieces(tmp_path, monkeypatch):
     # A piece is hashed in READ_BLOCK reads, never held whole: shrink the block
     # and check the hash is still right when a piece needs many reads.
-    import grokfetch.pieces as pieces
+    import grokfetch.integrity.pieces as pieces
 
     monkeypatch.setattr(pieces, "READ_BLOCK", 1000)
     dl, torrent = make_torrent(tmp_path)

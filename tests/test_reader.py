@@ -18,12 +18,12 @@ from helpers import GOLDEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grokfetch.checkpoint import inspect_checkpoint
 from grokfetch.errors import CheckpointFormatError
+from grokfetch.format.checkpoint import inspect_checkpoint
 from grokfetch.format.layout import param_list
+from grokfetch.format.manifest import load_manifest
 from grokfetch.format.pickle_reader import scan
 from grokfetch.format.pickle_writer import ArrayData, write_param_file
-from grokfetch.manifest import load_manifest
 from grokfetch.synth import param_arrays
 
 

@@ -18,12 +18,12 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from test_safetensors_io import dequant
 
-from grokfetch.checkpoint import open_checkpoint
 from grokfetch.cli import cli
+from grokfetch.format.checkpoint import open_checkpoint
 from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.format.pickle_reader import scan
 from grokfetch.hashing import file_digests
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.repack.plan import parse_compress, per_tensor_rel
 from grokfetch.repack.run import repack
 

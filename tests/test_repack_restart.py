@@ -18,8 +18,8 @@ from test_repack import assert_manifest_verifies
 import grokfetch
 from grokfetch.cli import cli
 from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.fsutil import TMP_MARK
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.repack import run as repack_mod
 from grokfetch.repack.run import repack
 

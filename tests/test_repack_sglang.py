@@ -12,11 +12,11 @@ from safetensors import safe_open
 from test_repack import assert_manifest_verifies
 from test_safetensors_io import dequant
 
-from grokfetch.checkpoint import open_checkpoint
+from grokfetch.format.checkpoint import open_checkpoint
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.format.pickle_reader import scan
 from grokfetch.format.sglang import INDEX_NAME
 from grokfetch.format.sglang import LAYER_NAMES as SGLANG_LAYER_NAMES
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.repack.run import repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)

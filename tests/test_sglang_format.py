@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grokfetch.checkpoint import open_checkpoint
 from grokfetch.errors import UsageError
 from grokfetch.format import sglang
 from grokfetch.format.arrays import BFLOAT16
+from grokfetch.format.checkpoint import open_checkpoint
 from grokfetch.format.layout import ModelConfig
 from grokfetch.format.pickle_reader import scan
 

@@ -24,10 +24,10 @@ from helpers import by_path, flip_byte
 
 from grokfetch.cli import cli
 from grokfetch.errors import EXIT_PROBLEMS, EXIT_SIGNATURE, EXIT_USAGE, SignatureError
-from grokfetch.manifest import MANIFEST_NAME
+from grokfetch.format.manifest import MANIFEST_NAME
+from grokfetch.integrity.signing import key_hint, load_public_key, sign_folder, verify_bundle
+from grokfetch.integrity.verify import verify
 from grokfetch.repack.run import repack
-from grokfetch.signing import key_hint, load_public_key, sign_folder, verify_bundle
-from grokfetch.verify import verify
 from tests.oms_helpers import (
     CURVES,
     ms_cli,
@@ -219,7 +219,7 @@ def test_damage_fails_both_verifiers_and_grokfetch_says_what(ckpt, keys, damage)
 
 def test_a_re_signed_statement_whose_subject_digest_lies_fails_both(tmp_path, mini_ckpt, keys):
     me, _ = keys
-    from grokfetch.signing import load_private_key, make_bundle
+    from grokfetch.integrity.signing import load_private_key, make_bundle
 
     folder = tmp_path / "model"
     shutil.copytree(mini_ckpt / "ckpt-0", folder)

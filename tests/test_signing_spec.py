@@ -5,7 +5,7 @@
   requires of conformance suites.
 * The spec's vectors behave as its README says: valid/ passes the schemas,
   invalid/ and invalid-payload/ are rejected - by the schemas and by
-  ``grokfetch.signing`` - and the one vector whose signer can be checked
+  ``grokfetch.integrity.signing`` - and the one vector whose signer can be checked
   offline (the certificate bundle carries its certificates) verifies here.
 """
 
@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from grokfetch.signing import (
+from grokfetch.integrity.signing import (
     SignatureError,
     parse_statement,
     root_digest,

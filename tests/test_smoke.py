@@ -21,9 +21,9 @@ from helpers import GOLDEN, cosine, rel_l2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grokfetch.checkpoint import open_checkpoint
 from grokfetch.cli import cli
 from grokfetch.format import pickle_reader
+from grokfetch.format.checkpoint import open_checkpoint
 from grokfetch.format.layout import ModelConfig
 from grokfetch.format.pickle_writer import ArrayData, write_param_file
 from grokfetch.model.smoke import parse_tokens

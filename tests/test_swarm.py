@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from lt_helpers import GetProc, SeederProc, tree_bytes
 
-from grokfetch.manifest import load_manifest
-from grokfetch.metainfo import make_torrent
+from grokfetch.format.manifest import load_manifest
+from grokfetch.format.metainfo import make_torrent
 
 LEECHERS = 4
 

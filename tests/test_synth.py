@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from grokfetch.cli import cli
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.repack.run import repack
 from grokfetch.synth import synthesize
 

@@ -24,11 +24,11 @@ from lt_helpers import LOOPBACK, GetProc, SeederProc, run_get
 
 from grokfetch.cli import cli
 from grokfetch.errors import UsageError
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.metainfo import build_torrent
-from grokfetch.pieces import load_piece_map
+from grokfetch.fetch.torrent import NetOptions, Seeder
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.format.metainfo import build_torrent
+from grokfetch.integrity.pieces import load_piece_map
 from grokfetch.synth import synthesize
-from grokfetch.torrent import NetOptions, Seeder
 
 BIG = "ckpt-0/tensor00000_000"
 PIECE = 16 * 1024

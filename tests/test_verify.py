@@ -1,4 +1,4 @@
-"""grokfetch.verify on synthesized checkpoints: every kind of damage, found and located.
+"""grokfetch.integrity.verify on synthesized checkpoints: every kind of damage, found and located.
 
 The ``mini_ckpt`` fixture is a 146-file checkpoint in the real format with a
 pinned manifest whose chunk size is 64 KiB, so its larger files have several
@@ -20,8 +20,14 @@ from helpers import by_path, flip_byte
 
 from grokfetch import hashing
 from grokfetch.errors import ManifestError, PinRefused, UsageError
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, save_manifest
-from grokfetch.verify import (
+from grokfetch.format.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    load_manifest,
+    save_manifest,
+)
+from grokfetch.integrity.verify import (
     EXTRA,
     FAILED,
     MISSING,
@@ -378,7 +384,7 @@ def test_quick_with_chunk_hashes_reads_no_header(mini_ckpt):
     import subprocess
     import sys
 
-    code = ("import sys; from grokfetch.verify import verify; "
+    code = ("import sys; from grokfetch.integrity.verify import verify; "
             f"r = verify({str(mini_ckpt)!r}, quick=True); "
             "print(r.ok, 'grokfetch.format.pickle_reader' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

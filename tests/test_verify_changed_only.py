@@ -18,10 +18,10 @@ import time
 import pytest
 from helpers import by_path, flip_byte
 
-from grokfetch import verified_record
 from grokfetch.errors import UsageError
-from grokfetch.manifest import MANIFEST_NAME, load_manifest_file
-from grokfetch.verify import FAILED, OK, UNCHANGED, pin, verify
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest_file
+from grokfetch.integrity import verified_record
+from grokfetch.integrity.verify import FAILED, OK, UNCHANGED, pin, verify
 
 BIG = "ckpt-0/tensor00000_000"  # 262,306 bytes
 SMALL = "ckpt-0/tensor00001_000"

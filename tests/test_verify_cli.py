@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from helpers import flip_byte
 
 from grokfetch.cli import cli
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.metainfo import build_torrent
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.format.metainfo import build_torrent
 
 BIG = "ckpt-0/tensor00000_000"
 

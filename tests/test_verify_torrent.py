@@ -14,11 +14,11 @@ import pytest
 from helpers import by_path, flip_byte
 
 from grokfetch.errors import TorrentError, UsageError
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
-from grokfetch.metainfo import build_torrent
-from grokfetch.pieces import load_piece_map
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.format.metainfo import build_torrent
+from grokfetch.integrity.pieces import load_piece_map
+from grokfetch.integrity.verify import FAILED, MISSING, OK, UNVERIFIED, pin, verify
 from grokfetch.trust import remember_torrent
-from grokfetch.verify import FAILED, MISSING, OK, UNVERIFIED, pin, verify
 
 flip = functools.partial(flip_byte, mask=0x80)
 

@@ -7,8 +7,8 @@ import click
 from grokfetch.cli.base import cli, echo_json, json_errors
 from grokfetch.demo import DemoReport, Stage, run_demo
 from grokfetch.errors import EXIT_PROBLEMS
+from grokfetch.fetch.torrent import Progress
 from grokfetch.progress import bytes_bar
-from grokfetch.torrent import Progress
 from grokfetch.units import format_bytes
 
 

@@ -1,7 +1,7 @@
 """``grokfetch get`` and ``grokfetch seed``: the BitTorrent client's front end.
 
 Everything here is option parsing and rendering; the work is in
-``grokfetch.torrent``.  Progress goes to stderr (a tqdm bar) or, with
+``grokfetch.fetch.torrent``.  Progress goes to stderr (a tqdm bar) or, with
 ``--json-progress``, to stdout as one JSON object per line:
 
     {"event": "message", "message": "..."}        things worth saying
@@ -19,9 +19,9 @@ from typing import Any
 
 import click
 
-from grokfetch import torrent
 from grokfetch.cli.base import cli, json_errors, sigterm_as_interrupt
 from grokfetch.errors import UsageError
+from grokfetch.fetch import torrent
 from grokfetch.names import escape_text
 from grokfetch.progress import NullBar, bytes_bar
 
@@ -233,7 +233,7 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
     if seed_while_needed and seed_after:
         raise UsageError("--seed-while-needed and --seed are two ways to stop seeding: pick one")
     net = _net(listen, no_dht, no_utp, max_download_rate, max_upload_rate)
-    from grokfetch.mirror import MirrorOptions, endpoint_from
+    from grokfetch.fetch.mirror import MirrorOptions, endpoint_from
 
     mirror = MirrorOptions(endpoint=endpoint_from(mirror_url),
                            max_connections=max_mirror_connections)

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
-from grokfetch.checkpoint import (
+from grokfetch.cli.base import cli, echo_json, json_errors
+from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS
+from grokfetch.format.checkpoint import (
     DEFAULT_KEY_SIZE,
     InspectReport,
     inspect_checkpoint,
     inspect_file,
     load_config_file,
 )
-from grokfetch.cli.base import cli, echo_json, json_errors
-from grokfetch.errors import EXIT_BAD_CHECKPOINT, EXIT_PROBLEMS
 from grokfetch.format.layout import ModelConfig, param_list
 from grokfetch.format.pickle_reader import ParamFile
 from grokfetch.names import escape, escape_text

@@ -1,6 +1,6 @@
 """``grokfetch sign``: write an OpenSSF Model Signing (OMS v1.0) signature of a folder.
 
-Formats ``grokfetch.signing.sign_folder``'s result; ``model_signing verify key``
+Formats ``grokfetch.integrity.signing.sign_folder``'s result; ``model_signing verify key``
 (or ``verify certificate``) and ``grokfetch verify --signature`` both accept
 what it writes.
 """
@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from grokfetch.cli.base import cli, echo_json, stderr
+from grokfetch.integrity.signing import DEFAULT_SIGNATURE, sign_folder
 from grokfetch.progress import bytes_bar
-from grokfetch.signing import DEFAULT_SIGNATURE, sign_folder
 
 
 @cli.command("sign")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from grokfetch.cli.base import cli
+from grokfetch.format.manifest import MANIFEST_NAME
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
-from grokfetch.manifest import MANIFEST_NAME
 from grokfetch.progress import bytes_bar
 from grokfetch.synth import PRESETS, resolve_config, synth_size, synthesize
 

@@ -1,6 +1,6 @@
 """``grokfetch verify``: prove every byte of a checkpoint folder, b3sum-style.
 
-Formats ``grokfetch.verify.verify``'s report: one line per file on stdout
+Formats ``grokfetch.integrity.verify.verify``'s report: one line per file on stdout
 (``ckpt-0/tensor00026_000: OK (blake3)``), the root of trust and a summary on
 stderr, or one JSON document with ``--json``.  Exit 0 when every file was proven
 by a root of trust, 1 when problems were found, 2 when it could not run, 4 when
@@ -18,9 +18,8 @@ import click
 
 from grokfetch.cli.base import cli, echo_json, json_errors, stderr
 from grokfetch.errors import EXIT_PROBLEMS, EXIT_UNPROVEN, PinRefused, UsageError
-from grokfetch.manifest import MANIFEST_NAME
-from grokfetch.progress import bytes_bar
-from grokfetch.verify import (
+from grokfetch.format.manifest import MANIFEST_NAME
+from grokfetch.integrity.verify import (
     OK,
     UNVERIFIED,
     ProgressFactory,
@@ -29,9 +28,10 @@ from grokfetch.verify import (
     pin,
     verify,
 )
+from grokfetch.progress import bytes_bar
 
 if TYPE_CHECKING:
-    from grokfetch.signing import SignedModel
+    from grokfetch.integrity.signing import SignedModel
 
 
 def _summary(r: VerifyReport) -> str:
@@ -254,7 +254,7 @@ def verify_cmd(
 def _signed(folder: str, signature: str | None, public_key: str | None,
             certificate: str | None, quick: bool, do_pin: bool) -> SignedModel | None:
     """The verified OMS signature, when one is the root of trust (the seam to
-    grokfetch.signing: it checks the bundle, verify checks the files)."""
+    grokfetch.integrity.signing: it checks the bundle, verify checks the files)."""
     if signature is None and public_key is None and certificate is None:
         return None
     if public_key is None and certificate is None:
@@ -264,7 +264,7 @@ def _signed(folder: str, signature: str | None, public_key: str | None,
         raise UsageError("give --public-key or --certificate, not both")
     if do_pin:
         raise UsageError("--pin with --signature: the signature already is the root of trust")
-    from grokfetch.signing import DEFAULT_SIGNATURE, verify_bundle
+    from grokfetch.integrity.signing import DEFAULT_SIGNATURE, verify_bundle
 
     sig = signature if signature is not None else str(Path(folder) / DEFAULT_SIGNATURE)
     signed = verify_bundle(sig, public_key=public_key, certificate=certificate)

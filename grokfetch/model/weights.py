@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from grokfetch.checkpoint import open_checkpoint
 from grokfetch.errors import CheckpointFormatError, UsageError
 from grokfetch.format import sglang
 from grokfetch.format.arrays import BFLOAT16, ArrayRef
+from grokfetch.format.checkpoint import open_checkpoint
 from grokfetch.format.files import ByteSource, open_source
 from grokfetch.format.folder import JOURNAL_NAME
 from grokfetch.format.layout import (
@@ -57,10 +57,10 @@ from grokfetch.format.layout import (
     holds_only,
     param_list,
 )
+from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.format.pickle_reader import scan
 from grokfetch.format.safetensors import read_header
 from grokfetch.fsutil import inside, loads_json
-from grokfetch.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.model.forward import LayerWeights
 
 BLOCK_ELEMENTS = 4 << 20  # values per dequantized block: 16 MiB of float32 scratch

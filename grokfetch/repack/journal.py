@@ -16,9 +16,9 @@ from typing import Any
 
 from grokfetch.errors import GrokfetchError, UsageError
 from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest
 from grokfetch.fsutil import loads_json
 from grokfetch.hashing import file_digests
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest
 
 
 def recipe(settings: Any, source: Any, arrays: Any, chunk_size: Any) -> str:

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 
 from grokfetch import __version__
-from grokfetch.checkpoint import Checkpoint
 from grokfetch.errors import UsageError
 from grokfetch.format import sglang
 from grokfetch.format.arrays import BFLOAT16
+from grokfetch.format.checkpoint import Checkpoint
 from grokfetch.format.layout import ParamSpec, layer_selection, select_layers
 from grokfetch.format.pickle_reader import ParamFile
 from grokfetch.format.safetensors import DEFAULT_ZSTD_LEVEL, Tensor
+from grokfetch.format.tokenizer import Tokenizer, tokenizer_files
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
-from grokfetch.tokenizer import Tokenizer, tokenizer_files
 
 LAYOUTS = ("per-tensor", "sglang")
 DTYPES = ("keep", "bf16", "f32")

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from grokfetch.checkpoint import Checkpoint, compare, confirmed_by_packaged, open_checkpoint
 from grokfetch.errors import (
     CheckpointFormatError,
     DiskError,
@@ -38,6 +37,7 @@ from grokfetch.errors import (
     Interrupted,
     UsageError,
 )
+from grokfetch.format.checkpoint import Checkpoint, compare, confirmed_by_packaged, open_checkpoint
 from grokfetch.format.folder import JOURNAL_NAME
 from grokfetch.format.layout import (
     ModelConfig,
@@ -47,8 +47,10 @@ from grokfetch.format.layout import (
     holds_only,
     layers_text,
 )
+from grokfetch.format.manifest import MANIFEST_NAME, FileEntry, Manifest, proven_pin, save_pin
 from grokfetch.format.pickle_reader import ParamFile, scan
 from grokfetch.format.safetensors import write_safetensors
+from grokfetch.format.tokenizer import TOKENIZER_NAME, Tokenizer, load_tokenizer, official_entry
 from grokfetch.fsutil import (
     atomic_write_bytes,
     free_space,
@@ -58,11 +60,9 @@ from grokfetch.fsutil import (
     remove_stale_temps,
 )
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, blake3_file, file_digests, parallel_map
-from grokfetch.manifest import MANIFEST_NAME, FileEntry, Manifest, proven_pin, save_pin
 from grokfetch.progress import Bar, ProgressFactory, no_progress
 from grokfetch.repack.journal import Journal, load_records, recipe, still_good
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, TOOL, Output, Plan, RepackOptions, make_plan
-from grokfetch.tokenizer import TOKENIZER_NAME, Tokenizer, load_tokenizer, official_entry
 from grokfetch.trust import PinRoot, now
 from grokfetch.units import format_bytes
 

@@ -21,7 +21,7 @@ from build_cache import HERE
 from figures import record
 from safetensors import safe_open
 
-from grokfetch.checkpoint import open_checkpoint
+from grokfetch.format.checkpoint import open_checkpoint
 from grokfetch.format.pickle_reader import scan
 from grokfetch.format.sglang import LAYER_NAMES as SGLANG_LAYER_NAMES
 from grokfetch.model.weights import dequantize

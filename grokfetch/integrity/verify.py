@@ -7,7 +7,7 @@ never by which file happens to be in the folder:
 
 1. what the user names: ``--manifest NAME|PATH`` and/or ``--torrent FILE``,
    or an OMS signature (``--signature`` with ``--public-key`` or
-   ``--certificate``: ``grokfetch.signing`` checks the bundle and hands over
+   ``--certificate``: ``grokfetch.integrity.signing`` checks the bundle and hands over
    the signed digest of every file or shard as a ``SignedModel``).
    An explicit root is the root of the run: every file is checked against
    it, and a pinned manifest in the folder adds nothing;
@@ -64,6 +64,17 @@ from grokfetch.format.layout import (
     file_name,
     param_list,
 )
+from grokfetch.format.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    Sources,
+    check_regular,
+    load_manifest,
+    load_manifest_file,
+    model_names,
+    save_pin,
+)
 from grokfetch.fsutil import TMP_MARK, safe_relpath
 from grokfetch.hashing import (
     DEFAULT_CHUNK_SIZE,
@@ -80,17 +91,10 @@ from grokfetch.hashing import (
     sha256_file,
     zero_digest,
 )
-from grokfetch.manifest import (
-    MANIFEST_NAME,
-    FileEntry,
-    Manifest,
-    Sources,
-    check_regular,
-    load_manifest,
-    load_manifest_file,
-    model_names,
-    save_pin,
-)
+from grokfetch.integrity.verified_record import Verified, racy, stat_key
+from grokfetch.integrity.verified_record import load as load_verified
+from grokfetch.integrity.verified_record import now_ns as _now_ns
+from grokfetch.integrity.verified_record import save as save_verified
 from grokfetch.names import escape_text, report_line
 from grokfetch.progress import NullBar
 from grokfetch.trust import (
@@ -101,17 +105,13 @@ from grokfetch.trust import (
     roots_proven,
     roots_words,
 )
-from grokfetch.verified_record import Verified, racy, stat_key
-from grokfetch.verified_record import load as load_verified
-from grokfetch.verified_record import now_ns as _now_ns
-from grokfetch.verified_record import save as save_verified
 
 # The reader (numpy, ml_dtypes) and the torrent code (libtorrent) take ~0.3 s
 # to import; verifying against a pinned manifest needs neither, so they are
 # imported where used.
 if TYPE_CHECKING:
-    from grokfetch.pieces import PieceCheck, PieceMap
-    from grokfetch.signing import SignedModel
+    from grokfetch.integrity.pieces import PieceCheck, PieceMap
+    from grokfetch.integrity.signing import SignedModel
 
 # File statuses, as printed.  OK: the content matched a hash (or, with
 # --quick, the size and the sampled chunks did).  FAILED: size, hash or
@@ -119,7 +119,7 @@ if TYPE_CHECKING:
 # vouch for its content.  EXTRA: on disk, not in the file list.
 # UNCHANGED (--changed-only): not re-read, because what the filesystem says about it
 # (device, inode, size, mtime, ctime) is what it said when a full verification
-# proved it; that proves nothing about its bytes (grokfetch.verified_record).
+# proved it; that proves nothing about its bytes (grokfetch.integrity.verified_record).
 OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA, UNCHANGED = (
     "OK",
     "FAILED",
@@ -316,7 +316,7 @@ def _locate(path: str | os.PathLike[str]) -> _Place:
     real = p.resolve()
     if real.name == CKPT_DIR and (real.parent / MANIFEST_NAME).is_file():
         return _Place(real.parent, real)  # a symlink to a pinned checkpoint's ckpt-0/
-    from grokfetch.checkpoint import find_ckpt_dir
+    from grokfetch.format.checkpoint import find_ckpt_dir
 
     try:
         ckpt = find_ckpt_dir(p)
@@ -388,7 +388,7 @@ def _inferred_config(place: _Place) -> ModelConfig | None:
     """The model config inferred from the files (None when they are too damaged to tell)."""
     if place.ckpt_dir is None:
         return None
-    from grokfetch.checkpoint import infer_config
+    from grokfetch.format.checkpoint import infer_config
 
     try:
         return infer_config(place.ckpt_dir)
@@ -745,7 +745,7 @@ def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: _Place) -
 
 def _torrent_files(pm: PieceMap, place: _Place) -> list[tuple[str, Path, Any]]:
     """(manifest-style name, path on disk, TorrentFile) of each real file of the torrent."""
-    from grokfetch.pieces import find_strip, rel_path
+    from grokfetch.integrity.pieces import find_strip, rel_path
 
     strip = find_strip(pm.meta, place.root)
     out = []
@@ -756,7 +756,7 @@ def _torrent_files(pm: PieceMap, place: _Place) -> list[tuple[str, Path, Any]]:
 
 
 def _piece_map(torrent: str | os.PathLike[str]) -> PieceMap:
-    from grokfetch.pieces import load_piece_map
+    from grokfetch.integrity.pieces import load_piece_map
 
     return load_piece_map(torrent)
 
@@ -832,7 +832,7 @@ def _structure(x: _Expect) -> str | None:
     """What is wrong with a tensor file's structure, or None if it holds what it should."""
     if not x.tensor:
         return None
-    from grokfetch.checkpoint import compare
+    from grokfetch.format.checkpoint import compare
     from grokfetch.format.pickle_reader import scan
 
     try:
@@ -1157,11 +1157,11 @@ def verify(
     --quick's random sample.  ``layers`` ('0-3,10'): only those layers' files plus the
     embedding and final norm (what ``get --layers`` fetched); the others are neither
     checked nor reported.  ``accept_first_use``: a pin made on first use counts as proven.
-    ``signature``: a verified OMS signature (``grokfetch.signing.verify_bundle``), the
+    ``signature``: a verified OMS signature (``grokfetch.integrity.signing.verify_bundle``), the
     root of trust: ``path`` is then the signed folder itself, and files it neither signs
     nor ignores are problems.  ``changed_only``: against the pinned manifest only, re-hash
     just the files whose filesystem metadata changed since a full verification proved
-    them (``grokfetch.verified_record``); the others are UNCHANGED, which proves nothing
+    them (``grokfetch.integrity.verified_record``); the others are UNCHANGED, which proves nothing
     unless ``accept_unchanged``.  Its own run updates the record.
 
     Raises UsageError / ManifestError (exit 2) when it cannot run, TorrentError
@@ -1259,7 +1259,7 @@ def verify(
         for r in parallel_map(one, order, jobs or os.cpu_count() or 1):
             results[r.path] = r
         if trust.pm is not None and by_torrent:
-            from grokfetch.pieces import find_strip, verify_pieces
+            from grokfetch.integrity.pieces import find_strip, verify_pieces
 
             check = verify_pieces(
                 trust.pm,
@@ -1501,7 +1501,7 @@ def pin(
     else:
         if place.ckpt_dir is None:
             raise UsageError(f"{p}: no checkpoint here, and no manifest or torrent to pin from")
-        from grokfetch.checkpoint import infer_config
+        from grokfetch.format.checkpoint import infer_config
 
         config = infer_config(place.ckpt_dir)  # raises if the layout cannot be inferred
         entries = [_entry_for(s.file, -1, s) for s in param_list(config)]
@@ -1538,7 +1538,7 @@ def pin(
     check = None
     try:
         if pm is not None:
-            from grokfetch.pieces import find_strip, hash_with_pieces
+            from grokfetch.integrity.pieces import find_strip, hash_with_pieces
 
             index_of = {e.path: tfiles[e.path].index for e in entries if e.path in tfiles}
             want_sha = {index_of[e.path]: bool(e.sha256) for e in entries if e.path in index_of}

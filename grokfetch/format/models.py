@@ -6,7 +6,7 @@ the layout (the real config) and the exact pickle framing
 the table of what the Hugging Face mirror shows (tests/data/grok1-hf-sha256.tsv).
 Regenerate with::
 
-    python -m grokfetch.models tests/data/grok1-hf-sha256.tsv > manifests/grok-1.json
+    python -m grokfetch.format.models tests/data/grok1-hf-sha256.tsv > manifests/grok-1.json
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from grokfetch.format.layout import GROK1, param_list
+from grokfetch.format.manifest import FileEntry, Manifest, Sources
 from grokfetch.format.pickle_writer import ArrayData, pickled_size
-from grokfetch.manifest import FileEntry, Manifest, Sources
 
 GROK1_INFO_HASH = "5f96d43576e3d386c9ba65b883210a393b68210e"
 GROK1_TRACKERS = [

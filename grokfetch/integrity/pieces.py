@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import TorrentError, UnsafePathError
+from grokfetch.format.metainfo import TorrentFile, TorrentMeta, load_torrent
 from grokfetch.fsutil import safe_relpath
 from grokfetch.hashing import (
     DEFAULT_CHUNK_SIZE,
@@ -34,7 +35,6 @@ from grokfetch.hashing import (
     open_regular,
     parallel_map,
 )
-from grokfetch.metainfo import TorrentFile, TorrentMeta, load_torrent
 
 # Pieces are hashed in reads of at most this many bytes, so memory stays
 # bounded (jobs x READ_BLOCK) even for torrents with very large pieces.
@@ -99,7 +99,7 @@ class PieceMap:
 
 
 def load_piece_map(path: str | os.PathLike[str]) -> PieceMap:
-    """Read a .torrent (paths checked by grokfetch.metainfo) with its piece hashes.
+    """Read a .torrent (paths checked by grokfetch.format.metainfo) with its piece hashes.
 
     Raises TorrentError for a torrent without v1 (SHA-1) piece hashes.
     """

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import GrokfetchError, UsageError
-from grokfetch.manifest import FileEntry, load_manifest
+from grokfetch.format.manifest import FileEntry, load_manifest
 
 TOKENIZER_NAME = "tokenizer.model"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
-PACKAGED_TOKENIZER = Path(__file__).resolve().parent / "data" / TOKENIZER_NAME
+PACKAGED_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / TOKENIZER_NAME
 _MAX_SIZE = 64 * 2**20  # SentencePiece models are a few MB; refuse to read a huge file
 
 # SentencePiece's ModelProto (sentencepiece_model.proto): the field numbers we read.

@@ -49,9 +49,9 @@ from typing import Any
 
 import libtorrent as lt
 
-from grokfetch import metainfo
 from grokfetch.errors import TorrentError
-from grokfetch.mirror import HubClient, MirrorError
+from grokfetch.fetch.mirror import HubClient, MirrorError
+from grokfetch.format import metainfo
 
 PIECES_IN_FLIGHT = 4  # each 16 MiB piece costs two copies inside add_piece
 CONFIRM_WAIT = 30.0  # seconds for add_piece's verdict before the piece is fetched again
@@ -227,7 +227,7 @@ class PieceFeeder:
     def _failed(self, fl: _InFlight, why: str) -> None:
         size = self.ti.piece_size(fl.piece)
         self.client.stats.add(rejected=size)
-        from grokfetch.torrent import piece_files
+        from grokfetch.fetch.torrent import piece_files
 
         where = piece_files(self.ti, fl.piece)
         if fl.tries >= PIECE_TRIES:
@@ -478,7 +478,7 @@ def make(mode: str, info_hash: str, manifest: Any, opts: Any, metadata_timeout: 
     """The BackSource for a download: the mirror only in auto mode and when the
     manifest names one; the torrent URL only while the metadata is unknown and
     the manifest is this torrent's."""
-    from grokfetch.mirror import MirrorOptions, client_for, mirror_spec
+    from grokfetch.fetch.mirror import MirrorOptions, client_for, mirror_spec
 
     client = None
     if mode == "auto" and manifest is not None and mirror_spec(manifest) is not None:
@@ -494,7 +494,7 @@ def make(mode: str, info_hash: str, manifest: Any, opts: Any, metadata_timeout: 
 def check_space_from_manifest(dest: Any, manifest: Any, layers: str | None) -> None:
     """Before the metadata: the manifest's sizes of what is selected must fit."""
     from grokfetch.errors import DiskError
-    from grokfetch.torrent import _human, free_space
+    from grokfetch.fetch.torrent import _human, free_space
 
     if manifest is None:
         return
@@ -516,8 +516,8 @@ def files_from_mirror(manifest: Any, dest: Any, state_dir: Any, opts: Any, *,
     """``get --source mirror`` (and auto without metadata): mirror.get_from_mirror, with
     its progress as torrent.Progress snapshots."""
     from grokfetch.errors import UsageError
-    from grokfetch.mirror import MirrorOptions, get_from_mirror
-    from grokfetch.torrent import Progress
+    from grokfetch.fetch.mirror import MirrorOptions, get_from_mirror
+    from grokfetch.fetch.torrent import Progress
 
     if manifest is None:
         raise UsageError("the mirror needs a manifest (a model name like grok-1, or --manifest)")

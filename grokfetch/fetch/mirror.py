@@ -704,10 +704,10 @@ def _resume_part(part: Path, size: int, proof: _Proof) -> int:
 
 def _check_structure(e: Any, part: Path, final: Path) -> None:
     """A proven tensor file must still be a well-formed checkpoint file of the right shape."""
-    from grokfetch.checkpoint import compare
     from grokfetch.errors import CheckpointFormatError
+    from grokfetch.format.checkpoint import compare
     from grokfetch.format.pickle_reader import scan
-    from grokfetch.verify import _spec_from_entry
+    from grokfetch.integrity.verify import _spec_from_entry
 
     spec = _spec_from_entry(e, 0)
     if spec is None:
@@ -745,7 +745,7 @@ def pin_mirrored(root: Path, manifest: Any, pairs: Iterable[tuple[Any, RemoteFil
     against, in the same read that computes the BLAKE3 it pins: a file that changed
     since it was streamed is refused (PinRefused), never pinned.
     """
-    from grokfetch.verify import pin
+    from grokfetch.integrity.verify import pin
 
     published = {e.path: r for e, r in pairs}
     files = [
@@ -833,8 +833,8 @@ def get_from_mirror(
     publishes, after those values passed the self-test against the manifest.
     ``progress(done, wanted, mirror_stats)`` is called as bytes arrive.
     """
-    from grokfetch import metainfo
-    from grokfetch.torrent import check_space
+    from grokfetch.fetch.torrent import check_space
+    from grokfetch.format import metainfo
 
     say = on_message or (lambda _m: None)
     client = client or client_for(manifest, opts)

@@ -27,9 +27,9 @@ from grokfetch.format.layout import (
     param_list,
     tensor_files,
 )
+from grokfetch.format.manifest import MANIFEST_NAME, Manifest, load_manifest, model_names
 from grokfetch.format.pickle_reader import ParamFile, file_kind, scan
 from grokfetch.fsutil import loads_json
-from grokfetch.manifest import MANIFEST_NAME, Manifest, load_manifest, model_names
 
 DEFAULT_KEY_SIZE = 128
 

@@ -111,7 +111,7 @@ def auto_piece_size(total_size: int) -> int:
 
 def find_checkpoint_folder(folder: Path) -> Path:
     """The folder holding tensor00000_000 (``folder``, its ``ckpt-0``, or one level deeper)."""
-    from grokfetch.checkpoint import find_ckpt_dir
+    from grokfetch.format.checkpoint import find_ckpt_dir
 
     return Path(find_ckpt_dir(folder))
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import libtorrent as lt
 
-from grokfetch import __version__, backsource, metainfo, trust
+from grokfetch import __version__, trust
 from grokfetch.errors import (
     DiskError,
     GrokfetchError,
@@ -54,7 +54,10 @@ from grokfetch.errors import (
     UnsafePathError,
     UsageError,
 )
-from grokfetch.fleet import Fleet, FleetStatus, fleet_of
+from grokfetch.fetch import backsource
+from grokfetch.fetch.fleet import Fleet, FleetStatus, fleet_of
+from grokfetch.format import metainfo
+from grokfetch.format.metainfo import TorrentMeta, make_torrent
 from grokfetch.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
@@ -62,7 +65,6 @@ from grokfetch.fsutil import (
     lock_dest,
     remove_stale_temps,
 )
-from grokfetch.metainfo import TorrentMeta, make_torrent
 from grokfetch.progress import human
 from grokfetch.trust import STATE_DIR
 
@@ -216,7 +218,7 @@ class Progress:
     elapsed: float
     resume_saved_done: int  # wanted bytes covered by the last resume data written (-1: none)
     fleet: FleetStatus | None = None  # while seeding: the other nodes, as this one sees them
-    # Back-to-source (grokfetch.backsource): what the manifest says is coming before
+    # Back-to-source (grokfetch.fetch.backsource): what the manifest says is coming before
     # the metadata, a status line while waiting, per-source counts and rates.
     expected: int = 0
     status: str = ""
@@ -266,7 +268,7 @@ class Source:
 
 
 def _manifest_mod() -> Any:
-    from grokfetch import manifest as manifest_mod
+    from grokfetch.format import manifest as manifest_mod
 
     return manifest_mod
 
@@ -346,7 +348,7 @@ def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
     pieces as it hashes it: what libtorrent's resume data claims is never taken
     on trust.  Raises PinRefused naming the file and piece that fail.
     """
-    from grokfetch import verify
+    from grokfetch.integrity import verify
 
     return verify.pin(root, base=manifest, torrent=torrent_path, progress=progress).path
 
@@ -523,7 +525,7 @@ def _write_done_marker(run: _Run, root: Path, manifest_path: Path | None, info_h
     import datetime
     import hashlib
 
-    from grokfetch.manifest import load_manifest
+    from grokfetch.format.manifest import load_manifest
 
     digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest() if manifest_path else None
     roots = load_manifest(manifest_path).pinned_by if manifest_path else ()
@@ -612,7 +614,7 @@ def download(
     manifest's Hugging Face mirror, each proven by its published SHA-256;
     returns a mirror.MirrorGetResult), or "auto": the swarm, with the
     published .torrent URL for the metadata and the mirror for pieces the
-    swarm does not give (see grokfetch.backsource), and whole files from the
+    swarm does not give (see grokfetch.fetch.backsource), and whole files from the
     mirror when no metadata arrives within ``metadata_timeout`` seconds.
     ``mirror`` is a mirror.MirrorOptions (endpoint, token, connections).
 
@@ -1516,7 +1518,7 @@ class Seeder:
 
     def _pin(self, folder: Path) -> Any:
         """The folder's pinned manifest when this user pinned it (else None, and why)."""
-        from grokfetch.manifest import MANIFEST_NAME, load_manifest_file
+        from grokfetch.format.manifest import MANIFEST_NAME, load_manifest_file
 
         for base in (folder, folder.parent if folder.name == "ckpt-0" else None):
             if base is None or not os.path.lexists(base / MANIFEST_NAME):
@@ -1530,7 +1532,7 @@ class Seeder:
 
     @staticmethod
     def _check_file_set(folder: Path, pin: Any) -> None:
-        from grokfetch.verify import file_set_problems
+        from grokfetch.integrity.verify import file_set_problems
 
         problems = file_set_problems(folder, pin)
         if problems:

@@ -1,6 +1,6 @@
 """The grokfetch manifest: what a checkpoint folder should hold, and how to check it.
 
-A manifest is one JSON document (schema: ``grokfetch/manifest.schema.json``,
+A manifest is one JSON document (schema: ``grokfetch/format/manifest.schema.json``,
 documented in the README) with the model's name, license and config, where
 to get it (magnet, info-hash, trackers, web seeds) and one entry per file:
 path relative to the checkpoint root, size, hashes (BLAKE3 of the whole file
@@ -292,7 +292,7 @@ def manifests_dir() -> Path:
     env = os.environ.get("GROKFETCH_MANIFESTS")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # grokfetch/, the package root
     packaged = here / "manifests"
     if packaged.is_dir():
         return packaged

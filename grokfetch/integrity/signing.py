@@ -27,7 +27,7 @@ independent oracle, both ways.  Hashing is grokfetch's own engine
 ``sign_folder`` returns the bundle it wrote; ``verify_bundle`` checks a
 bundle (envelope, key or certificate chain, signature, statement, root
 digest) and returns a ``SignedModel``: the signed digest of every file or
-shard, as data, which ``grokfetch.verify`` then checks the files against.
+shard, as data, which ``grokfetch.integrity.verify`` then checks the files against.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from typing import Any
 
 from grokfetch.errors import DiskError, GrokfetchError, SignatureError, UsageError
 from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.manifest import MANIFEST_NAME
 from grokfetch.fsutil import atomic_write_bytes, safe_relpath
 from grokfetch.hashing import ALGORITHMS, default_jobs, parallel_map, range_digest
-from grokfetch.manifest import MANIFEST_NAME
+from grokfetch.integrity.verify import SIGNATURE_NAME, STATE_DIR
 from grokfetch.progress import NullBar
-from grokfetch.verify import SIGNATURE_NAME, STATE_DIR
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
