@@ -340,7 +340,6 @@ class BackSource:
         self.metadata_from: str | None = None
         self.feeder: PieceFeeder | None = None
         self.trackers: dict[str, str | None] = {}  # url -> last error (None: answered)
-        self.trackers_told = False
         self.last_status = 0.0
         self.swarm = _Rate()
         self.started = time.monotonic()

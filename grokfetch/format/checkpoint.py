@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from grokfetch.errors import CheckpointFormatError, GrokfetchError, UsageError
@@ -312,12 +312,3 @@ def _strip_path(msg: str, p: Path) -> str:
     prefix = f"{p}"
     return msg[len(prefix):].lstrip(": ") if msg.startswith(prefix) else msg
 
-
-def with_key_size(cfg: ModelConfig, key_size: int) -> ModelConfig:
-    q = cfg.num_q_heads * cfg.key_size
-    kv = cfg.num_kv_heads * cfg.key_size
-    if q % key_size or kv % key_size:
-        raise UsageError(f"key size {key_size} does not divide the query ({q}) and key ({kv}) "
-                         "widths")
-    return replace(cfg, key_size=key_size, num_q_heads=q // key_size,
-                   num_kv_heads=kv // key_size)

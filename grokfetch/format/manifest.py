@@ -67,10 +67,6 @@ class FileEntry:
     source: dict[str, Any] | None = None  # for derived files (repack): {file, blake3}
     sha256_source: str | None = None  # page the sha256 came from, if third-party
 
-    @property
-    def has_hash(self) -> bool:
-        return bool(self.blake3 or self.sha256)
-
 
 @dataclass(frozen=True)
 class Manifest:
@@ -483,7 +479,3 @@ def proven_pin(root: str | os.PathLike[str], accept_first_use: bool = False) -> 
                                all(r.kind == "first-use" for r in roots)):
         return lm.manifest
     return None
-
-
-def pinned_manifest_path(root: str | os.PathLike[str]) -> Path:
-    return Path(root) / MANIFEST_NAME

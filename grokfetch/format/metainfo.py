@@ -496,14 +496,6 @@ def priorities(meta: TorrentMeta, chosen: Iterable[TorrentFile]) -> list[int]:
     return [4 if i in want else 0 for i in range(len(meta.files))]
 
 
-def sha1_pieces(data: bytes, piece_length: int) -> bytes:
-    """Concatenated SHA-1 piece hashes of ``data`` (for hand-built test torrents)."""
-    return b"".join(
-        hashlib.sha1(data[i : i + piece_length]).digest()
-        for i in range(0, len(data), piece_length)
-    )
-
-
 # --------------------------------------------------------------------------- raw info slice
 
 

@@ -180,9 +180,6 @@ class PieceCheck:
         """Byte ranges of ``f`` (first, last; file-relative) covered by failed pieces."""
         return self._ranges(f, set(self.failed))
 
-    def unchecked_ranges(self, f: TorrentFile) -> list[tuple[int, int]]:
-        return self._ranges(f, set(self.unchecked))
-
     def _ranges(self, f: TorrentFile, pieces: set[int]) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
         base = self.pm.offset(f)
