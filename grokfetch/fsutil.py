@@ -29,6 +29,7 @@ from typing import IO, Any, ParamSpec, TypeVar
 
 from grokfetch.errors import CheckpointFormatError, DiskError, UnsafePathError, UsageError
 from grokfetch.readguard import FileChangedError
+from grokfetch.units import format_bytes
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -183,6 +184,19 @@ def free_space(path: str | os.PathLike[str]) -> int:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return shutil.disk_usage(probe).free
+
+
+def check_free_space(path: str | os.PathLike[str], need: int, free: int, *, who: str = "",
+                     what: str = "", advice: str = "") -> None:
+    """The one refusal of what does not fit, before anything is written: DiskError (exit 5)
+    ``PATH: not enough free space: [WHO ]needs N[ WHAT], only F free[; ADVICE]``.
+
+    ``free`` comes from the caller (``free_space(path)``, a seam tests replace)."""
+    if need <= free:
+        return
+    raise DiskError(f"{path}: not enough free space: {who + ' ' if who else ''}needs "
+                    f"{format_bytes(need)}{' ' + what if what else ''}, only "
+                    f"{format_bytes(free)} free{'; ' + advice if advice else ''}")
 
 
 def os_errors_as_disk_errors(place: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:

@@ -68,6 +68,21 @@ class NullBar:
         self.close()
 
 
+class SharedCounter:
+    """A thread-safe byte counter in front of a bar: hashing threads share one bar, and
+    ``done`` is what they counted (the bytes a report says were hashed)."""
+
+    def __init__(self, bar: Bar) -> None:
+        self.bar = bar
+        self._lock = threading.Lock()
+        self.done = 0
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            self.bar.update(n)
+
+
 def no_progress(total: int, desc: str) -> Bar:
     """The default ProgressFactory: nothing shown."""
     return NullBar()

@@ -44,10 +44,17 @@ from grokfetch.format.manifest import (
     save_pin,
 )
 from grokfetch.format.pickle_writer import ArrayData, pickled_size, write_param_file
-from grokfetch.fsutil import TMP_MARK, atomic_write, free_space, inside, remove_stale_temps
+from grokfetch.fsutil import (
+    TMP_MARK,
+    atomic_write,
+    check_free_space,
+    free_space,
+    inside,
+    remove_stale_temps,
+)
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE, file_digests
+from grokfetch.progress import ProgressFactory, no_progress
 from grokfetch.trust import PinRoot, now
-from grokfetch.units import format_bytes
 
 PRESETS: dict[str, ModelConfig] = {
     # The default: small (~7 MB) but with every feature of the real thing:
@@ -145,13 +152,13 @@ def resolve_config(preset: str = "mini", num_layers: int | None = None,
 def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
                num_layers: int | None = None, seed: int = 0,
                chunk_size: int = DEFAULT_CHUNK_SIZE, config: ModelConfig | None = None,
-               name: str | None = None, progress: Callable[[int], None] | None = None,
+               name: str | None = None, progress: ProgressFactory = no_progress,
                ) -> Manifest:
     """Write a synthetic checkpoint to ``dest`` (dest/ckpt-0/tensor*) and its manifest.
 
     The manifest (``dest/grokfetch-manifest.json``) is pinned: every file's
-    BLAKE3 and chunk hashes are filled in.  ``progress`` is called with the
-    bytes of each finished file.
+    BLAKE3 and chunk hashes are filled in.  ``progress(total, desc)`` makes the bar that
+    counts the bytes of each finished file.
     """
     cfg = resolve_config(preset, num_layers, config)
     root = Path(dest)
@@ -169,6 +176,7 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
                            notes=f"{SYNTH_NOTE} being written (unfinished)"),
                   root / MANIFEST_NAME)
     entries = []
+    bar = progress(synth_size(cfg, seed), "synth")
     for spec in param_list(cfg):
         path = inside(root, spec.file)
         try:
@@ -182,8 +190,8 @@ def synthesize(dest: str | os.PathLike[str], preset: str = "mini", *,
             param=spec.module, kind=spec.kind, layer=spec.layer,
             arrays=[a.to_dict() for a in spec.arrays],
         ))
-        if progress:
-            progress(size)
+        bar.update(size)
+    bar.close()
     manifest = Manifest(
         name=name or f"synthetic-{preset}",
         files=entries,
@@ -242,13 +250,10 @@ def _check_space(root: Path, cfg: ModelConfig, seed: int, preset: str) -> None:
     ckpt_dir = root / CKPT_DIR
     if ckpt_dir.is_dir():  # files replaced one by one free their space again
         need -= sum(p.stat().st_size for p in ckpt_dir.iterdir() if p.is_file())
-    free = free_space(root)
-    if need > free:
-        plural = "" if cfg.num_layers == 1 else "s"
-        raise DiskError(
-            f"{root}: a synthetic {preset} checkpoint with {cfg.num_layers} layer{plural} needs "
-            f"{format_bytes(need)}, only {format_bytes(free)} free; use --layers N for fewer layers"
-        )
+    plural = "" if cfg.num_layers == 1 else "s"
+    check_free_space(root, need, free_space(root),
+                     who=f"a synthetic {preset} checkpoint with {cfg.num_layers} layer{plural}",
+                     advice="use --layers N for fewer layers")
 
 
 def synth_size(cfg: ModelConfig, seed: int = 0) -> int:

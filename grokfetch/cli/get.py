@@ -24,6 +24,7 @@ from grokfetch.errors import UsageError
 from grokfetch.fetch import torrent
 from grokfetch.names import escape_text
 from grokfetch.progress import NullBar, bytes_bar
+from grokfetch.units import format_bytes
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -114,8 +115,8 @@ def postfix(p: torrent.Progress) -> str:
     text = f"{p.peers} peers, {p.seeds} seeds, {p.state}"
     s = p.sources
     if s and (s.get("mirror_rate") or s.get("mirror_proven")):
-        text += (f"; swarm {s.get('swarm_rate', 0) / 1e6:.0f} MB/s, "
-                 f"mirror {s.get('mirror_rate', 0) / 1e6:.0f} MB/s")
+        text += (f"; swarm {format_bytes(s.get('swarm_rate', 0))}/s, "
+                 f"mirror {format_bytes(s.get('mirror_rate', 0))}/s")
     return text
 
 
@@ -272,11 +273,11 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
         r.emit({"event": "done", **result.to_dict()})
         return
     if not quiet:
-        rate = result.downloaded / max(result.elapsed, 1e-6) / 1e6
+        rate = format_bytes(result.downloaded / max(result.elapsed, 1e-6))
         proof = getattr(result, "root_of_trust", None) or "by their torrent piece hashes"
         click.echo(
             f"{result.root}: {result.files} files, {result.wanted:,} bytes verified ({proof}); "
-            f"downloaded {result.downloaded:,} bytes in {result.elapsed:.1f} s ({rate:.1f} MB/s)",
+            f"downloaded {result.downloaded:,} bytes in {result.elapsed:.1f} s ({rate}/s)",
             err=True,
         )
     click.echo(str(result.manifest_path) if result.manifest_path else str(result.root))
@@ -370,8 +371,8 @@ class FleetLine:
     def text(self, p: torrent.Progress) -> str:
         fleet = p.fleet.line(self.expected) if p.fleet is not None else f"{p.peers} peers"
         return (
-            f"{fleet}; uploading {p.upload_rate / 1e6:.1f} MB/s, uploaded "
-            f"{p.uploaded / 1e9:.2f} GB ({p.uploaded / self.total:.2f}x the size)"
+            f"{fleet}; uploading {format_bytes(p.upload_rate)}/s, uploaded "
+            f"{format_bytes(p.uploaded)} ({p.uploaded / self.total:.2f}x the size)"
         )
 
     def due(self, p: torrent.Progress) -> str | None:

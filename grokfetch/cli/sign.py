@@ -14,6 +14,7 @@ import click
 from grokfetch.cli.base import cli, echo_json, stderr
 from grokfetch.integrity.signing import DEFAULT_SIGNATURE, sign_folder
 from grokfetch.progress import bytes_bar
+from grokfetch.units import format_bytes
 
 
 @cli.command("sign")
@@ -71,8 +72,8 @@ def sign_cmd(folder: str, key: str, signature: str | None, certificate: str | No
     if not quiet:
         s = r.serialization
         how = s.hash_type + (f", shards of {s.shard_size} bytes" if s.method == "shards" else "")
-        rate = f" ({r.bytes_hashed / 1e9 / r.seconds:.2f} GB/s)" if r.seconds > 0 else ""
-        stderr(f"signed {folder}: {r.resources} digests ({how}), {r.bytes_hashed / 1e9:.2f} GB "
+        rate = f" ({format_bytes(r.bytes_hashed / r.seconds)}/s)" if r.seconds > 0 else ""
+        stderr(f"signed {folder}: {r.resources} digests ({how}), {format_bytes(r.bytes_hashed)} "
                f"in {r.seconds:.1f} s{rate}")
         stderr(f"signer: {r.signer}")
         stderr(f"left out: {', '.join(s.ignore_paths)}")

@@ -8,7 +8,7 @@ from grokfetch.cli.base import cli
 from grokfetch.format.manifest import MANIFEST_NAME
 from grokfetch.hashing import DEFAULT_CHUNK_SIZE
 from grokfetch.progress import bytes_bar
-from grokfetch.synth import PRESETS, resolve_config, synth_size, synthesize
+from grokfetch.synth import PRESETS, resolve_config, synthesize
 
 
 @cli.command("synth")
@@ -34,13 +34,8 @@ def synth_cmd(dest: str, preset: str, num_layers: int | None, seed: int, chunk_s
     space is refused before anything is written (exit 5).
     """
     cfg = resolve_config(preset, num_layers)
-    total = synth_size(cfg, seed)
-    bar = bytes_bar(total, "synth", enabled=None if not quiet else False)
-    try:
-        m = synthesize(dest, preset, num_layers=num_layers, seed=seed, chunk_size=chunk_size,
-                       progress=bar.update)
-    finally:
-        bar.close()
+    m = synthesize(dest, preset, num_layers=num_layers, seed=seed, chunk_size=chunk_size,
+                   progress=lambda total, desc: bytes_bar(total, desc, False if quiet else None))
     if not quiet:
         click.echo(f"{dest}: {len(m.files)} files, {m.total_size:,} bytes "
                    f"({cfg.num_layers} layers, emb {cfg.emb_size}); manifest "

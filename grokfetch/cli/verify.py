@@ -22,13 +22,13 @@ from grokfetch.format.manifest import MANIFEST_NAME
 from grokfetch.integrity.verify import (
     OK,
     UNVERIFIED,
-    ProgressFactory,
     VerifyReport,
     find_root,
     pin,
     verify,
 )
-from grokfetch.progress import bytes_bar
+from grokfetch.progress import ProgressFactory, bytes_bar
+from grokfetch.units import format_bytes
 
 if TYPE_CHECKING:
     from grokfetch.integrity.signing import SignedModel
@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 def _summary(r: VerifyReport) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in r.summary.items() if n)
-    gb = r.bytes_hashed / 1e9
-    rate = f" ({gb / r.seconds:.2f} GB/s)" if r.seconds > 0 and gb > 0.01 else ""
-    return f"{len(r.files)} files: {counts}; {gb:.2f} GB hashed in {r.seconds:.1f} s{rate}"
+    n = r.bytes_hashed
+    rate = f" ({format_bytes(n / r.seconds)}/s)" if r.seconds > 0 and n > 10**7 else ""
+    return f"{len(r.files)} files: {counts}; {format_bytes(n)} hashed in {r.seconds:.1f} s{rate}"
 
 
 @cli.command("verify")

@@ -52,6 +52,8 @@ import libtorrent as lt
 from grokfetch.errors import TorrentError
 from grokfetch.fetch.mirror import HubClient, MirrorError
 from grokfetch.format import metainfo
+from grokfetch.fsutil import check_free_space
+from grokfetch.units import format_bytes
 
 PIECES_IN_FLIGHT = 4  # each 16 MiB piece costs two copies inside add_piece
 CONFIRM_WAIT = 30.0  # seconds for add_piece's verdict before the piece is fetched again
@@ -450,7 +452,7 @@ class BackSource:
                 why += f"; torrent URL: {self.url.error}"
             return why
         s = self.sources()
-        why = (f"{st.num_peers} peers, swarm {s['swarm_rate'] / 1e6:.1f} MB/s; mirror "
+        why = (f"{st.num_peers} peers, swarm {format_bytes(s['swarm_rate'])}/s; mirror "
                f"{s['mirror_proven']:,} bytes proven")
         if s["mirror_last_status"] is not None:
             why += f" (last HTTP status {s['mirror_last_status']})"
@@ -492,19 +494,14 @@ def make(mode: str, info_hash: str, manifest: Any, opts: Any, metadata_timeout: 
 
 def check_space_from_manifest(dest: Any, manifest: Any, layers: str | None) -> None:
     """Before the metadata: the manifest's sizes of what is selected must fit."""
-    from grokfetch.errors import DiskError
-    from grokfetch.fetch.torrent import _human, free_space
+    from grokfetch.fetch.torrent import SPACE_ADVICE, free_space
 
     if manifest is None:
         return
     paths = set(metainfo.manifest_paths_for_layers(manifest, layers)) if layers else None
     need = sum(f.size for f in manifest.files if paths is None or f.path in paths)
-    free = free_space(dest)
-    if need > free:
-        raise DiskError(
-            f"{dest}: not enough free space: {_human(need)} to download (the manifest's "
-            f"sizes), {_human(free)} free (free some space, choose files with --layers, "
-            "or pass --no-space-check)")
+    check_free_space(dest, need, free_space(dest), what="to download (the manifest's sizes)",
+                     advice=SPACE_ADVICE.format(choose="--layers"))
 
 
 def files_from_mirror(manifest: Any, dest: Any, state_dir: Any, opts: Any, *,

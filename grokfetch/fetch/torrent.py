@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
-import shutil
 import socket
 import stat
 import time
@@ -61,12 +59,15 @@ from grokfetch.format.metainfo import TorrentMeta, make_torrent
 from grokfetch.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
+    check_free_space,
+    free_space,  # a module attribute: the seam tests replace to fake a small disk
     inside,
     lock_dest,
+    os_errors_as_disk_errors,
     remove_stale_temps,
 )
-from grokfetch.progress import human
 from grokfetch.trust import STATE_DIR
+from grokfetch.units import format_bytes
 
 __all__ = [
     "NetOptions",
@@ -192,9 +193,7 @@ def parse_hostport(text: str, what: str = "--peer", allow_zero: bool = False) ->
     return host.strip("[]"), int(port)
 
 
-def free_space(path: str | os.PathLike[str]) -> int:
-    """Bytes free for us at ``path`` (the one seam tests replace to fake a small disk)."""
-    return shutil.disk_usage(path).free
+SPACE_ADVICE = "free some space, choose files with {choose}, or pass --no-space-check"
 
 
 # --------------------------------------------------------------------------- results
@@ -377,19 +376,9 @@ def space_needed(dest: Path, chosen: Iterable[metainfo.TorrentFile]) -> int:
 
 def check_space(dest: Path, chosen: Sequence[metainfo.TorrentFile]) -> int:
     need = space_needed(dest, chosen)
-    free = free_space(dest)
-    if need > free:
-        raise DiskError(
-            f"{dest}: not enough free space: {_human(need)} still to download, "
-            f"{_human(free)} free (free some space, choose files with --layers/--include, "
-            f"or pass --no-space-check)"
-        )
+    check_free_space(dest, need, free_space(dest), what="still to download",
+                     advice=SPACE_ADVICE.format(choose="--layers/--include"))
     return need
-
-
-def _human(n: float) -> str:
-    """Decimal units, as on the bar and in every summary (one convention: issue 13)."""
-    return human(n)
 
 
 def _listen_text(ses: Any, net: NetOptions) -> str:
@@ -563,23 +552,7 @@ def _lock_dest(state_dir: Path) -> int:
     return lock_dest(state_dir.parent, "get", "is downloading into", lock_file=state_dir / "lock")
 
 
-def _os_errors_as_disk_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """An OSError escaping the run (DEST unwritable, say) becomes a one-line DiskError."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BrokenPipeError:  # the caller's stdout went away (`| head`), not the disk
-            raise
-        except OSError as e:
-            where = e.filename or kwargs.get("dest") or (args[1] if len(args) > 1 else "")
-            raise DiskError(f"{where}: {e.strerror or e}") from None
-
-    return wrapper
-
-
-@_os_errors_as_disk_errors
+@os_errors_as_disk_errors("dest")
 def download(
     source: str | os.PathLike[str] | None,
     dest: str | os.PathLike[str],
@@ -966,8 +939,8 @@ def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
     need = space_needed(run.dest, run.chosen)
     run.on_message(
         f"{meta.name}: {len(run.chosen)} of {len(meta.real_files())} files, "
-        f"{_human(wanted)} of {_human(meta.total_size)} selected, "
-        f"up to {_human(need)} still to download"
+        f"{format_bytes(wanted)} of {format_bytes(meta.total_size)} selected, "
+        f"up to {format_bytes(need)} still to download"
     )
     if run.space_check:
         check_space(run.dest, run.chosen)
@@ -1474,7 +1447,7 @@ class Seeder:
         self.h = self.ses.add_torrent(atp)
         deadline = None if check_timeout is None else time.monotonic() + check_timeout
         if not lazy:
-            self.say(f"checking {_human(meta.total_size)} against the torrent's piece hashes")
+            self.say(f"checking {format_bytes(meta.total_size)} against the torrent's piece hashes")
         checked = False  # status is not to be trusted before torrent_checked_alert
         while not checked:
             for a in self.ses.pop_alerts():
@@ -1493,7 +1466,7 @@ class Seeder:
             where = "; ".join(f"piece {i}: {piece_files(ti, i)}" for i in bad[:3])
             more = f"; and {len(bad) - 3} more pieces" if len(bad) > 3 else ""
             self.say(
-                f"warning: only {_human(st.total_done)} of {_human(meta.total_size)} "
+                f"warning: only {format_bytes(st.total_done)} of {format_bytes(meta.total_size)} "
                 f"verified ({where}{more}); seeding what is good (repair with "
                 f"`grokfetch get {tpath} --dest {save} --repair`)"
             )

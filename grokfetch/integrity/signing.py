@@ -39,9 +39,8 @@ import json
 import os
 import re
 import stat
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ from grokfetch.format.manifest import MANIFEST_NAME
 from grokfetch.fsutil import atomic_write_bytes, safe_relpath
 from grokfetch.hashing import ALGORITHMS, default_jobs, parallel_map, range_digest
 from grokfetch.integrity.verify import SIGNATURE_NAME, STATE_DIR
-from grokfetch.progress import NullBar
+from grokfetch.progress import NullBar, ProgressFactory, SharedCounter
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -450,7 +449,7 @@ def hash_folder(
     serialization: Serialization,
     *,
     jobs: int | None = None,
-    progress: Callable[[int, str], Any] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> tuple[list[Resource], int]:
     """The resource list of ``folder`` (one digest per file, or per shard, sorted by name)
     and the bytes hashed.
@@ -469,11 +468,7 @@ def hash_folder(
             tasks.append(_Task(rel, p, 0, -1, size))
     total = sum((t.end if t.end >= 0 else t.size) - t.start for t in tasks)
     bar = progress(total, "sign") if progress is not None else NullBar()
-    lock = threading.Lock()
-
-    def on_bytes(n: int) -> None:  # hashing threads share one bar
-        with lock:
-            bar.update(n)
+    on_bytes = SharedCounter(bar)  # hashing threads share one bar
 
     def one(t: _Task) -> Resource:
         try:
@@ -569,7 +564,7 @@ def sign_folder(
     ignore_paths: Iterable[str] = (),
     password: bytes | None = None,
     jobs: int | None = None,
-    progress: Callable[[int, str], Any] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> SignResult:
     """Write an OMS signature of ``folder`` (default ``folder/model.sig``); return what it says.
 

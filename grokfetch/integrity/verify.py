@@ -41,7 +41,6 @@ import os
 import random
 import re
 import stat as stat_mod
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -96,7 +95,7 @@ from grokfetch.integrity.verified_record import load as load_verified
 from grokfetch.integrity.verified_record import now_ns as _now_ns
 from grokfetch.integrity.verified_record import save as save_verified
 from grokfetch.names import escape_text, report_line
-from grokfetch.progress import NullBar
+from grokfetch.progress import NullBar, ProgressFactory, SharedCounter
 from grokfetch.trust import (
     STATE_DIR,
     PinRoot,
@@ -136,8 +135,6 @@ STATUSES = (OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA, UNCHANGED)
 QUICK_SAMPLES = 2
 SIGNATURE_NAME = "model.sig"  # where `grokfetch sign` (and model_signing) put the signature
 _TENSOR_RE = re.compile(r"(^|/)tensor\d{5}_\d{3}$")
-
-ProgressFactory = Callable[[int, str], Any]
 
 
 @dataclass(frozen=True)
@@ -774,20 +771,6 @@ def _attach_torrent(out: list[_Expect], pm: PieceMap) -> None:
 # -- checking ----------------------------------------------------------------------------
 
 
-class _Progress:
-    """A thread-safe byte counter in front of the caller's bar."""
-
-    def __init__(self, bar: Any):
-        self.bar = bar
-        self.lock = threading.Lock()
-        self.done = 0
-
-    def __call__(self, n: int) -> None:
-        with self.lock:
-            self.done += n
-            self.bar.update(n)
-
-
 def _stat(x: _Expect) -> FileResult | None:
     """Presence, type and size; a FileResult when that already decides the verdict."""
     if x.no_links_below is not None and _through_link(x.no_links_below, x.disk):
@@ -1234,7 +1217,7 @@ def verify(
     if trust.pm is not None:
         total += sum(trust.pm.piece_span(p)[1] - trust.pm.piece_span(p)[0] for p in pieces)
     bar = progress(total, "verify") if progress is not None else NullBar()
-    counter = _Progress(bar)
+    counter = SharedCounter(bar)
     results: dict[str, FileResult] = dict(known)
     try:
 
@@ -1532,7 +1515,7 @@ def pin(
         ours = {tfiles[e.path].index for e in entries if e.path in tfiles}
         extra_stream = sum(f.size for f in pm.meta.real_files() if f.index not in ours)
     bar = progress(sum(sizes.values()) + extra_stream, "pin") if progress else NullBar()
-    counter = _Progress(bar)
+    counter = SharedCounter(bar)
 
     digests: dict[str, FileDigests] = {}
     check = None

@@ -38,7 +38,7 @@ from grokfetch.format.layout import ModelConfig
 from grokfetch.fsutil import TMP_MARK, atomic_write
 from grokfetch.model import forward
 from grokfetch.model.weights import ModelWeights, open_weights
-from grokfetch.progress import NullBar
+from grokfetch.progress import NullBar, ProgressFactory
 
 RMS_FACTOR = 10.0  # a layer's output RMS must lie within [in / 10, in * 10]
 MIN_CHANGE = 1e-3  # ||out - in|| / ||in|| below this: the layer did nothing
@@ -403,7 +403,7 @@ def run_smoke(
     tokens: list[int] | None = None,
     hidden: np.ndarray | str | os.PathLike[str] | None = None,
     check_weights: bool = True,
-    progress: Callable[[int, str], Any] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> SmokeReport:
     """``smoke`` on weights that are already open.
 

@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 
 from grokfetch.errors import (
     CheckpointFormatError,
-    DiskError,
     GrokfetchError,
     Interrupted,
     UsageError,
@@ -53,6 +52,7 @@ from grokfetch.format.safetensors import write_safetensors
 from grokfetch.format.tokenizer import TOKENIZER_NAME, Tokenizer, load_tokenizer, official_entry
 from grokfetch.fsutil import (
     atomic_write_bytes,
+    check_free_space,
     free_space,
     inside,
     lock_dest,
@@ -64,7 +64,6 @@ from grokfetch.progress import Bar, ProgressFactory, no_progress
 from grokfetch.repack.journal import Journal, load_records, recipe, still_good
 from grokfetch.repack.plan import DEFAULT_SHARD_SIZE, TOOL, Output, Plan, RepackOptions, make_plan
 from grokfetch.trust import PinRoot, now
-from grokfetch.units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -445,11 +444,9 @@ def _check_dest(dest: Path, ckpt: Checkpoint) -> None:
 
 def _check_space(dest: Path, todo: list[Output], level: int | None) -> None:
     """Refuse up front rather than fill the disk half-way (compressed sizes are unknown)."""
-    need = sum(o.payload for o in todo)
-    free = free_space(dest)
-    if level is None and need > free:
-        raise DiskError(f"{dest}: needs {format_bytes(need)} for {len(todo)} output files, "
-                        f"only {format_bytes(free)} free")
+    if level is None:
+        check_free_space(dest, sum(o.payload for o in todo), free_space(dest),
+                         what=f"for {len(todo)} output files")
 
 
 def _describe(s: dict[str, Any]) -> str:
