@@ -55,6 +55,13 @@ from grokfetch.errors import (
 from grokfetch.fetch import backsource
 from grokfetch.fetch.fleet import Fleet, FleetStatus, fleet_of
 from grokfetch.format import metainfo
+from grokfetch.format.manifest import (
+    Manifest,
+    by_info_hash,
+    load_manifest,
+    resolve_manifest,
+    save_manifest,
+)
 from grokfetch.format.metainfo import TorrentMeta, make_torrent
 from grokfetch.fsutil import (
     atomic_write_bytes,
@@ -266,18 +273,11 @@ class Source:
     peers: tuple[tuple[str, int], ...] = ()  # x.pe hints of a magnet
 
 
-def _manifest_mod() -> Any:
-    from grokfetch.format import manifest as manifest_mod
-
-    return manifest_mod
-
-
-def load_manifest_arg(manifest: Any) -> Any:
+def load_manifest_arg(manifest: Manifest | str | os.PathLike[str] | None) -> Manifest | None:
     """A Manifest object, a path to one, or a packaged name like 'grok-1'."""
     if manifest is None or not isinstance(manifest, (str, os.PathLike)):
         return manifest
-    mm = _manifest_mod()
-    return mm.load_manifest(mm.resolve_manifest(str(manifest)))
+    return load_manifest(resolve_manifest(str(manifest)))
 
 
 def resolve_source(
@@ -307,8 +307,8 @@ def resolve_source(
         src = Source(info_hash=meta.info_hash, torrent=data, what=str(p))
     else:
         m = load_manifest_arg(text)
-        sources = getattr(m, "sources", None)
-        magnet = getattr(sources, "magnet", None) if sources is not None else None
+        assert m is not None  # text is a str
+        magnet = m.sources.magnet
         if not magnet:
             raise UsageError(f"manifest {text!r} names no magnet link in its sources")
         mag = metainfo.parse_magnet(magnet)
@@ -316,27 +316,13 @@ def resolve_source(
             info_hash=mag.info_hash,
             magnet=magnet,
             what=f"{text} ({mag.info_hash})",
-            trackers=tuple(getattr(sources, "trackers", ()) or ()),
-            web_seeds=tuple(getattr(sources, "web_seeds", ()) or ()),
+            trackers=tuple(m.sources.trackers),
+            web_seeds=tuple(m.sources.web_seeds),
         )
         return src, (load_manifest_arg(manifest) if manifest is not None else m)
     if manifest is not None:
         return src, load_manifest_arg(manifest)
-    return src, _packaged_manifest_for(src.info_hash)
-
-
-def _packaged_manifest_for(info_hash: str) -> Any:
-    """The packaged manifest whose sources carry this info-hash, or None."""
-    try:
-        mm = _manifest_mod()
-        m = mm.load_manifest(mm.resolve_manifest("grok-1"))
-    except Exception:  # no packaged manifest yet: download without a manifest check
-        return None
-    src: Any = getattr(m, "sources", None)
-    ih = (getattr(src, "info_hash", None) or "").lower()
-    if not ih and getattr(src, "magnet", None):
-        ih = metainfo.info_hash_of(src.magnet)
-    return m if ih == info_hash.lower() else None
+    return src, by_info_hash(src.info_hash)
 
 
 def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
@@ -513,8 +499,6 @@ def _write_done_marker(run: _Run, root: Path, manifest_path: Path | None, info_h
                        complete: bool) -> None:
     import datetime
     import hashlib
-
-    from grokfetch.format.manifest import load_manifest
 
     digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest() if manifest_path else None
     roots = load_manifest(manifest_path).pinned_by if manifest_path else ()
@@ -813,7 +797,7 @@ def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
             # inspect, smoke and repack find the model here (inferring it from a partial
             # folder would describe another model); not a root of trust, so not pinned
             path = run.state_dir / SELECTION_MANIFEST
-            _manifest_mod().save_manifest(run.manifest, path)
+            save_manifest(run.manifest, path)
             run.on_message(f"model config for later commands: {path}")
     return root, complete, manifest_path
 

@@ -67,6 +67,18 @@ class FileEntry:
     source: dict[str, Any] | None = None  # for derived files (repack): {file, blake3}
     sha256_source: str | None = None  # page the sha256 came from, if third-party
 
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as a manifest's ``files`` lists it (and the repack journal's lines)."""
+        return _entry_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, chunk_size: int, origin: str = "manifest",
+                  where: str = "entry") -> FileEntry:
+        """One entry, validated as in a whole manifest (``chunk_size``: its chunk hashes')."""
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+            raise _bad(origin, "chunk_size", "must be a positive integer")
+        return _parse_entry(d, origin, where, chunk_size)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -113,9 +125,9 @@ class Manifest:
         if self.pinned_by:
             d["pinned_by"] = [r.to_dict() for r in self.pinned_by]
         if self.tokenizer is not None:
-            d["tokenizer"] = _entry_dict(self.tokenizer)
+            d["tokenizer"] = self.tokenizer.to_dict()
         d["total_size"] = self.total_size
-        d["files"] = [_entry_dict(f) for f in self.files]
+        d["files"] = [f.to_dict() for f in self.files]
         return d
 
     @classmethod
@@ -298,6 +310,25 @@ def manifests_dir() -> Path:
 def model_names() -> list[str]:
     d = manifests_dir()
     return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+
+def published_info_hashes() -> dict[str, str]:
+    """Info-hash -> name of each packaged model whose manifest names its torrent."""
+    out = {}
+    for name in model_names():
+        try:
+            ih = load_manifest(name).sources.info_hash
+        except GrokfetchError:  # a broken packaged manifest vouches for nothing
+            continue
+        if ih:
+            out[ih] = name
+    return out
+
+
+def by_info_hash(info_hash: str) -> Manifest | None:
+    """The packaged manifest of the torrent with this info-hash (Grok-1's), or None."""
+    name = published_info_hashes().get(info_hash.lower())
+    return load_manifest(name) if name else None
 
 
 def resolve_manifest(name_or_path: str | os.PathLike[str]) -> Path:

@@ -68,10 +68,12 @@ from grokfetch.format.manifest import (
     FileEntry,
     Manifest,
     Sources,
+    by_info_hash,
     check_regular,
     load_manifest,
     load_manifest_file,
     model_names,
+    published_info_hashes,
     save_pin,
 )
 from grokfetch.fsutil import TMP_MARK, safe_relpath
@@ -607,7 +609,7 @@ def _manifest_digest(m: Manifest) -> str:
 def _bound_torrent(pm: PieceMap, found: Path) -> str | None:
     """Why a .torrent found in the folder may vouch, or None: a published info-hash, or
     the one the user asked `get` for in this destination (get's authenticated record)."""
-    published = _published_info_hashes()
+    published = published_info_hashes()
     ih = pm.meta.info_hash
     if ih in published:
         return f"the published {published[ih]} torrent"
@@ -619,7 +621,7 @@ def _bound_torrent(pm: PieceMap, found: Path) -> str | None:
 
 def _torrent_root(pm: PieceMap, label: str | None = None) -> PinRoot:
     if label is None:
-        published = _published_info_hashes()
+        published = published_info_hashes()
         name = published.get(pm.meta.info_hash)
         label = f"the published {name} torrent" if name else f"{pm.source}, as you named it"
     return PinRoot("torrent", pm.meta.info_hash, label, now())
@@ -627,29 +629,12 @@ def _torrent_root(pm: PieceMap, label: str | None = None) -> PinRoot:
 
 def _torrent_words(pm: PieceMap, bound: str | None = None) -> str:
     words = f"torrent {pm.source} (info-hash {pm.meta.info_hash}"
-    published = _published_info_hashes()
+    published = published_info_hashes()
     if bound is not None:
         words += f", {bound}"
     elif pm.meta.info_hash in published:
         words += f", the published {published[pm.meta.info_hash]} magnet link"
     return words + ")"
-
-
-def _packaged_by_info_hash(info_hash: str) -> Manifest | None:
-    name = _published_info_hashes().get(info_hash)
-    return load_manifest(name) if name else None
-
-
-def _published_info_hashes() -> dict[str, str]:
-    out = {}
-    for name in model_names():
-        try:
-            ih = load_manifest(name).sources.info_hash
-        except GrokfetchError:
-            continue
-        if ih:
-            out[ih] = name
-    return out
 
 
 def _check_torrent_matches(m: Manifest, pm: PieceMap | None) -> None:
@@ -686,7 +671,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
     if trust.pm is not None:
         # The published torrent's model is known (its packaged manifest has the config);
         # inferring it from the files would go wrong for a partial (--layers) download.
-        packaged = _packaged_by_info_hash(trust.pm.meta.info_hash)
+        packaged = by_info_hash(trust.pm.meta.info_hash)
         specs = _layout_specs(place, packaged.config if packaged is not None else None)
         for rel, disk, f in _torrent_files(trust.pm, place):
             tensor = bool(_TENSOR_RE.search(rel))
@@ -1464,7 +1449,7 @@ def pin(
     if pm is not None:
         roots.append(_torrent_root(pm))
         if base is None and mroot is None:
-            base = _packaged_by_info_hash(pm.meta.info_hash)  # grok-1: names, params, SHA-256
+            base = by_info_hash(pm.meta.info_hash)  # grok-1: names, params, SHA-256
     if not roots and not first_use:
         raise UsageError(f"{p}: nothing to pin against: pass --torrent or --manifest (a root "
                          "of trust), or trust what is on disk on first use")

@@ -16,7 +16,7 @@ from typing import Any
 
 from grokfetch.errors import GrokfetchError, UsageError
 from grokfetch.format.folder import JOURNAL_NAME
-from grokfetch.format.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest
+from grokfetch.format.manifest import MANIFEST_NAME, FileEntry, load_manifest
 from grokfetch.fsutil import loads_json
 from grokfetch.hashing import file_digests
 
@@ -50,14 +50,12 @@ def load_records(dest: Path) -> tuple[dict[str, tuple[str, FileEntry]], dict[str
         for line in jpath.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 rec = loads_json(line)
-                m = Manifest.from_dict({"format": "grokfetch-manifest", "format_version": 1,
-                                        "name": "journal", "files": [rec["entry"]],
-                                        "chunk_size": rec["chunk_size"]})
+                e = FileEntry.from_dict(rec["entry"], rec["chunk_size"], str(jpath))
             except (ValueError, KeyError, TypeError, GrokfetchError):
                 continue
-            e = m.files[0]
             settings = rec.get("repack", settings)
-            records[e.path] = (recipe(rec.get("repack"), e.source, e.arrays, m.chunk_size), e)
+            records[e.path] = (recipe(rec.get("repack"), e.source, e.arrays, rec["chunk_size"]),
+                               e)
     return records, settings
 
 
@@ -77,7 +75,7 @@ class Journal:
         if not entries:
             return
         line = "".join(json.dumps({"repack": self.settings, "chunk_size": self.chunk_size,
-                                   "entry": _entry_dict(e)}) + "\n" for e in entries)
+                                   "entry": e.to_dict()}) + "\n" for e in entries)
         with self.lock:
             # O_NOFOLLOW: a symlink planted in DEST must not redirect the appends elsewhere.
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
@@ -87,10 +85,6 @@ class Journal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-
-def _entry_dict(e: FileEntry) -> dict[str, Any]:
-    return {k: v for k, v in e.__dict__.items() if v is not None}
 
 
 def still_good(path: Path, entry: FileEntry, chunk_size: int) -> bool:
