@@ -42,9 +42,8 @@ from typing import Any
 from grokfetch.errors import ManifestError, UsageError
 from grokfetch.fsutil import atomic_write_bytes
 
-STATE_DIR = ".grokfetch"  # in get's DEST: resume data, and the info-hash the user asked for
 KEY_NAME = "pin.key"
-ROOTS_NAME = "roots.json"  # STATE_DIR/ROOTS_NAME: info-hashes the user asked `get` for
+ROOTS_NAME = "roots.json"  # in get's state folder: the info-hashes the user asked `get` for
 
 # kind -> (proves the bytes, how the report describes it)
 ROOT_KINDS: dict[str, tuple[bool, str]] = {

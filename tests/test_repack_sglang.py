@@ -13,9 +13,9 @@ from test_repack import assert_manifest_verifies
 from test_safetensors_io import dequant
 
 from grokfetch.format.checkpoint import open_checkpoint
+from grokfetch.format.folder import INDEX_NAME
 from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
 from grokfetch.format.pickle_reader import scan
-from grokfetch.format.sglang import INDEX_NAME
 from grokfetch.format.sglang import LAYER_NAMES as SGLANG_LAYER_NAMES
 from grokfetch.repack.run import repack
 

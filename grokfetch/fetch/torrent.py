@@ -55,6 +55,7 @@ from grokfetch.errors import (
 from grokfetch.fetch import backsource
 from grokfetch.fetch.fleet import Fleet, FleetStatus, fleet_of
 from grokfetch.format import metainfo
+from grokfetch.format.folder import SELECTION_MANIFEST, STATE_DIR
 from grokfetch.format.manifest import (
     Manifest,
     by_info_hash,
@@ -73,7 +74,6 @@ from grokfetch.fsutil import (
     os_errors_as_disk_errors,
     remove_stale_temps,
 )
-from grokfetch.trust import STATE_DIR
 from grokfetch.units import format_bytes
 
 __all__ = [
@@ -88,7 +88,6 @@ __all__ = [
     "session_settings",
 ]
 
-SELECTION_MANIFEST = "manifest.json"  # in STATE_DIR: the manifest a partial get chose from
 SAVE_WAIT = 5.0  # seconds to wait for resume data on exit (Ctrl-C must be quick)
 FLUSH_WAIT = 600.0  # seconds for the disk to take what libtorrent still buffers
 PRIO_WAIT = 30.0  # seconds to wait for file_prio_alert before judging completion anyway
@@ -1322,13 +1321,13 @@ def _check_torrent_is_pin(tpath: Path, meta: TorrentMeta, pin: Any) -> None:
     they must be on disk (checked with the rest), and like every piece theirs
     are hashed before they are first sent.
     """
-    from grokfetch.format.layout import TENSOR_FILE_RE
+    from grokfetch.format.layout import is_tensor_path
 
     pinned = {e.path: e.size for e in pin.files}
     served = {}
     for f in meta.real_files():
         rel = next((p for p in pinned if f.path == p or f.path.endswith("/" + p)), None)
-        if rel is None and not TENSOR_FILE_RE.match(f.path.rsplit("/", 1)[-1]):
+        if rel is None and not is_tensor_path(f.path):
             continue
         if rel is None:
             raise UsageError(f"{tpath}: serves {f.path}, which the pinned manifest does not "

@@ -1,9 +1,7 @@
-"""A checkpoint folder: find it, name every file, check it against the layout.
+"""A checkpoint's model: its config, and its files checked against the layout.
 
-A checkpoint root is the folder that holds ``ckpt-0/`` (the official layout);
-every command also accepts ``ckpt-0/`` itself, or a torrent's root folder,
-whose name is not documented - so we look for the folder holding
-``tensor00000_000`` rather than assuming a name.
+Where the checkpoint is (root, tensor folder, every file grokfetch keeps
+beside it) is ``folder.locate``'s to decide; this module opens what it found.
 
 The model config comes from, in order: an explicit config; the pinned
 manifest in the root; inference from the files themselves (file count gives
@@ -19,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grokfetch.errors import CheckpointFormatError, GrokfetchError, UsageError
+from grokfetch.format.folder import SELECTION_MANIFEST, STATE_DIR, locate
 from grokfetch.format.layout import (
-    CKPT_DIR,
     ModelConfig,
     ParamSpec,
     file_name,
     param_list,
     tensor_files,
 )
-from grokfetch.format.manifest import MANIFEST_NAME, Manifest, load_manifest, model_names
+from grokfetch.format.manifest import Manifest, load_manifest, model_names
 from grokfetch.format.pickle_reader import ParamFile, file_kind, scan
 from grokfetch.fsutil import loads_json
 
@@ -46,26 +44,6 @@ def load_config_file(path: str | os.PathLike[str]) -> ModelConfig:
         return ModelConfig.from_dict(data)
     except UsageError as e:  # say which file is wrong
         raise UsageError(f"{path}: {e}") from None
-
-
-def find_ckpt_dir(path: str | os.PathLike[str]) -> Path:
-    """The folder that holds ``tensor00000_000`` at or below ``path`` (depth <= 2)."""
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{p}: no such file or folder")
-    if not p.is_dir():
-        raise UsageError(f"{p}: not a folder")
-    for cand in (p, p / CKPT_DIR):
-        if (cand / file_name(0)).exists():
-            return cand
-    hits = sorted(q.parent for q in p.glob(f"*/{file_name(0)}"))
-    hits += sorted(q.parent for q in p.glob(f"*/*/{file_name(0)}"))
-    if len(hits) == 1:
-        return hits[0]
-    if len(hits) > 1:
-        raise UsageError(f"{p}: holds more than one checkpoint ({', '.join(map(str, hits))}); "
-                         "name one")
-    raise UsageError(f"{p}: no checkpoint here (no {file_name(0)} in it or in {CKPT_DIR}/)")
 
 
 def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfig:
@@ -123,8 +101,8 @@ def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfi
 def _partial_get_config(root: Path) -> ModelConfig | None:
     """The model config ``get --layers`` left in its state folder (DEST/.grokfetch), if any:
     a partial folder's files alone describe a smaller model, not the one on disk."""
-    for state in (root / ".grokfetch", root.parent / ".grokfetch"):
-        p = state / "manifest.json"
+    for state in (root / STATE_DIR, root.parent / STATE_DIR):
+        p = state / SELECTION_MANIFEST
         if p.is_file():
             return load_manifest(p).config
     return None
@@ -167,16 +145,11 @@ class Checkpoint:
 def open_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = None,
                     key_size: int = DEFAULT_KEY_SIZE) -> Checkpoint:
     """Locate a checkpoint and decide its config (explicit, pinned manifest, inferred)."""
-    ckpt_dir = find_ckpt_dir(path)
-    root = ckpt_dir.parent if ckpt_dir.name == CKPT_DIR else ckpt_dir
-    real = ckpt_dir.resolve()  # '.' inside ckpt-0/, or a symlink to it named otherwise
-    if not (root / MANIFEST_NAME).is_file() and real.name == CKPT_DIR and (
-        real.parent / MANIFEST_NAME
-    ).is_file():
-        ckpt_dir, root = real, real.parent
+    folder = locate(path)
+    ckpt_dir, root = folder.checkpoint(), folder.root
     manifest = None
     source = "explicit"
-    mpath = root / MANIFEST_NAME
+    mpath = folder.manifest_path
     if mpath.is_file():
         manifest = load_manifest(mpath)
     if config is None and manifest is not None and manifest.config is not None:

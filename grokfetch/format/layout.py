@@ -43,6 +43,11 @@ def file_name(index: int, shard: int = 0) -> str:
     return f"tensor{index:05d}_{shard:03d}"
 
 
+def is_tensor_path(path: str) -> bool:
+    """Whether a '/'-separated path (a manifest's or a torrent's) names a parameter file."""
+    return bool(TENSOR_FILE_RE.match(path.rsplit("/", 1)[-1]))
+
+
 def tensor_files(ckpt_dir: Path) -> dict[int, Path]:
     """The ``tensorNNNNN_000`` files of a folder, by index (other files are ignored)."""
     out = {}

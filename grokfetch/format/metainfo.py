@@ -29,7 +29,7 @@ from typing import Any
 import libtorrent as lt
 
 from grokfetch.errors import TorrentError, UnsafePathError, UsageError
-from grokfetch.format.layout import TENSOR_FILE_RE
+from grokfetch.format.layout import is_tensor_path
 from grokfetch.fsutil import atomic_write_bytes, safe_relpath
 
 # Piece size bounds when the caller does not choose one: about 1,000-4,000
@@ -111,7 +111,7 @@ def auto_piece_size(total_size: int) -> int:
 
 def find_checkpoint_folder(folder: Path) -> Path:
     """The folder holding tensor00000_000 (``folder``, its ``ckpt-0``, or one level deeper)."""
-    from grokfetch.format.checkpoint import find_ckpt_dir
+    from grokfetch.format.folder import find_ckpt_dir
 
     return Path(find_ckpt_dir(folder))
 
@@ -352,17 +352,7 @@ def parse_magnet(uri: str) -> Magnet:
     )
 
 
-def info_hash_of(uri_or_hex: str) -> str:
-    if is_magnet(uri_or_hex):
-        return parse_magnet(uri_or_hex).info_hash
-    return uri_or_hex.lower()
-
-
 # --------------------------------------------------------------------------- manifest match
-
-
-def _is_tensor(path: str) -> bool:
-    return bool(TENSOR_FILE_RE.match(posixpath.basename(path)))
 
 
 def match_manifest(meta: TorrentMeta, entries: Iterable[Any], what: str = "torrent") -> FileMap:
@@ -406,9 +396,9 @@ def match_manifest(meta: TorrentMeta, entries: Iterable[Any], what: str = "torre
     extra = tuple(f for f in real if f.path not in by_suffix)
     # The checkpoint folder's file list must be the manifest's; files elsewhere
     # in the torrent (a README, the tokenizer) are extras, reported and skipped.
-    ckpt_dirs = {posixpath.dirname(f.path) for f in result.values() if _is_tensor(f.path)}
+    ckpt_dirs = {posixpath.dirname(f.path) for f in result.values() if is_tensor_path(f.path)}
     for f in extra:
-        if _is_tensor(f.path) and (not ckpt_dirs or posixpath.dirname(f.path) in ckpt_dirs):
+        if is_tensor_path(f.path) and (not ckpt_dirs or posixpath.dirname(f.path) in ckpt_dirs):
             problems.append(f"{f.path} is in the torrent but not in the manifest")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

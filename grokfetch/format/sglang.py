@@ -28,7 +28,6 @@ from grokfetch.format.layout import ModelConfig, ParamSpec
 from grokfetch.format.pickle_reader import ParamFile
 from grokfetch.format.safetensors import Tensor
 
-INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 ARCHITECTURE = "Grok1ForCausalLM"
 

@@ -46,11 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import DiskError, GrokfetchError, SignatureError, UsageError
-from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.folder import JOURNAL_NAME, SIGNATURE_NAME, STATE_DIR, TORRENT_SUFFIX
 from grokfetch.format.manifest import MANIFEST_NAME
 from grokfetch.fsutil import atomic_write_bytes, safe_relpath
 from grokfetch.hashing import ALGORITHMS, default_jobs, parallel_map, range_digest
-from grokfetch.integrity.verify import SIGNATURE_NAME, STATE_DIR
 from grokfetch.progress import NullBar, ProgressFactory, SharedCounter
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -376,7 +375,7 @@ def own_ignores(folder: Path, signature: Path | None) -> list[str]:
     files ``get`` saved at the top, and the signature file when it is inside the folder."""
     out = list(grokfetch_own_paths())
     try:
-        out += sorted(p.name for p in folder.iterdir() if p.name.endswith(".torrent"))
+        out += sorted(p.name for p in folder.iterdir() if p.name.endswith(TORRENT_SUFFIX))
     except OSError as e:
         raise UsageError(f"{folder}: cannot list: {e.strerror or e}") from None
     if signature is not None:

@@ -31,8 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from grokfetch.format.folder import STATE_DIR
 from grokfetch.fsutil import atomic_write_bytes
-from grokfetch.trust import STATE_DIR, authentic, tag
+from grokfetch.trust import authentic, tag
 
 RECORD_NAME = "verified.json"  # in the checkpoint root's STATE_DIR
 PURPOSE = "verified-record"  # keeps these tags apart from pins' (trust.tag)

@@ -55,12 +55,21 @@ from grokfetch.errors import (
     TorrentError,
     UsageError,
 )
+from grokfetch.format.folder import (
+    SIGNATURE_NAME,
+    STATE_DIR,
+    TORRENT_SUFFIX,
+    Folder,
+    existing_folder,
+    locate,
+)
 from grokfetch.format.layout import (
     CKPT_DIR,
     ArraySpec,
     ModelConfig,
     ParamSpec,
     file_name,
+    is_tensor_path,
     param_list,
 )
 from grokfetch.format.manifest import (
@@ -69,14 +78,13 @@ from grokfetch.format.manifest import (
     Manifest,
     Sources,
     by_info_hash,
-    check_regular,
     load_manifest,
     load_manifest_file,
     model_names,
     published_info_hashes,
     save_pin,
 )
-from grokfetch.fsutil import TMP_MARK, safe_relpath
+from grokfetch.fsutil import TMP_MARK
 from grokfetch.hashing import (
     DEFAULT_CHUNK_SIZE,
     FileDigests,
@@ -99,7 +107,6 @@ from grokfetch.integrity.verified_record import save as save_verified
 from grokfetch.names import escape_text, report_line
 from grokfetch.progress import NullBar, ProgressFactory, SharedCounter
 from grokfetch.trust import (
-    STATE_DIR,
     PinRoot,
     asked_info_hashes,
     now,
@@ -135,8 +142,6 @@ STATUSES = (OK, FAILED, MISSING, UNREADABLE, UNVERIFIED, EXTRA, UNCHANGED)
 # Chunks (or pieces) per file that --quick hashes: the first (it holds the header)
 # and a random one.  On the real checkpoint that reads ~12% of the bytes.
 QUICK_SAMPLES = 2
-SIGNATURE_NAME = "model.sig"  # where `grokfetch sign` (and model_signing) put the signature
-_TENSOR_RE = re.compile(r"(^|/)tensor\d{5}_\d{3}$")
 
 
 @dataclass(frozen=True)
@@ -264,77 +269,9 @@ class VerifyReport:
 # -- where things are --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Place:
-    """The folder being verified: its root and, for a checkpoint, the tensor folder."""
-
-    root: Path
-    ckpt_dir: Path | None
-
-    def disk(self, rel: str) -> Path:
-        """Where the file a manifest calls ``rel`` is on disk.
-
-        ``ckpt-0/NAME`` lives in the folder that actually holds the tensors,
-        whatever it is called (a torrent or mirror may name it differently).
-        """
-        rel = safe_relpath(rel, "manifest path")
-        if self.ckpt_dir is not None and rel.startswith(CKPT_DIR + "/"):
-            return self.ckpt_dir / rel[len(CKPT_DIR) + 1 :]
-        return self.root / rel
-
-    def rel(self, p: Path) -> str:
-        """The manifest-style name of a file on disk (inverse of ``disk``)."""
-        if self.ckpt_dir is not None and p.parent == self.ckpt_dir:
-            return f"{CKPT_DIR}/{p.name}"
-        return p.relative_to(self.root).as_posix()
-
-
-def _folder(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{p}: no such folder")
-    if not p.is_dir():
-        raise UsageError(f"{p}: not a folder")
-    return p
-
-
-def _locate(path: str | os.PathLike[str]) -> _Place:
-    p = _folder(path)
-    near = [p] + [q.parent for q in (p, p.resolve()) if q.name == CKPT_DIR]
-    for where in near:
-        if os.path.lexists(where / MANIFEST_NAME):
-            check_regular(where / MANIFEST_NAME)  # a folder or FIFO there: exit 2, never opened
-    if (p / MANIFEST_NAME).is_file():  # a pinned checkpoint root or a repack output
-        if (p / CKPT_DIR).is_dir():
-            return _Place(p, p / CKPT_DIR)
-        if (p / file_name(0)).exists():  # pinned inside a tensor folder named otherwise
-            return _Place(p, p)
-        return _Place(p, None)
-    if p.name == CKPT_DIR and (p.parent / MANIFEST_NAME).is_file():
-        return _Place(p.parent, p)
-    real = p.resolve()
-    if real.name == CKPT_DIR and (real.parent / MANIFEST_NAME).is_file():
-        return _Place(real.parent, real)  # a symlink to a pinned checkpoint's ckpt-0/
-    from grokfetch.format.checkpoint import find_ckpt_dir
-
-    try:
-        ckpt = find_ckpt_dir(p)
-    except UsageError:
-        return _Place(p, None)  # not a checkpoint: the manifest or torrent lists the files
-    root = ckpt.parent if ckpt.name == CKPT_DIR else ckpt
-    return _Place(root, ckpt)
-
-
-def _find_torrent(path: Path, place: _Place) -> Path | None:
+def _find_torrent(path: Path, place: Folder) -> Path | None:
     """The .torrent ``get`` saved: in the folder given, the root, or get's destination above."""
-    folders = [path, place.root]
-    if (place.root.parent / STATE_DIR).is_dir():
-        folders.append(place.root.parent)  # get saves DEST/NAME.torrent, files in DEST/NAME/
-    found: list[Path] = []
-    for d in folders:
-        for t in sorted(d.glob("*.torrent")):
-            if t.is_file() and t.resolve() not in {f.resolve() for f in found}:
-                found.append(t)
+    found = place.torrents(path)
     if len(found) > 1:
         names = ", ".join(str(t) for t in found)
         raise UsageError(f"{path}: several .torrent files ({names}); choose one with --torrent")
@@ -365,7 +302,7 @@ class _Expect:
 
 def _spec_from_entry(e: FileEntry, index: int) -> ParamSpec | None:
     """A layout spec from a manifest entry (for the structural check), if it is a tensor file."""
-    if not _TENSOR_RE.search(e.path) or not e.kind or not e.arrays:
+    if not is_tensor_path(e.path) or not e.kind or not e.arrays:
         return None
     try:
         arrays = tuple(ArraySpec(a["name"], a["dtype"], tuple(a["shape"])) for a in e.arrays)
@@ -383,7 +320,7 @@ def _spec_from_entry(e: FileEntry, index: int) -> ParamSpec | None:
     )
 
 
-def _inferred_config(place: _Place) -> ModelConfig | None:
+def _inferred_config(place: Folder) -> ModelConfig | None:
     """The model config inferred from the files (None when they are too damaged to tell)."""
     if place.ckpt_dir is None:
         return None
@@ -395,7 +332,7 @@ def _inferred_config(place: _Place) -> ModelConfig | None:
         return None
 
 
-def _layout_specs(place: _Place, config: ModelConfig | None) -> dict[str, ParamSpec]:
+def _layout_specs(place: Folder, config: ModelConfig | None) -> dict[str, ParamSpec]:
     """Layout specs by manifest path, from ``config`` or inferred from the files."""
     config = config or _inferred_config(place)
     return {s.file: s for s in param_list(config)} if config is not None else {}
@@ -427,7 +364,7 @@ def _signature_trust(signed: SignedModel) -> _Trust:
                   manifest_vouch=f"signature:{signed.signer}")
 
 
-def _signed_expect(signed: SignedModel, place: _Place) -> list[_Expect]:
+def _signed_expect(signed: SignedModel, place: Folder) -> list[_Expect]:
     """What the signature says each file is: whole digests map onto the engine's
     sha256/blake3 fields, shards onto its chunk hashes."""
     s = signed.serialization
@@ -448,7 +385,7 @@ def _signed_expect(signed: SignedModel, place: _Place) -> list[_Expect]:
     return out
 
 
-def _packaged_for(place: _Place) -> Manifest | None:
+def _packaged_for(place: Folder) -> Manifest | None:
     """The packaged manifest whose files these are (same tensor count and first sizes)."""
     if place.ckpt_dir is None:
         return None
@@ -457,7 +394,7 @@ def _packaged_for(place: _Place) -> Manifest | None:
             m = load_manifest(name)
         except GrokfetchError:
             continue
-        tensors = [f for f in m.files if _TENSOR_RE.search(f.path)]
+        tensors = [f for f in m.files if is_tensor_path(f.path)]
         last = tensors[-1] if tensors else None
         if last is not None and place.disk(last.path).is_file():
             # the highest-numbered file exists and no higher one: same model size
@@ -474,7 +411,7 @@ def _next_name(rel: str) -> str:
 
 def _choose_trust(
     path: Path,
-    place: _Place,
+    place: Folder,
     manifest: Manifest | str | os.PathLike[str] | None,
     torrent: str | os.PathLike[str] | None,
     accept_first_use: bool = False,
@@ -582,7 +519,7 @@ def find_root(
     """Which root of trust ``verify`` would use for ``path`` (what ``verify --pin`` pins
     against), by the same rules; raises as ``verify`` does for a malformed manifest."""
     p = Path(path)
-    t = _choose_trust(p, _locate(p), manifest, torrent, accept_first_use)
+    t = _choose_trust(p, locate(p), manifest, torrent, accept_first_use)
     return RootChoice(
         kind=t.kind,
         text=t.text,
@@ -645,7 +582,7 @@ def _check_torrent_matches(m: Manifest, pm: PieceMap | None) -> None:
         )
 
 
-def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
+def _expected(trust: _Trust, place: Folder) -> list[_Expect]:
     """The files that should be there, with what is known about each."""
     out: list[_Expect] = []
     if trust.signed is not None:
@@ -657,7 +594,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
         specs = {s.file: s for s in param_list(config)} if config is not None else {}
         for i, e in enumerate(trust.manifest.files):
             # structure checks are for checkpoint tensor files only (not repack outputs)
-            tensor = bool(_TENSOR_RE.search(e.path))
+            tensor = is_tensor_path(e.path)
             spec = (_spec_from_entry(e, i) or specs.get(e.path)) if tensor else None
             out.append(
                 _Expect(
@@ -674,7 +611,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
         packaged = by_info_hash(trust.pm.meta.info_hash)
         specs = _layout_specs(place, packaged.config if packaged is not None else None)
         for rel, disk, f in _torrent_files(trust.pm, place):
-            tensor = bool(_TENSOR_RE.search(rel))
+            tensor = is_tensor_path(rel)
             s = specs.get(rel)
             out.append(
                 _Expect(
@@ -704,7 +641,7 @@ def _expected(trust: _Trust, place: _Place) -> list[_Expect]:
     ]
 
 
-def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: _Place) -> set[str]:
+def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: Folder) -> set[str]:
     """The files of layers ``spec`` ('0-3,10') plus the embedding and final norm: what
     ``get --layers`` fetched.  Needs each file's layer, from the manifest or the layout."""
     from grokfetch.format.layout import parse_layer_spec, select_layers
@@ -725,7 +662,7 @@ def _select_layers(xs: list[_Expect], spec: str, trust: _Trust, place: _Place) -
     return {x.rel for x in select_layers(xs, layers)}
 
 
-def _torrent_files(pm: PieceMap, place: _Place) -> list[tuple[str, Path, Any]]:
+def _torrent_files(pm: PieceMap, place: Folder) -> list[tuple[str, Path, Any]]:
     """(manifest-style name, path on disk, TorrentFile) of each real file of the torrent."""
     from grokfetch.integrity.pieces import find_strip, rel_path
 
@@ -1033,7 +970,7 @@ def _torrent_results(
 
 
 def _extras(
-    place: _Place, expected: set[Path], signed: SignedModel | None = None
+    place: Folder, expected: set[Path], signed: SignedModel | None = None
 ) -> list[FileResult]:
     """Files on disk below the root that the file list does not name (or, against a
     signature, that it neither signs nor ignores)."""
@@ -1051,7 +988,7 @@ def _extras(
                 if p in expected or p in seen or name in skip_names or TMP_MARK in name:
                     continue
                 if Path(dirpath) == place.root and (
-                    name.endswith(".torrent") or name == SIGNATURE_NAME
+                    name.endswith(TORRENT_SUFFIX) or name == SIGNATURE_NAME
                 ):
                     continue  # get's saved torrent, `grokfetch sign`'s signature
                 seen.add(p)
@@ -1069,7 +1006,7 @@ def _extras(
                 if signed is not None:
                     out.append(FileResult(rel, EXTRA, detail="not signed", size=size))
                     continue
-                if _TENSOR_RE.search(rel):
+                if is_tensor_path(rel):
                     # a checkpoint file no root vouches for: it would be loaded, so it counts
                     out.append(FileResult(
                         rel, UNVERIFIED, size=size,
@@ -1079,7 +1016,7 @@ def _extras(
     return out
 
 
-def _unsigned_ok(signed: SignedModel, place: _Place, p: Path, size: int | None) -> bool:
+def _unsigned_ok(signed: SignedModel, place: Folder, p: Path, size: int | None) -> bool:
     """A file on disk that the signature rightly leaves out: an ignore path, the signature
     file itself, or an empty file under shard serialization (it has no shards)."""
     if os.path.abspath(p) == os.path.abspath(signed.signature_path):
@@ -1142,10 +1079,10 @@ def verify(
             raise UsageError("--signature is a root of trust on its own: drop --manifest and "
                              "--torrent")
         # names in a signature are relative to the signed folder itself
-        place = _Place(_folder(path), None)
+        place = Folder(existing_folder(path), None)
         trust = _signature_trust(signature)
     else:
-        place = _locate(path)
+        place = locate(path)
         trust = _choose_trust(path, place, manifest, torrent, accept_first_use)
     if changed_only and (quick or trust.kind != "pinned" or trust.pin_sha256 is None):
         raise UsageError(
@@ -1339,13 +1276,13 @@ def _vouched(r: FileResult, trust: _Trust) -> FileResult:
     return replace(r, vouched_by=who)
 
 
-def _not_listed(trust: _Trust, listed: set[str], layers: str | None, place: _Place) -> list[str]:
+def _not_listed(trust: _Trust, listed: set[str], layers: str | None, place: Folder) -> list[str]:
     """Files the model's layout expects that the root of trust does not list (a manifest of
     a subset): nothing vouches for them, whether they are on disk or not."""
     m = trust.manifest
     if m is None or m.config is None or m.repack is not None:
         return []
-    if not any(_TENSOR_RE.search(rel) for rel in listed):
+    if not any(is_tensor_path(rel) for rel in listed):
         return []
     from grokfetch.format.layout import parse_layer_spec
 
@@ -1434,7 +1371,7 @@ def pin(
     """
     t0 = time.monotonic()
     p = Path(path)
-    place = _locate(p)
+    place = locate(p)
     pm = _piece_map(torrent) if torrent is not None else None
     roots: list[PinRoot] = []
     mroot: Manifest | None = None
@@ -1660,7 +1597,7 @@ def file_set_problems(path: str | os.PathLike[str], manifest: Manifest) -> list[
     """What keeps the folder from holding exactly ``manifest``'s files: one line per file
     missing, not a regular file (checked with stat: a FIFO is never opened) or of the
     wrong size.  Reads no content (``seed`` checks this before it serves anything)."""
-    place = _locate(path)
+    place = locate(path)
     out = []
     for e in manifest.files:
         disk = place.disk(e.path)

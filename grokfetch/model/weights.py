@@ -47,9 +47,8 @@ from grokfetch.format import sglang
 from grokfetch.format.arrays import BFLOAT16, ArrayRef
 from grokfetch.format.checkpoint import open_checkpoint
 from grokfetch.format.files import ByteSource, open_source
-from grokfetch.format.folder import JOURNAL_NAME
+from grokfetch.format.folder import INDEX_NAME, locate
 from grokfetch.format.layout import (
-    CKPT_DIR,
     ModelConfig,
     ParamSpec,
     check_config_fits,
@@ -57,7 +56,7 @@ from grokfetch.format.layout import (
     holds_only,
     param_list,
 )
-from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
+from grokfetch.format.manifest import load_manifest
 from grokfetch.format.pickle_reader import scan
 from grokfetch.format.safetensors import read_header
 from grokfetch.fsutil import inside, loads_json
@@ -461,7 +460,7 @@ class SglangWeights(ModelWeights):
     def tensor(self, name: str) -> ArrayRef:
         shard = self.weight_map.get(name)
         if shard is None:
-            raise CheckpointFormatError(self.root / sglang.INDEX_NAME, None, f"no tensor {name}")
+            raise CheckpointFormatError(self.root / INDEX_NAME, None, f"no tensor {name}")
         if shard not in self._headers:
             self._headers[shard] = safetensors_arrays(self.source(inside(self.root, shard)))
         arrays = self._headers[shard]
@@ -524,12 +523,11 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
     ``config``: the model configuration; by default the one pinned in the
     folder's manifest (or a repack's config.json).
     """
-    root = Path(path)
-    if not root.exists():
-        raise UsageError(f"{root}: no such file or directory")
-    manifest_path = root / MANIFEST_NAME
+    folder = locate(path)
+    root = folder.root
+    manifest_path = folder.manifest_path
     manifest = load_manifest(manifest_path) if manifest_path.is_file() else None
-    index_path = root / sglang.INDEX_NAME
+    index_path = folder.index_path
     if manifest is not None and manifest.repack is not None or index_path.is_file():
         repack = dict(manifest.repack or {}) if manifest is not None else {"layout": "sglang"}
         source = "explicit"
@@ -556,7 +554,7 @@ def open_weights(path: str | os.PathLike[str], config: ModelConfig | None = None
             raise UsageError(f"{root}: no manifest")
         files = {f.param: f.path for f in manifest.files if f.param}
         return PerTensorWeights(root, config, source, files, repack)
-    if (root / JOURNAL_NAME).is_file() and not (root / CKPT_DIR).exists():
+    if folder.journal_path.is_file() and folder.ckpt_dir is None:
         raise UsageError(f"{root}: an unfinished repack (its journal, no manifest yet); rerun "
                          "the same grokfetch repack command to finish it")
     ckpt = open_checkpoint(root, config=config)

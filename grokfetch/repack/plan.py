@@ -19,6 +19,7 @@ from grokfetch.errors import UsageError
 from grokfetch.format import sglang
 from grokfetch.format.arrays import BFLOAT16
 from grokfetch.format.checkpoint import Checkpoint
+from grokfetch.format.folder import INDEX_NAME
 from grokfetch.format.layout import ParamSpec, layer_selection, select_layers
 from grokfetch.format.pickle_reader import ParamFile
 from grokfetch.format.safetensors import DEFAULT_ZSTD_LEVEL, Tensor
@@ -246,7 +247,7 @@ def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, Para
     config = sglang.config_to_hf(ckpt.config, dtype, tok.special_ids.get("bos"))
     extra = {
         sglang.CONFIG_NAME: (json.dumps(config, indent=1) + "\n").encode(),
-        sglang.INDEX_NAME: (json.dumps(index, indent=1) + "\n").encode(),
+        INDEX_NAME: (json.dumps(index, indent=1) + "\n").encode(),
         **tokenizer_files(tok, ckpt.config.sequence_len),
     }
     return Plan(outputs, extra)
