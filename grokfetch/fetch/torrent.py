@@ -55,7 +55,7 @@ from grokfetch.errors import (
 from grokfetch.fetch import backsource
 from grokfetch.fetch.fleet import Fleet, FleetStatus, fleet_of
 from grokfetch.format import metainfo
-from grokfetch.format.folder import SELECTION_MANIFEST, STATE_DIR
+from grokfetch.format.folder import SELECTION_MANIFEST, STATE_DIR, locate
 from grokfetch.format.manifest import (
     Manifest,
     by_info_hash,
@@ -1474,16 +1474,16 @@ class Seeder:
 
     def _pin(self, folder: Path) -> Any:
         """The folder's pinned manifest when this user pinned it (else None, and why)."""
-        from grokfetch.format.manifest import MANIFEST_NAME, load_manifest_file
+        from grokfetch.format.manifest import load_manifest_file
 
-        for base in (folder, folder.parent if folder.name == "ckpt-0" else None):
-            if base is None or not os.path.lexists(base / MANIFEST_NAME):
-                continue
-            lm = load_manifest_file(base / MANIFEST_NAME)
-            if lm.authentic:
-                return lm.manifest
-            self.say(f"{base / MANIFEST_NAME}: manifest of unknown origin: not a root of "
-                     "trust; every piece is checked instead")
+        path = locate(folder).manifest_path  # a FIFO or folder there: refused, never opened
+        if not path.is_file():
+            return None
+        lm = load_manifest_file(path)
+        if lm.authentic:
+            return lm.manifest
+        self.say(f"{path}: manifest of unknown origin: not a root of trust; every piece is "
+                 "checked instead")
         return None
 
     @staticmethod
