@@ -74,11 +74,13 @@ from grokfetch.fsutil import (
     os_errors_as_disk_errors,
     remove_stale_temps,
 )
+from grokfetch.progress import ProgressFactory
 from grokfetch.units import format_bytes
 
 __all__ = [
     "NetOptions",
     "Progress",
+    "DownloadOptions",
     "DownloadResult",
     "SeedInfo",
     "Seeder",
@@ -535,36 +537,56 @@ def _lock_dest(state_dir: Path) -> int:
     return lock_dest(state_dir.parent, "get", "is downloading into", lock_file=state_dir / "lock")
 
 
+@dataclass(frozen=True)
+class DownloadOptions:
+    """Everything ``download`` takes besides what and where (its keyword arguments)."""
+
+    manifest: Any = None  # a Manifest, a path to one, or a packaged model's name
+    peers: Sequence[str | tuple[str, int]] = ()
+    include: Sequence[str] = ()
+    layers: str | None = None
+    net: NetOptions | None = None
+    web_seeds: Sequence[str] = ()
+    trackers: Sequence[str] = ()
+    repair: bool = False
+    space_check: bool = True
+    pin: bool = True
+    seed: bool = False
+    seed_ratio: float | None = None
+    seed_while_needed: float | None = None
+    resume_interval: float = 30.0
+    progress_interval: float = 1.0
+    timeout: float | None = None
+    stall_timeout: float | None = None
+    on_progress: Callable[[Progress], None] | None = None
+    on_message: Callable[[str], None] | None = None
+    sources: str = "auto"
+    mirror: Any = None
+    metadata_timeout: float = 60.0
+    pin_progress: ProgressFactory | None = None
+
+
+@dataclass
+class _Added:
+    """What the session is given: libtorrent's add_torrent_params and how they came about."""
+
+    atp: Any
+    resume_file: Path
+    marker: Path  # the crash marker: present while a session runs
+    recheck: bool  # resume data dropped: libtorrent hashes what is on disk
+    reprioritize: list[int] | None  # a changed selection, applied once the torrent is added
+
+
 @os_errors_as_disk_errors("dest")
 def download(
     source: str | os.PathLike[str] | None,
     dest: str | os.PathLike[str],
-    *,
-    manifest: Any = None,
-    peers: Sequence[str | tuple[str, int]] = (),
-    include: Sequence[str] = (),
-    layers: str | None = None,
-    net: NetOptions | None = None,
-    web_seeds: Sequence[str] = (),
-    trackers: Sequence[str] = (),
-    repair: bool = False,
-    space_check: bool = True,
-    pin: bool = True,
-    seed: bool = False,
-    seed_ratio: float | None = None,
-    seed_while_needed: float | None = None,
-    resume_interval: float = 30.0,
-    progress_interval: float = 1.0,
-    timeout: float | None = None,
-    stall_timeout: float | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    on_message: Callable[[str], None] | None = None,
-    sources: str = "auto",
-    mirror: Any = None,
-    metadata_timeout: float = 60.0,
-    pin_progress: Callable[[int, str], Any] | None = None,
+    options: DownloadOptions | None = None,
+    **changes: Any,
 ) -> Any:
     """Download ``source`` (model name, magnet or .torrent) into ``dest``.
+
+    ``options`` (a DownloadOptions), or its fields as keyword arguments:
 
     ``sources``: "swarm" (BitTorrent only), "mirror" (whole files from the
     manifest's Hugging Face mirror, each proven by its published SHA-256;
@@ -586,14 +608,12 @@ def download(
     ``on_message`` after STALL_NOTICE seconds either way, saying what
     libtorrent knows (peers, the piece nobody has, a peer that refuses).
     ``pin_progress``: the progress factory of the BLAKE3 pin pass at the end.
+
+    The phases: resolve the source, claim DEST, start the run's bookkeeping,
+    build what the session is given, then the session (fetch, pin, seed).
     """
-    net = net or NetOptions()
-    say = on_message or (lambda _m: None)
-    src, man = resolve_source(source, manifest)
-    if layers is not None:  # a usage error must not leave DEST (and its state folder) behind
-        if man is None:
-            raise UsageError("--layers needs a manifest (--manifest PATH or a model name)")
-        metainfo.manifest_paths_for_layers(man, layers)  # checks the spec
+    o = replace(options or DownloadOptions(), **changes)
+    src, man = _resolve_phase(source, o)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     state_dir = dest / STATE_DIR
@@ -602,181 +622,218 @@ def download(
     # blocks included) and clobber the resume data; the lock dies with the process.
     lock = _lock_dest(state_dir)
     try:
-        # This run may change the files: whoever waits on the marker must wait again.
-        with contextlib.suppress(FileNotFoundError):
-            done_marker(dest).unlink()
-        remove_stale_temps(state_dir)  # resume data a killed or disk-full run left half-written
-        # What the user asked for vouches for the .torrent this run saves (grokfetch.trust).
-        trust.remember_torrent(state_dir, src.info_hash, src.what)
-        run = _Run(
-            dest=dest,
-            state_dir=state_dir,
-            info_hash=src.info_hash,
-            manifest=man,
-            include=tuple(include),
-            layers=layers,
-            space_check=space_check,
-            on_message=say,
-            pin_progress=pin_progress,
-        )
-        if sources == "mirror":
-            return backsource.files_from_mirror(man, dest, state_dir, mirror, include=include,
-                                                layers=layers, space_check=space_check, pin=pin,
-                                                on_progress=on_progress, on_message=say)
-        peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
+        run = _start_phase(dest, state_dir, src, man, o)
+        if o.sources == "mirror":
+            return backsource.files_from_mirror(man, dest, state_dir, o.mirror,
+                                                include=o.include, layers=o.layers,
+                                                space_check=o.space_check, pin=o.pin,
+                                                on_progress=o.on_progress,
+                                                on_message=run.on_message)
+        peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in o.peers]
         peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
-
-        resume_file = _resume_path(state_dir, src.info_hash)
-        marker = _marker_path(state_dir, src.info_hash)
-        saved = _read_resume(resume_file, src.info_hash, say)
-        ti = meta = None
-        if src.torrent is not None:
-            ti, meta = metainfo.load_torrent_bytes(src.torrent, src.what)
-        elif saved is not None and saved.ti is not None:
-            ti = saved.ti  # a magnet whose metadata an earlier run received
-            meta = metainfo.meta_from_info(ti)
-
-        # Resume data is trusted blindly by libtorrent.  After a crash (the marker
-        # of a run that did not exit cleanly is still there) or on --repair it is
-        # dropped: added without it, libtorrent hashes what is on disk and keeps
-        # every good piece.
-        recheck = repair or marker.exists()
-        if saved is not None and not recheck:
-            atp = saved
-            say(f"resuming from {resume_file.name}")
-        elif ti is not None:
-            atp = lt.add_torrent_params()
-            atp.ti = ti
-        else:
-            assert src.magnet is not None  # a Source without a torrent is a magnet
-            atp = lt.parse_magnet_uri(src.magnet)
-        if ti is None and (web_seeds or src.web_seeds) and not peer_addrs:
-            say("note: a web seed cannot supply a magnet's metadata; waiting for peers "
-                "(pass the .torrent instead to fetch from the web seed alone)")
-        if recheck:
-            why = "--repair" if repair else "the last run did not exit cleanly"
-            say(f"rechecking the data on disk ({why})")
-        if sources in ("auto", "swarm"):
-            run.back = backsource.make(sources, src.info_hash, man, mirror, metadata_timeout,
-                                       need_metadata=ti is None, say=say)
-            if ti is None and space_check:
-                backsource.check_space_from_manifest(dest, man, layers)
-        if atp.ti is None and ti is not None:
-            atp.ti = ti
-
-        reprioritize = None
-        if meta is not None:
-            _prepare(run, ti, meta)  # paths, manifest, selection, free space: before any byte
-            prios = metainfo.priorities(meta, run.chosen)
-            if atp is saved and list(saved.file_priorities) not in ([], prios):
-                # A changed selection on a rerun: add with the saved priorities and
-                # change them afterwards, so libtorrent moves what an earlier run
-                # parked in its part file into the newly wanted files (given at add
-                # time, the new priorities would leave that data stranded).
-                reprioritize = prios
-            else:
-                atp.file_priorities = prios
-        atp.save_path = str(dest)
-        # Pieces shared with unselected files land in libtorrent's part file; keep
-        # it with our state, not among the checkpoint files where verify would
-        # report it as an extra file.
-        if hasattr(atp, "part_file_dir"):
-            atp.part_file_dir = STATE_DIR  # relative to save_path
-        flags = atp.flags
-        flags &= ~lt.torrent_flags.auto_managed  # never queued or paused by the session
-        flags &= ~lt.torrent_flags.paused
-        flags &= ~lt.torrent_flags.upload_mode  # left by a disk-full run: space has been freed
-        flags &= ~lt.torrent_flags.seed_mode
-        if meta is None:
-            flags |= lt.torrent_flags.default_dont_download  # nothing until the metadata is checked
-        atp.flags = flags
-        atp.url_seeds = list(dict.fromkeys([*atp.url_seeds, *src.web_seeds, *web_seeds]))
-        atp.trackers = list(dict.fromkeys([*atp.trackers, *src.trackers, *trackers]))
-
-        ses = make_session(net)
-        start = time.monotonic()
-        h = None
-        try:
-            h = ses.add_torrent(atp)
-            if reprioritize is not None:
-                _prioritize(run, h, reprioritize)
-            say(f"listening on {_listen_text(ses, net)}")
-            for addr in peer_addrs:
-                h.connect_peer(addr)
-            atomic_write_bytes(marker, str(os.getpid()).encode())
-            try:
-                _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-                      timeout, on_progress, stall_timeout)
-            except backsource.FallBackToFiles:
-                _stop_and_save(run, ses, h, marker)
-                ses.remove_torrent(h)
-                h = None
-                return backsource.files_from_mirror(
-                    man, dest, state_dir, mirror, include=include, layers=layers,
-                    space_check=space_check, pin=pin, on_progress=on_progress, on_message=say,
-                    client=run.back.client, started=start)
-            with contextlib.suppress(FileNotFoundError):
-                marker.unlink()
-            # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
-            # over 318 GB takes a while, and --seed should not wait for it.
-            try:
-                root, complete, manifest_path = _finish(run, pin and run.torrent_path is not None)
-            except PinRefused as e:
-                # Bytes on disk fail the torrent although libtorrent's resume data says
-                # they were good (changed since, or a resume file that lies): recheck
-                # everything, fetch what is bad, and pin again.
-                say(f"the pin pass found bad data on disk: {e}; rechecking and re-fetching")
-                recheck = True
-                run.checked = False
-                h.force_recheck()
-                atomic_write_bytes(marker, str(os.getpid()).encode())
-                _loop(run, ses, h, src, peer_addrs, start, resume_interval, progress_interval,
-                      timeout, on_progress)
-                with contextlib.suppress(FileNotFoundError):
-                    marker.unlink()
-                root, complete, manifest_path = _finish(run, True)
-            _write_done_marker(run, root, manifest_path, src.info_hash, complete)
-            if seed or seed_while_needed is not None:
-                _seed_on(run, ses, h, start, seed_ratio, progress_interval, on_progress,
-                         seed_while_needed)
-            st = h.status()
-            magnet = lt.make_magnet_uri(h.torrent_file())
-        except KeyboardInterrupt:
-            ok = _stop_and_save(run, ses, h, marker)
-            what = f"state saved in {state_dir}" if ok else "state not saved (the rerun rechecks)"
-            raise Interrupted(f"interrupted; {what}: rerun the same command to continue") from None
-        except GrokfetchError:  # disk full, --timeout, bad metadata: keep what we have
-            _stop_and_save(run, ses, h, marker)
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                if h is not None:
-                    ses.remove_torrent(h)
-            if run.back is not None:
-                run.back.stop()
-            del ses
-
-        assert run.meta is not None and run.torrent_path is not None  # set once metadata is known
-        return DownloadResult(
-            dest=dest,
-            root=root,
-            torrent_path=run.torrent_path,
-            info_hash=src.info_hash,
-            name=run.meta.name,
-            files=len(run.chosen),
-            wanted=sum(f.size for f in run.chosen),
-            downloaded=st.total_payload_download,
-            uploaded=st.total_payload_upload,
-            failed_bytes=st.total_failed_bytes,
-            elapsed=time.monotonic() - start,
-            rechecked=recheck,
-            complete=complete,
-            manifest_path=manifest_path,
-            magnet=magnet,
-            sources=run.back.sources() if run.back is not None else None,
-        )
+        added = _add_params_phase(run, src, o, peer_addrs)
+        return _session_phase(run, src, o, added, peer_addrs)
     finally:
         os.close(lock)
+
+
+def _resolve_phase(source: str | os.PathLike[str] | None,
+                   o: DownloadOptions) -> tuple[Source, Any]:
+    """What to fetch and the manifest that describes it; a bad --layers fails here."""
+    src, man = resolve_source(source, o.manifest)
+    if o.layers is not None:  # a usage error must not leave DEST (and its state folder) behind
+        if man is None:
+            raise UsageError("--layers needs a manifest (--manifest PATH or a model name)")
+        metainfo.manifest_paths_for_layers(man, o.layers)  # checks the spec
+    return src, man
+
+
+def _start_phase(dest: Path, state_dir: Path, src: Source, man: Any,
+                 o: DownloadOptions) -> _Run:
+    """DEST claimed: the last run's marker and half-written state cleared, the torrent the
+    user asked for remembered, and the run's bookkeeping."""
+    # This run may change the files: whoever waits on the marker must wait again.
+    with contextlib.suppress(FileNotFoundError):
+        done_marker(dest).unlink()
+    remove_stale_temps(state_dir)  # resume data a killed or disk-full run left half-written
+    # What the user asked for vouches for the .torrent this run saves (grokfetch.trust).
+    trust.remember_torrent(state_dir, src.info_hash, src.what)
+    return _Run(
+        dest=dest,
+        state_dir=state_dir,
+        info_hash=src.info_hash,
+        manifest=man,
+        include=tuple(o.include),
+        layers=o.layers,
+        space_check=o.space_check,
+        on_message=o.on_message or (lambda _m: None),
+        pin_progress=o.pin_progress,
+    )
+
+
+def _add_params_phase(run: _Run, src: Source, o: DownloadOptions,
+                      peer_addrs: list[tuple[str, int]]) -> _Added:
+    """libtorrent's add_torrent_params: resume data or metadata, the selection and the free
+    space checked before any byte, the sources, the flags."""
+    say, dest, state_dir = run.on_message, run.dest, run.state_dir
+    resume_file = _resume_path(state_dir, src.info_hash)
+    marker = _marker_path(state_dir, src.info_hash)
+    saved = _read_resume(resume_file, src.info_hash, say)
+    ti = meta = None
+    if src.torrent is not None:
+        ti, meta = metainfo.load_torrent_bytes(src.torrent, src.what)
+    elif saved is not None and saved.ti is not None:
+        ti = saved.ti  # a magnet whose metadata an earlier run received
+        meta = metainfo.meta_from_info(ti)
+
+    # Resume data is trusted blindly by libtorrent.  After a crash (the marker
+    # of a run that did not exit cleanly is still there) or on --repair it is
+    # dropped: added without it, libtorrent hashes what is on disk and keeps
+    # every good piece.
+    recheck = o.repair or marker.exists()
+    if saved is not None and not recheck:
+        atp = saved
+        say(f"resuming from {resume_file.name}")
+    elif ti is not None:
+        atp = lt.add_torrent_params()
+        atp.ti = ti
+    else:
+        assert src.magnet is not None  # a Source without a torrent is a magnet
+        atp = lt.parse_magnet_uri(src.magnet)
+    if ti is None and (o.web_seeds or src.web_seeds) and not peer_addrs:
+        say("note: a web seed cannot supply a magnet's metadata; waiting for peers "
+            "(pass the .torrent instead to fetch from the web seed alone)")
+    if recheck:
+        why = "--repair" if o.repair else "the last run did not exit cleanly"
+        say(f"rechecking the data on disk ({why})")
+    if o.sources in ("auto", "swarm"):
+        run.back = backsource.make(o.sources, src.info_hash, run.manifest, o.mirror,
+                                   o.metadata_timeout, need_metadata=ti is None, say=say)
+        if ti is None and o.space_check:
+            backsource.check_space_from_manifest(dest, run.manifest, o.layers)
+    if atp.ti is None and ti is not None:
+        atp.ti = ti
+
+    reprioritize = None
+    if meta is not None:
+        _prepare(run, ti, meta)  # paths, manifest, selection, free space: before any byte
+        prios = metainfo.priorities(meta, run.chosen)
+        if atp is saved and list(saved.file_priorities) not in ([], prios):
+            # A changed selection on a rerun: add with the saved priorities and
+            # change them afterwards, so libtorrent moves what an earlier run
+            # parked in its part file into the newly wanted files (given at add
+            # time, the new priorities would leave that data stranded).
+            reprioritize = prios
+        else:
+            atp.file_priorities = prios
+    atp.save_path = str(dest)
+    # Pieces shared with unselected files land in libtorrent's part file; keep
+    # it with our state, not among the checkpoint files where verify would
+    # report it as an extra file.
+    if hasattr(atp, "part_file_dir"):
+        atp.part_file_dir = STATE_DIR  # relative to save_path
+    flags = atp.flags
+    flags &= ~lt.torrent_flags.auto_managed  # never queued or paused by the session
+    flags &= ~lt.torrent_flags.paused
+    flags &= ~lt.torrent_flags.upload_mode  # left by a disk-full run: space has been freed
+    flags &= ~lt.torrent_flags.seed_mode
+    if meta is None:
+        flags |= lt.torrent_flags.default_dont_download  # nothing until the metadata is checked
+    atp.flags = flags
+    atp.url_seeds = list(dict.fromkeys([*atp.url_seeds, *src.web_seeds, *o.web_seeds]))
+    atp.trackers = list(dict.fromkeys([*atp.trackers, *src.trackers, *o.trackers]))
+    return _Added(atp, resume_file, marker, recheck, reprioritize)
+
+
+def _session_phase(run: _Run, src: Source, o: DownloadOptions, added: _Added,
+                   peer_addrs: list[tuple[str, int]]) -> Any:
+    """The session: fetch, pin while it seeds, seed on if asked; state saved on every way
+    out (Ctrl-C, a full disk, a timeout)."""
+    net = o.net or NetOptions()
+    say, dest, state_dir, marker = run.on_message, run.dest, run.state_dir, added.marker
+    recheck = added.recheck
+    ses = make_session(net)
+    start = time.monotonic()
+    h = None
+    try:
+        h = ses.add_torrent(added.atp)
+        if added.reprioritize is not None:
+            _prioritize(run, h, added.reprioritize)
+        say(f"listening on {_listen_text(ses, net)}")
+        for addr in peer_addrs:
+            h.connect_peer(addr)
+        atomic_write_bytes(marker, str(os.getpid()).encode())
+        try:
+            _loop(run, ses, h, src, peer_addrs, start, o.resume_interval, o.progress_interval,
+                  o.timeout, o.on_progress, o.stall_timeout)
+        except backsource.FallBackToFiles:
+            _stop_and_save(run, ses, h, marker)
+            ses.remove_torrent(h)
+            h = None
+            return backsource.files_from_mirror(
+                run.manifest, dest, state_dir, o.mirror, include=o.include, layers=o.layers,
+                space_check=o.space_check, pin=o.pin, on_progress=o.on_progress,
+                on_message=say, client=run.back.client, started=start)
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
+        # over 318 GB takes a while, and --seed should not wait for it.
+        try:
+            root, complete, manifest_path = _finish(run, o.pin and run.torrent_path is not None)
+        except PinRefused as e:
+            # Bytes on disk fail the torrent although libtorrent's resume data says
+            # they were good (changed since, or a resume file that lies): recheck
+            # everything, fetch what is bad, and pin again.
+            say(f"the pin pass found bad data on disk: {e}; rechecking and re-fetching")
+            recheck = True
+            run.checked = False
+            h.force_recheck()
+            atomic_write_bytes(marker, str(os.getpid()).encode())
+            _loop(run, ses, h, src, peer_addrs, start, o.resume_interval, o.progress_interval,
+                  o.timeout, o.on_progress)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+            root, complete, manifest_path = _finish(run, True)
+        _write_done_marker(run, root, manifest_path, src.info_hash, complete)
+        if o.seed or o.seed_while_needed is not None:
+            _seed_on(run, ses, h, start, o.seed_ratio, o.progress_interval, o.on_progress,
+                     o.seed_while_needed)
+        st = h.status()
+        magnet = lt.make_magnet_uri(h.torrent_file())
+    except KeyboardInterrupt:
+        ok = _stop_and_save(run, ses, h, marker)
+        what = f"state saved in {state_dir}" if ok else "state not saved (the rerun rechecks)"
+        raise Interrupted(f"interrupted; {what}: rerun the same command to continue") from None
+    except GrokfetchError:  # disk full, --timeout, bad metadata: keep what we have
+        _stop_and_save(run, ses, h, marker)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            if h is not None:
+                ses.remove_torrent(h)
+        if run.back is not None:
+            run.back.stop()
+        del ses
+
+    assert run.meta is not None and run.torrent_path is not None  # set once metadata is known
+    return DownloadResult(
+        dest=dest,
+        root=root,
+        torrent_path=run.torrent_path,
+        info_hash=src.info_hash,
+        name=run.meta.name,
+        files=len(run.chosen),
+        wanted=sum(f.size for f in run.chosen),
+        downloaded=st.total_payload_download,
+        uploaded=st.total_payload_upload,
+        failed_bytes=st.total_failed_bytes,
+        elapsed=time.monotonic() - start,
+        rechecked=recheck,
+        complete=complete,
+        manifest_path=manifest_path,
+        magnet=magnet,
+        sources=run.back.sources() if run.back is not None else None,
+    )
 
 
 def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
