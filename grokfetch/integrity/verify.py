@@ -1034,24 +1034,55 @@ def _is_below(p: Path, root: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Everything ``verify`` takes besides the folder (its keyword arguments)."""
+
+    manifest: Manifest | str | os.PathLike[str] | None = None
+    torrent: str | os.PathLike[str] | None = None
+    quick: bool = False
+    strict: bool = False
+    jobs: int | None = None
+    progress: ProgressFactory | None = None
+    seed: int | None = None
+    layers: str | None = None
+    accept_first_use: bool = False
+    signature: SignedModel | None = None
+    changed_only: bool = False
+    accept_unchanged: bool = False
+
+
+@dataclass
+class _Verification:
+    """One verify() run, as its phases fill it in."""
+
+    path: Path
+    o: VerifyOptions
+    place: Folder
+    trust: _Trust
+    xs: list[_Expect] = field(default_factory=list)  # every listed file
+    sel: list[_Expect] = field(default_factory=list)  # the ones checked and reported
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    rng: random.Random = field(default_factory=random.Random)
+    known: dict[str, FileResult] = field(default_factory=dict)  # decided without reading
+    unchanged: dict[str, FileResult] = field(default_factory=dict)
+    looked: dict[str, tuple[int, tuple[int, int, int, int, int]]] = field(default_factory=dict)
+    record: dict[str, Verified] = field(default_factory=dict)
+    hashed: list[_Expect] = field(default_factory=list)
+    by_torrent: list[_Expect] = field(default_factory=list)
+    pieces: set[int] = field(default_factory=set)
+    sizes: dict[str, int] = field(default_factory=dict)
+    total: int = 0  # bytes to read: the bar's total
+
+
 def verify(
     path: str | os.PathLike[str],
-    *,
-    manifest: Manifest | str | os.PathLike[str] | None = None,
-    torrent: str | os.PathLike[str] | None = None,
-    quick: bool = False,
-    strict: bool = False,
-    jobs: int | None = None,
-    progress: ProgressFactory | None = None,
-    seed: int | None = None,
-    layers: str | None = None,
-    accept_first_use: bool = False,
-    signature: SignedModel | None = None,
-    changed_only: bool = False,
-    accept_unchanged: bool = False,
+    options: VerifyOptions | None = None,
+    **changes: Any,
 ) -> VerifyReport:
     """Check every file under ``path`` against the best available root of trust.
 
+    ``options`` (a VerifyOptions), or its fields as keyword arguments:
     ``manifest``: a Manifest, a manifest path or a packaged model name.
     ``torrent``: a .torrent whose SHA-1 pieces vouch for the files (with a
     manifest: for the files the manifest has no hash for).  ``quick``: sizes
@@ -1069,11 +1100,25 @@ def verify(
     them (``grokfetch.integrity.verified_record``); the others are UNCHANGED, which proves nothing
     unless ``accept_unchanged``.  Its own run updates the record.
 
+    The phases: the root of trust, the files it lists (and the layers chosen), what a
+    stat decides, what is to be read, the hashing, the report.
+
     Raises UsageError / ManifestError (exit 2) when it cannot run, TorrentError
     (exit 4) for a torrent that cannot vouch for these files.
     """
+    o = replace(options or VerifyOptions(), **changes)
     t0 = time.monotonic()
-    path = Path(path)
+    run = _trust_phase(Path(path), o)
+    _select_phase(run)
+    _stat_phase(run)
+    _plan_phase(run)
+    results, bytes_hashed = _hash_phase(run)
+    return _report_phase(run, results, bytes_hashed, time.monotonic() - t0)
+
+
+def _trust_phase(path: Path, o: VerifyOptions) -> _Verification:
+    """The folder and the root of trust that vouches for it."""
+    manifest, torrent, signature = o.manifest, o.torrent, o.signature
     if signature is not None:
         if manifest is not None or torrent is not None:
             raise UsageError("--signature is a root of trust on its own: drop --manifest and "
@@ -1083,12 +1128,18 @@ def verify(
         trust = _signature_trust(signature)
     else:
         place = locate(path)
-        trust = _choose_trust(path, place, manifest, torrent, accept_first_use)
-    if changed_only and (quick or trust.kind != "pinned" or trust.pin_sha256 is None):
+        trust = _choose_trust(path, place, manifest, torrent, o.accept_first_use)
+    if o.changed_only and (o.quick or trust.kind != "pinned" or trust.pin_sha256 is None):
         raise UsageError(
-            f"{path}: --changed-only " + ("re-hashes files in full: drop --quick" if quick else
+            f"{path}: --changed-only " + ("re-hashes files in full: drop --quick" if o.quick else
             "checks against the pinned manifest only: pin the folder first (verify --pin), "
             "and drop --manifest, --torrent and --signature"))
+    return _Verification(path, o, place, trust)
+
+
+def _select_phase(run: _Verification) -> None:
+    """The files the root lists, and of those the ones --layers chose."""
+    trust, place, layers = run.trust, run.place, run.o.layers
     xs = _expected(trust, place)
     # Every listed file is looked at (a missing unselected file still takes the blame for
     # torrent pieces it shares), but only the selected ones are checked and reported.
@@ -1096,22 +1147,32 @@ def verify(
     if layers is not None:
         chosen = _select_layers(xs, layers, trust, place)
         sel = [x for x in xs if x.rel in chosen]
-    chunk_size = trust.manifest.chunk_size if trust.manifest is not None else DEFAULT_CHUNK_SIZE
-    rng = random.Random(seed)
+    run.xs, run.sel = xs, sel
+    run.chunk_size = (trust.manifest.chunk_size if trust.manifest is not None
+                    else DEFAULT_CHUNK_SIZE)
+    run.rng = random.Random(run.o.seed)
 
+
+def _stat_phase(run: _Verification) -> None:
+    """What a stat decides: missing, wrong size, not a file; with --changed-only, the
+    files whose stat is the one recorded when they were proven."""
     known: dict[str, FileResult] = {}
-    for x in xs:
+    for x in run.xs:
         r = _stat(x)
         if r is not None:
             known[x.rel] = r
-    unchanged: dict[str, FileResult] = {}
-    looked: dict[str, tuple[int, tuple[int, int, int, int, int]]] = {}  # rel -> (when, stat)
-    record: dict[str, Verified] = {}
-    if changed_only:
-        assert trust.pin_sha256 is not None
-        record = load_verified(place.root, trust.pin_sha256)
-        unchanged, looked = _unchanged(sel, known, record)
-        known.update(unchanged)
+    if run.o.changed_only:
+        assert run.trust.pin_sha256 is not None
+        run.record = load_verified(run.place.root, run.trust.pin_sha256)
+        run.unchanged, run.looked = _unchanged(run.sel, known, run.record)
+        known.update(run.unchanged)
+    run.known = known
+
+
+def _plan_phase(run: _Verification) -> None:
+    """What is to be read: files with hashes, torrent pieces for the others, their bytes."""
+    sel, known, trust = run.sel, run.known, run.trust
+    quick, rng, chunk_size = run.o.quick, run.rng, run.chunk_size
     hashed = [x for x in sel if x.rel not in known and (x.blake3 or x.sha256 or x.chunks)]
     by_torrent = [
         x
@@ -1138,7 +1199,18 @@ def verify(
             total += s
     if trust.pm is not None:
         total += sum(trust.pm.piece_span(p)[1] - trust.pm.piece_span(p)[0] for p in pieces)
-    bar = progress(total, "verify") if progress is not None else NullBar()
+    run.hashed, run.by_torrent, run.pieces = hashed, by_torrent, pieces
+    run.sizes, run.total = sizes, total
+
+
+def _hash_phase(run: _Verification) -> tuple[dict[str, FileResult], int]:
+    """Every byte planned read and checked, in parallel, behind one bar; the results and
+    the bytes hashed."""
+    trust, place, xs, known = run.trust, run.place, run.xs, run.known
+    hashed, by_torrent, pieces, sizes = run.hashed, run.by_torrent, run.pieces, run.sizes
+    quick, rng, chunk_size = run.o.quick, run.rng, run.chunk_size
+    jobs, progress = run.o.jobs, run.o.progress
+    bar = progress(run.total, "verify") if progress is not None else NullBar()
     counter = SharedCounter(bar)
     results: dict[str, FileResult] = dict(known)
     try:
@@ -1181,6 +1253,15 @@ def verify(
                 results[r.path] = r
     finally:
         bar.close()
+    return results, counter.done
+
+
+def _report_phase(run: _Verification, results: dict[str, FileResult], bytes_hashed: int,
+                  seconds: float) -> VerifyReport:
+    """Every file's verdict, the extras, the advice, and (--changed-only) the record."""
+    trust, place, xs, sel = run.trust, run.place, run.xs, run.sel
+    path, layers = run.path, run.o.layers
+    record, unchanged, looked = run.record, run.unchanged, run.looked
     why = "no root of trust" if trust.kind is None else "no hash for it in the manifest"
     for x in sel:
         if x.rel not in results:
@@ -1205,7 +1286,7 @@ def verify(
         )
     uncovered = _not_listed(trust, {x.rel for x in xs}, layers, place)
     notes = trust.notes
-    if changed_only:
+    if run.o.changed_only:
         assert trust.pin_sha256 is not None
         chosen = {x.rel for x in sel}
         keep = {rel: v for rel, v in record.items() if rel not in chosen or rel in unchanged}
@@ -1226,20 +1307,20 @@ def verify(
         root_of_trust=trust.text,
         trust=trust.kind,
         files=files,
-        quick=quick,
-        strict=strict,
+        quick=run.o.quick,
+        strict=run.o.strict,
         info_hash=trust.pm.meta.info_hash if trust.pm is not None else None,
-        bytes_hashed=counter.done,
-        seconds=time.monotonic() - t0,
+        bytes_hashed=bytes_hashed,
+        seconds=seconds,
         advice=advice,
         manifest=trust.manifest,
         torrent=trust.pm.source if trust.pm is not None else None,
         roots=trust.roots,
         notes=notes,
-        unproven=_why_unproven(trust, files, uncovered, quick, accept_unchanged),
+        unproven=_why_unproven(trust, files, uncovered, run.o.quick, run.o.accept_unchanged),
         signed=trust.signed,
-        changed_only=changed_only,
-        accept_unchanged=accept_unchanged,
+        changed_only=run.o.changed_only,
+        accept_unchanged=run.o.accept_unchanged,
     )
 
 
