@@ -327,7 +327,7 @@ def resolve_source(
 
 
 def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
-                   progress: Callable[[int, str], Any] | None = None) -> Path:
+                   progress: ProgressFactory | None = None) -> Path:
     """Pin the BLAKE3 manifest after a download (the verify stage's ``pin``).
 
     The pin pass reads every byte once and checks it against the torrent's SHA-1
@@ -467,7 +467,7 @@ class _Run:
     prio_since: float = 0.0
     back: Any = None  # a backsource.BackSource: torrent URL, mirror pieces, status
     status: str = ""
-    pin_progress: Callable[[int, str], Any] | None = None  # the bar of the BLAKE3 pin pass
+    pin_progress: ProgressFactory | None = None  # the bar of the BLAKE3 pin pass
     last_gain: float = 0.0  # when verified data last grew (the stall clock)
     last_done: int = -1
     last_notice: float = 0.0
