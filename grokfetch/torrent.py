@@ -496,6 +496,7 @@ class _Run:
     warned_peers: set[tuple[str, int]] = field(default_factory=set)
     watch_dirs: list[str] = field(default_factory=list)  # must never become links out
     files_checked: float = 0.0
+    sharers: set[int] = field(default_factory=set)  # fetched only so the partial pin can check
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -821,17 +822,51 @@ def download(
         os.close(lock)
 
 
+def _seeded_manifest(run: _Run) -> tuple[str, Any] | None:
+    """The root folder and manifest a torrent of a seeded repack or partial folder carries
+    (metainfo.SEEDED_MANIFEST), read now that its pieces passed their SHA-1; the pin pass
+    checks them again and checks every hash it states against the files."""
+    assert run.meta is not None
+    for f in run.meta.real_files():
+        top, _, rel = f.path.partition("/")
+        if rel == metainfo.SEEDED_MANIFEST and f in run.chosen:
+            mm = _manifest_mod()
+            path = run.dest / f.path
+            return top, mm.parse_manifest_bytes(mm.read_manifest_bytes(path), str(path))
+    return None
+
+
+def _selection_manifest(run: _Run) -> Any:
+    """The manifest cut down to the files this partial run fetched (what its pin lists)."""
+    assert run.filemap is not None
+    got = {f.index for f in run.chosen} - run.sharers
+    paths = {mp for mp, f in run.filemap.by_manifest.items() if f.index in got}
+    return run.manifest.with_files([e for e in run.manifest.files if e.path in paths])
+
+
 def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
     """Checkpoint root, whether everything was fetched, and the pinned manifest (if pinned)."""
     assert run.meta is not None
     rel_root = run.filemap.root if run.filemap else metainfo.checkpoint_root_of(run.meta)
+    base = run.manifest
+    seeded = _seeded_manifest(run) if base is None else None
+    if seeded is not None:
+        rel_root, base = seeded
     root = run.dest / rel_root
     complete = _is_complete_selection(run)
     manifest_path = None
     if pin and complete and run.torrent_path is not None:
-        manifest_path = pin_checkpoint(root, run.manifest, run.torrent_path, run.pin_progress)
+        manifest_path = pin_checkpoint(root, base, run.torrent_path, run.pin_progress)
         if manifest_path is not None:
             run.on_message(f"pinned manifest: {manifest_path}")
+    elif pin and run.filemap is not None and run.torrent_path is not None:
+        # A partial pin: the files fetched, each proven against the torrent in the pin
+        # pass (the neighbours of the selection that share a piece were fetched for it),
+        # so this folder can be seeded on (``seed`` serves exactly what a pin lists).
+        manifest_path = pin_checkpoint(root, _selection_manifest(run), run.torrent_path,
+                                       run.pin_progress)
+        run.on_message(f"partial download (--layers/--include): pinned the {len(run.chosen)} "
+                       f"files fetched: {manifest_path}")
     elif pin:
         run.on_message("partial download (--layers/--include): the manifest is not pinned")
         if run.manifest is not None and getattr(run.manifest, "config", None) is not None:
@@ -957,6 +992,8 @@ def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
         else None
     )
     run.chosen = metainfo.select_files(meta, run.filemap, run.include, layer_paths) + tokenizer
+    if run.filemap is not None and (run.include or run.layers is not None):
+        run.chosen += _partial_sharers(run, meta)
     wanted = sum(f.size for f in run.chosen)
     if run.torrent_path is None:
         run.torrent_path = run.dest / _torrent_file_name(meta)
@@ -969,6 +1006,22 @@ def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
     )
     if run.space_check:
         check_space(run.dest, run.chosen)
+
+
+def _partial_sharers(run: _Run, meta: TorrentMeta) -> list[metainfo.TorrentFile]:
+    """Manifest files outside a partial selection that share a torrent piece with it.
+
+    The partial pin checks every piece of what it lists from disk, and a piece is checked
+    whole: these neighbours (at most two per run of consecutive files) are fetched too.
+    """
+    assert run.filemap is not None
+    listed = {f.index for f in run.filemap.by_manifest.values()}
+    out = [f for f in meta.piece_sharers(run.chosen) if f.index in listed]
+    run.sharers = {f.index for f in out}
+    for f in out:
+        run.on_message(f"fetched too: {f.path} (it shares a torrent piece with the selection, "
+                       "which the pin checks whole)")
+    return out
 
 
 def _save_resume(run: _Run, ses: Any, h: Any, flush: bool = False, wait: float = SAVE_WAIT) -> bool:
@@ -1385,6 +1438,63 @@ def _check_torrent_is_pin(tpath: Path, meta: TorrentMeta, pin: Any) -> None:
                          f"{pinned[wrong[0]]} in the pin; not seeding")
 
 
+def seeds_its_own_list(pin: Any) -> bool:
+    """A pin of a repack, or of only some of a checkpoint's files (``get``/``repack
+    --layers``): what is seeded is exactly its file list, under a torrent made of them."""
+    if getattr(pin, "repack", None) is not None:
+        return True
+    if getattr(pin, "config", None) is None:
+        return False
+    from grokfetch.format.layout import param_list
+
+    listed = {e.path for e in pin.files}
+    return any(p.file not in listed for p in param_list(pin.config))
+
+
+def _safe_name(name: str | None) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name or "").strip("._")
+
+
+def _listed_by_torrent(meta: TorrentMeta) -> dict[str, int]:
+    """A listed torrent's files below its root folder -> size."""
+    return {f.path.split("/", 1)[-1]: f.size for f in meta.real_files()}
+
+
+def _pin_listing(pin: Any) -> dict[str, int]:
+    return {e.path: e.size for e in pin.files}
+
+
+def _serves_exactly(meta: TorrentMeta, pin: Any) -> bool:
+    served = _listed_by_torrent(meta)
+    served.pop(metainfo.SEEDED_MANIFEST, None)
+    tok = getattr(pin, "tokenizer", None)
+    if tok is not None and served.get(tok.path) == tok.size and tok.path not in _pin_listing(pin):
+        served.pop(tok.path)
+    return served == _pin_listing(pin)
+
+
+def _check_serves_exactly(tpath: Path, meta: TorrentMeta, pin: Any) -> None:
+    """A repack or partial folder serves the files its pin lists and nothing else."""
+    if _serves_exactly(meta, pin):
+        return
+    served, pinned = _listed_by_torrent(meta), _pin_listing(pin)
+    served.pop(metainfo.SEEDED_MANIFEST, None)
+    tok = getattr(pin, "tokenizer", None)
+    if tok is not None:
+        served.pop(tok.path, None)
+    extra = sorted(set(served) - set(pinned))
+    if extra:
+        raise UsageError(f"{tpath}: serves {extra[0]}, which the pinned manifest does not "
+                         "list; not seeding")
+    missing = sorted(set(pinned) - set(served))
+    if missing:
+        raise UsageError(f"{tpath}: lacks {len(missing)} pinned file(s) (first: "
+                         f"{missing[0]}); not seeding")
+    wrong = next(rel for rel in served if served[rel] != pinned[rel])
+    raise UsageError(f"{tpath}: {wrong} is {served[wrong]} bytes in the torrent, "
+                     f"{pinned[wrong]} in the pin; not seeding")
+
+
 class Seeder:
     """Seed a checkpoint folder from one libtorrent session.
 
@@ -1429,6 +1539,8 @@ class Seeder:
             self._check_file_set(self.folder, pin)
         else:
             _refuse_odd_files(self.folder)
+        own_list = pin is not None and seeds_its_own_list(pin)
+        renamed: dict[int, str] = {}
         if self.torrent is not None:
             tpath = self.torrent
             _, meta = metainfo.load_torrent(tpath)
@@ -1437,6 +1549,8 @@ class Seeder:
                 (b for b in (self.folder, self.folder.parent) if (b / first.path).is_file()),
                 self.folder,
             )
+        elif own_list:
+            tpath, save, renamed = self._listed_torrent(pin)
         else:
             found, save = _find_torrent_for(self.folder)
             if found is None:
@@ -1445,8 +1559,11 @@ class Seeder:
                 _, save = _find_torrent_for(self.folder)
             tpath = found
         ti, meta = metainfo.load_torrent(tpath)
+        if own_list:
+            _check_serves_exactly(tpath, meta, pin)
+        disk = {f.index: Path(renamed.get(f.index) or save / f.path) for f in meta.real_files()}
         sizes_ok = all(
-            (save / f.path).is_file() and (save / f.path).stat().st_size == f.size
+            disk[f.index].is_file() and disk[f.index].stat().st_size == f.size
             for f in meta.real_files()
         )
         if not sizes_ok:
@@ -1454,12 +1571,14 @@ class Seeder:
                 f"{save}: files missing or of the wrong size for {tpath.name}; "
                 f"finish them with `grokfetch get {tpath} --dest {save}`"
             )
-        if pin is not None:
+        if pin is not None and not own_list:
             _check_torrent_is_pin(tpath, meta, pin)
         lazy = pin is not None and not self.full_check
         atp = lt.add_torrent_params()
         atp.ti = ti
         atp.save_path = str(save)
+        if renamed:
+            atp.renamed_files = renamed  # the torrent's names -> where the files are here
         flags = atp.flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
         if lazy:
             # The pinned manifest vouches for the files: libtorrent checks each
@@ -1527,6 +1646,44 @@ class Seeder:
             self.say(f"{base / MANIFEST_NAME}: manifest of unknown origin: not a root of "
                      "trust; every piece is checked instead")
         return None
+
+    def _listed_torrent(self, pin: Any) -> tuple[Path, Path, dict[int, str]]:
+        """The torrent of exactly the files ``pin`` lists (a repack, a partial checkpoint):
+        the one `get` saved when it serves exactly them, else one made now; with the save
+        path and, for a made one, where each of its files is on disk."""
+        found, save = _find_torrent_for(self.folder)
+        if found is not None and _serves_exactly(metainfo.load_torrent(found)[1], pin):
+            return found, save, {}
+        from grokfetch.verify import manifest_disk_paths
+
+        name = _safe_name(pin.name) or self.folder.name
+        paths = manifest_disk_paths(self.folder, pin)
+        listed = [metainfo.ListedFile(e.path, paths[e.path], e.blake3, e.sha256)
+                  for e in pin.files]
+        tok = getattr(pin, "tokenizer", None)
+        if tok is not None and tok.path not in paths and tok.sha256 \
+                and (self.folder / tok.path).is_file():
+            listed.append(metainfo.ListedFile(tok.path, self.folder / tok.path, tok.blake3,
+                                              tok.sha256))
+        # The pin, without the tag only this user's key can check, travels with the files:
+        # the nodes that fetch them learn names, config and layout from it, and check it.
+        seeded = self.folder / metainfo.SEEDED_MANIFEST
+        seeded.parent.mkdir(exist_ok=True)
+        atomic_write_json(seeded, pin.to_dict())
+        listed.append(metainfo.ListedFile(metainfo.SEEDED_MANIFEST, seeded))
+        listed.sort(key=lambda item: item.rel.encode())  # one order on every node
+        self.say(f"making a torrent of the {len(pin.files)} files {self.folder} pinned "
+                 "(each checked against the pin as it is hashed)")
+        data = metainfo.build_listed_torrent(name, listed)
+        tpath = self.folder / f"{name}.torrent"
+        atomic_write_bytes(tpath, data)
+        _, meta = metainfo.load_torrent_bytes(data, str(tpath))
+        by_rel = {item.rel: item.disk for item in listed}
+        renamed = {f.index: str(by_rel[f.path.split("/", 1)[1]].resolve())
+                   for f in meta.real_files()}
+        self.say(f"wrote {tpath} (info-hash {meta.info_hash}): give it (or the magnet) to "
+                 "`grokfetch get`; it is the root of trust of the nodes that fetch it")
+        return tpath, self.folder, renamed
 
     @staticmethod
     def _check_file_set(folder: Path, pin: Any) -> None:

@@ -1640,6 +1640,7 @@ def pin(
         repack=info.repack if info is not None else None,
         notes=info.notes if info is not None else None,
         pinned_by=tuple(roots),
+        tokenizer=info.tokenizer if info is not None else None,
     )
     out = save_pin(m, place.root / MANIFEST_NAME)
     _record_pinned(place.root, out, looked)
@@ -1686,6 +1687,12 @@ def _hash_problem(e: FileEntry, d: FileDigests, chunk_size: int) -> str | None:
     if not e.blake3 and e.chunks and d.chunks != e.chunks:
         return "blake3 chunk hash mismatch"
     return None
+
+
+def manifest_disk_paths(path: str | os.PathLike[str], manifest: Manifest) -> dict[str, Path]:
+    """Where each file ``manifest`` lists is on disk below the folder ``path``."""
+    place = _locate(path)
+    return {e.path: place.disk(e.path) for e in manifest.files}
 
 
 def file_set_problems(path: str | os.PathLike[str], manifest: Manifest) -> list[str]:
