@@ -339,7 +339,8 @@ def _packaged_manifest_for(info_hash: str) -> Any:
 
 
 def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
-                   progress: Callable[[int, str], Any] | None = None) -> Path:
+                   progress: Callable[[int, str], Any] | None = None,
+                   outside: dict[int, bytes] | None = None) -> Path:
     """Pin the BLAKE3 manifest after a download (the verify stage's ``pin``).
 
     The pin pass reads every byte once and checks it against the torrent's SHA-1
@@ -348,7 +349,8 @@ def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
     """
     from grokfetch import verify
 
-    return verify.pin(root, base=manifest, torrent=torrent_path, progress=progress).path
+    return verify.pin(root, base=manifest, torrent=torrent_path, progress=progress,
+                      outside=outside).path
 
 
 # --------------------------------------------------------------------------- helpers
@@ -496,7 +498,7 @@ class _Run:
     warned_peers: set[tuple[str, int]] = field(default_factory=set)
     watch_dirs: list[str] = field(default_factory=list)  # must never become links out
     files_checked: float = 0.0
-    sharers: set[int] = field(default_factory=set)  # fetched only so the partial pin can check
+    read_pieces: Callable[[list[int]], dict[int, bytes]] | None = None  # from libtorrent's store
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -741,6 +743,7 @@ def download(
         h = None
         try:
             h = ses.add_torrent(atp)
+            run.read_pieces = functools.partial(_read_pieces, run, ses, h)
             if reprioritize is not None:
                 _prioritize(run, h, reprioritize)
             say(f"listening on {_listen_text(ses, net)}")
@@ -836,10 +839,46 @@ def _seeded_manifest(run: _Run) -> tuple[str, Any] | None:
     return None
 
 
+def _shared_pieces(meta: TorrentMeta, chosen: Sequence[metainfo.TorrentFile]) -> list[int]:
+    """Pieces that hold bytes of a chosen file and of a real file not chosen."""
+    want = {f.index for f in chosen}
+    pl = meta.piece_length
+    spans: dict[int, set[bool]] = {}  # piece -> whether its bytes are chosen (True) or not
+    offset = 0
+    for f in meta.files:
+        if f.size and not f.pad:
+            for p in {offset // pl, (offset + f.size - 1) // pl}:  # only the ends can be shared
+                spans.setdefault(p, set()).add(f.index in want)
+        offset += f.size
+    return sorted(p for p, kinds in spans.items() if kinds == {True, False})
+
+
+def _read_pieces(run: _Run, ses: Any, h: Any, pieces: list[int],
+                 wait: float = FLUSH_WAIT) -> dict[int, bytes]:
+    """Whole pieces as libtorrent's store holds them (its part file for the bytes of files
+    not fetched); the caller checks their SHA-1.  A piece it cannot read is left out."""
+    _flush(run, ses, h)
+    for p in pieces:
+        h.read_piece(p)
+    got: dict[int, bytes] = {}
+    deadline = time.monotonic() + wait
+    left = set(pieces)
+    while left and time.monotonic() < deadline:
+        ses.wait_for_alert(100)
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.read_piece_alert):
+                left.discard(a.piece)
+                if not a.error.value():
+                    got[a.piece] = bytes(a.buffer)
+            else:
+                _handle_alert(run, a, ses)
+    return got
+
+
 def _selection_manifest(run: _Run) -> Any:
     """The manifest cut down to the files this partial run fetched (what its pin lists)."""
     assert run.filemap is not None
-    got = {f.index for f in run.chosen} - run.sharers
+    got = {f.index for f in run.chosen}
     paths = {mp for mp, f in run.filemap.by_manifest.items() if f.index in got}
     return run.manifest.with_files([e for e in run.manifest.files if e.path in paths])
 
@@ -859,16 +898,21 @@ def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
         manifest_path = pin_checkpoint(root, base, run.torrent_path, run.pin_progress)
         if manifest_path is not None:
             run.on_message(f"pinned manifest: {manifest_path}")
-    elif pin and run.filemap is not None and run.torrent_path is not None:
-        # A partial pin: the files fetched, each proven against the torrent in the pin
-        # pass (the neighbours of the selection that share a piece were fetched for it),
-        # so this folder can be seeded on (``seed`` serves exactly what a pin lists).
-        manifest_path = pin_checkpoint(root, _selection_manifest(run), run.torrent_path,
-                                       run.pin_progress)
-        run.on_message(f"partial download (--layers/--include): pinned the {len(run.chosen)} "
-                       f"files fetched: {manifest_path}")
     elif pin:
-        run.on_message("partial download (--layers/--include): the manifest is not pinned")
+        if run.filemap is not None and run.torrent_path is not None:
+            # A partial pin: the files selected, each proven against the torrent in the pin
+            # pass, so this folder can be seeded on (``seed`` serves exactly what a pin
+            # lists).  A piece the selection shares with a file not fetched is checked
+            # whole: that file's bytes of it come from libtorrent's part file.
+            selection = _selection_manifest(run)
+            shared = _shared_pieces(run.meta, run.chosen)
+            known = run.read_pieces(shared) if run.read_pieces is not None and shared else {}
+            manifest_path = pin_checkpoint(root, selection, run.torrent_path, run.pin_progress,
+                                           known)
+            run.on_message(f"partial download (--layers/--include): pinned the "
+                           f"{len(selection.files)} files selected: {manifest_path}")
+        else:
+            run.on_message("partial download (--layers/--include): the manifest is not pinned")
         if run.manifest is not None and getattr(run.manifest, "config", None) is not None:
             # inspect, smoke and repack find the model here (inferring it from a partial
             # folder would describe another model); not a root of trust, so not pinned
@@ -992,8 +1036,6 @@ def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
         else None
     )
     run.chosen = metainfo.select_files(meta, run.filemap, run.include, layer_paths) + tokenizer
-    if run.filemap is not None and (run.include or run.layers is not None):
-        run.chosen += _partial_sharers(run, meta)
     wanted = sum(f.size for f in run.chosen)
     if run.torrent_path is None:
         run.torrent_path = run.dest / _torrent_file_name(meta)
@@ -1006,22 +1048,6 @@ def _prepare(run: _Run, ti: Any, meta: TorrentMeta) -> None:
     )
     if run.space_check:
         check_space(run.dest, run.chosen)
-
-
-def _partial_sharers(run: _Run, meta: TorrentMeta) -> list[metainfo.TorrentFile]:
-    """Manifest files outside a partial selection that share a torrent piece with it.
-
-    The partial pin checks every piece of what it lists from disk, and a piece is checked
-    whole: these neighbours (at most two per run of consecutive files) are fetched too.
-    """
-    assert run.filemap is not None
-    listed = {f.index for f in run.filemap.by_manifest.values()}
-    out = [f for f in meta.piece_sharers(run.chosen) if f.index in listed]
-    run.sharers = {f.index for f in out}
-    for f in out:
-        run.on_message(f"fetched too: {f.path} (it shares a torrent piece with the selection, "
-                       "which the pin checks whole)")
-    return out
 
 
 def _save_resume(run: _Run, ses: Any, h: Any, flush: bool = False, wait: float = SAVE_WAIT) -> bool:

@@ -1447,6 +1447,7 @@ def pin(
     jobs: int | None = None,
     progress: ProgressFactory | None = None,
     manifest_root: PinRoot | None = None,
+    outside: dict[int, bytes] | None = None,
 ) -> PinResult:
     """Prove the folder against its root and pin it, in one read of every byte.
 
@@ -1457,7 +1458,10 @@ def pin(
     on.  ``base`` (the model's manifest) gives names, parameters, config and
     sources; any hash it carries is checked too.  ``manifest_root`` says who published
     the hashes of a ``manifest`` built in memory (the mirror's SHA-256 values, say);
-    by default the manifest itself is the root.  The pin records its roots
+    by default the manifest itself is the root.  ``outside`` (piece -> its bytes, as
+    libtorrent holds them) lets a partial pin check the pieces it shares with files that
+    were not fetched: those files' bytes of them come from there, the rest from disk,
+    and the whole piece must match its SHA-1.  The pin records its roots
     (``pinned_by``) and is tagged with the user's key (``grokfetch.trust``).
 
     Raises PinRefused (exit 1) naming the file (and piece or byte range) that is
@@ -1544,7 +1548,7 @@ def pin(
             want_sha = {index_of[e.path]: bool(e.sha256) for e in entries if e.path in index_of}
             by_index, check = hash_with_pieces(
                 pm, place.root, strip=find_strip(pm.meta, place.root), blake3_files=want_sha,
-                chunk_size=chunk_size, jobs=jobs, on_bytes=counter,
+                chunk_size=chunk_size, jobs=jobs, on_bytes=counter, outside=outside,
             )
             for rel, i in index_of.items():
                 if i in by_index:

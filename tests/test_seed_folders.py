@@ -9,6 +9,7 @@ trust, pins it and verifies it.  Real libtorrent sessions on 127.0.0.1.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -132,3 +133,40 @@ def test_a_torrent_serving_files_the_partial_pin_does_not_list_is_refused(
         assert g.proc.returncode == 0, g.stderr
     with pytest.raises(UsageError, match="not seeding"):
         Seeder(part, torrent=ckpt / "ckpt-0.torrent", net=NET).start()
+
+
+def test_pieces_shared_with_a_file_not_fetched_are_checked_whole(tmp_path: Path):
+    """A partial pin checks a piece it shares with a file not fetched: that file's bytes
+    of it come from libtorrent's part file (``outside``), the rest from disk, and the
+    whole piece must match its SHA-1; a wrong byte on either side fails it."""
+    from grokfetch.metainfo import ListedFile, build_listed_torrent
+    from grokfetch.pieces import hash_with_pieces, load_piece_map
+
+    root = tmp_path / "t"
+    root.mkdir()
+    sizes = {"a": 40_000, "b": 50_000, "c": 30_000}  # 16 KiB pieces: each end is shared
+    blobs = {n: os.urandom(s) for n, s in sizes.items()}
+    for n, b in blobs.items():
+        (root / n).write_bytes(b)
+    data = build_listed_torrent("t", [ListedFile(n, root / n) for n in sizes])
+    (tmp_path / "t.torrent").write_bytes(data)
+    pm = load_piece_map(tmp_path / "t.torrent")
+    stream = b"".join(blobs.values())
+    pl = pm.piece_length
+    (root / "b").unlink()  # the selection is a and c; b was not fetched
+    shared = [40_000 // pl, 90_000 // pl]
+    outside = {p: stream[p * pl:(p + 1) * pl] for p in shared}
+    want = {f.index: False for f in pm.meta.real_files() if f.path != "t/b"}
+
+    _, check = hash_with_pieces(pm, tmp_path, strip=0, blake3_files=want, outside=outside)
+    assert not check.failed
+    assert set(check.unchecked) == set(range(shared[0] + 1, shared[1]))  # b's own pieces
+    assert not set(check.unchecked) & set(shared)
+
+    bad = dict(outside)
+    bad[shared[1]] = bytes([outside[shared[1]][0] ^ 1]) + outside[shared[1]][1:]
+    _, check = hash_with_pieces(pm, tmp_path, strip=0, blake3_files=want, outside=bad)
+    assert check.failed == (shared[1],)
+    flip_byte(root / "a", 39_999)  # a's last byte, in the piece shared with b
+    _, check = hash_with_pieces(pm, tmp_path, strip=0, blake3_files=want, outside=outside)
+    assert check.failed == (shared[0],)
