@@ -241,7 +241,7 @@ def build_listed_torrent(name: str, listed: Sequence[ListedFile],
     sizes = [item.disk.stat().st_size for item in listed]
     psize = piece_size or auto_piece_size(sum(sizes))
     hasher = _PieceHasher(psize)
-    for item, size in zip(listed, sizes):
+    for item, size in zip(listed, sizes, strict=True):
         d = digest_file(item.disk, sha256=bool(item.sha256 and not item.blake3),
                         feed=hasher.update)
         wrong = (item.blake3 and d.blake3 != item.blake3) or (
@@ -251,7 +251,8 @@ def build_listed_torrent(name: str, listed: Sequence[ListedFile],
                              "(changed since it was pinned); not seeding (check it with "
                              "`grokfetch verify`)")
     hashes = hasher.finish()
-    ct = _v1_torrent([(f"{name}/{item.rel}", size) for item, size in zip(listed, sizes)], psize)
+    paths = [f"{name}/{item.rel}" for item in listed]
+    ct = _v1_torrent(list(zip(paths, sizes, strict=True)), psize)
     if ct.num_pieces() != len(hashes):
         raise UsageError(f"{name}: a file changed size while it was hashed; not seeding")
     for i, digest in enumerate(hashes):

@@ -604,14 +604,15 @@ def download(
     stall_timeout: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_message: Callable[[str], None] | None = None,
-    sources: str = "auto",
+    sources: str | None = "auto",
     mirror: Any = None,
     metadata_timeout: float = 60.0,
     pin_progress: Callable[[int, str], Any] | None = None,
 ) -> Any:
     """Download ``source`` (model name, magnet or .torrent) into ``dest``.
 
-    ``sources``: "swarm" (BitTorrent only), "mirror" (whole files from the
+    ``sources``: None (the default rule: ``_default_sources``), "swarm" (BitTorrent only),
+    "mirror" (whole files from the
     manifest's Hugging Face mirror, each proven by its published SHA-256;
     returns a mirror.MirrorGetResult), or "auto": the swarm, with the
     published .torrent URL for the metadata and the mirror for pieces the
@@ -635,6 +636,7 @@ def download(
     net = net or NetOptions()
     say = on_message or (lambda _m: None)
     src, man = resolve_source(source, manifest)
+    sources = sources or _default_sources(src, say)
     if layers is not None:  # a usage error must not leave DEST (and its state folder) behind
         if man is None:
             raise UsageError("--layers needs a manifest (--manifest PATH or a model name)")
@@ -881,6 +883,19 @@ def _selection_manifest(run: _Run) -> Any:
     got = {f.index for f in run.chosen}
     paths = {mp for mp, f in run.filemap.by_manifest.items() if f.index in got}
     return run.manifest.with_files([e for e in run.manifest.files if e.path in paths])
+
+
+def _default_sources(src: Source, say: Callable[[str], None]) -> str:
+    """``--source`` when none is given: "auto", but "swarm" for a magnet that names a
+    seeder (x.pe, as ``grokfetch seed`` prints it).  The origin is fetched once: the
+    node that seeds a cluster may go to the mirror, the nodes it feeds never do, so a
+    hundred of them cannot stampede the Hub; ``--source auto`` tells one otherwise."""
+    if not src.peers:
+        return "auto"
+    named = ", ".join(f"{h}:{p}" for h, p in src.peers[:3])
+    say(f"the magnet names a seeder ({named}): fetching from the swarm only, never from "
+        "the mirror (pass --source auto to allow it)")
+    return "swarm"
 
 
 def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
