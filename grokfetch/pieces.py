@@ -140,10 +140,14 @@ def find_strip(meta: TorrentMeta, root: str | os.PathLike[str]) -> int:
     depth = min(len(f.path.split("/")) for f in files)
     best, best_hits = (1 if depth > 1 else 0), 0
     sample = files[:: max(1, len(files) // 64)]  # a few dozen stats are enough to decide
-    for strip in range(depth):
-        hits = sum(os.path.isfile(os.path.join(root, rel_path(f, strip))) for f in sample)
-        if hits > best_hits:
-            best, best_hits = strip, hits
+    for files_looked_at in (sample, files):  # a partial download may miss the sample: all
+        for strip in range(depth):
+            hits = sum(os.path.isfile(os.path.join(root, rel_path(f, strip)))
+                       for f in files_looked_at)
+            if hits > best_hits:
+                best, best_hits = strip, hits
+        if best_hits:
+            break
     return best
 
 
