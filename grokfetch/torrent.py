@@ -611,13 +611,13 @@ def download(
 ) -> Any:
     """Download ``source`` (model name, magnet or .torrent) into ``dest``.
 
-    ``sources``: None (the default rule: ``_default_sources``), "swarm" (BitTorrent only),
-    "mirror" (whole files from the
+    ``sources``: "swarm" (BitTorrent only), "mirror" (whole files from the
     manifest's Hugging Face mirror, each proven by its published SHA-256;
     returns a mirror.MirrorGetResult), or "auto": the swarm, with the
     published .torrent URL for the metadata and the mirror for pieces the
     swarm does not give (see grokfetch.backsource), and whole files from the
-    mirror when no metadata arrives within ``metadata_timeout`` seconds.
+    mirror when no metadata arrives within ``metadata_timeout`` seconds; None: the
+    CLI's default rule (``_default_sources``: swarm for a magnet naming a seeder).
     ``mirror`` is a mirror.MirrorOptions (endpoint, token, connections).
 
     Returns when every selected file is verified by its piece hashes (and,
@@ -837,7 +837,9 @@ def _seeded_manifest(run: _Run) -> tuple[str, Any] | None:
         if rel == metainfo.SEEDED_MANIFEST and f in run.chosen:
             mm = _manifest_mod()
             path = run.dest / f.path
-            return top, mm.parse_manifest_bytes(mm.read_manifest_bytes(path), str(path))
+            seeded = mm.parse_manifest_bytes(mm.read_manifest_bytes(path), str(path))
+            metainfo.match_manifest(run.meta, seeded.files, str(path))  # exit 4 if it lies
+            return top, seeded
     return None
 
 

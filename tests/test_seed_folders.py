@@ -170,3 +170,28 @@ def test_pieces_shared_with_a_file_not_fetched_are_checked_whole(tmp_path: Path)
     flip_byte(root / "a", 39_999)  # a's last byte, in the piece shared with b
     _, check = hash_with_pieces(pm, tmp_path, strip=0, blake3_files=want, outside=outside)
     assert check.failed == (shared[0],)
+
+
+def test_a_seeded_manifest_that_disagrees_with_its_torrent_is_refused(tmp_path: Path):
+    """The seeded manifest is hostile like every byte: one that names a file its torrent
+    does not carry stops the get (exit 4) naming it, before anything is pinned."""
+    import json
+
+    from grokfetch.metainfo import ListedFile, build_listed_torrent
+
+    folder = tmp_path / "made"
+    (folder / ".grokfetch").mkdir(parents=True)
+    (folder / "a.bin").write_bytes(os.urandom(70_000))
+    lie = {"format": "grokfetch-manifest", "format_version": 1, "name": "made",
+           "files": [{"path": "a.bin", "size": 70_000}, {"path": "b.bin", "size": 5}]}
+    (folder / SEEDED_MANIFEST).write_text(json.dumps(lie))
+    data = build_listed_torrent("made", [ListedFile("a.bin", folder / "a.bin"),
+                                         ListedFile(SEEDED_MANIFEST, folder / SEEDED_MANIFEST)])
+    tpath = tmp_path / "made.torrent"
+    tpath.write_bytes(data)
+    with SeederProc(tmp_path, "--torrent", str(tpath)) as s:
+        g = run_get(str(tpath), "--peer", s.peer, "--dest", str(tmp_path / "node2"),
+                    "--timeout", "45")
+    assert g.proc.returncode == 4, g.stderr
+    assert "b.bin is not in the torrent" in g.stderr
+    assert not (tmp_path / "node2" / "made" / "grokfetch-manifest.json").exists()
