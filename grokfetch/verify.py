@@ -1534,7 +1534,8 @@ def pin(
     extra_stream = 0
     if pm is not None:
         ours = {tfiles[e.path].index for e in entries if e.path in tfiles}
-        extra_stream = sum(f.size for f in pm.meta.real_files() if f.index not in ours)
+        extra_stream = sum(f.size for _, disk, f in _torrent_files(pm, place)
+                           if f.index not in ours and disk.is_file())  # a partial: not all
     bar = progress(sum(sizes.values()) + extra_stream, "pin") if progress else NullBar()
     counter = _Progress(bar)
 
