@@ -23,7 +23,10 @@ defaults (the same CLI, run by this script with the change applied), to
 evaluate each lever on the same data: ``default`` (the product as shipped),
 ``super`` (BEP 16 super-seeding on the seeder), ``slots`` (unchoke every
 peer), ``rr`` / ``anti`` (round-robin / anti-leech seed choking), ``queue``
-(deeper request queues), ``suggest`` (the seeder suggests pieces).  Several:
+(deeper request queues), ``suggest`` (the seeder suggests pieces), ``super1``
+(super-seeding until one copy has left the seeder, then normal seeding),
+``tracker`` (a loopback tracker that lists every node, so leechers find each
+other at once rather than through the seeder's peer exchange).  Several:
 ``--levers default,super``.
 Leechers always keep seeding until every node is done (the bench stops them),
 which is what ``get --seed-while-needed`` does.
@@ -62,7 +65,52 @@ LEVERS: dict[str, dict[str, Any] | None] = {
     "anti": {"seed_choking_algorithm": 2},  # anti_leech
     "queue": {"request_queue_time": 10, "max_out_request_queue": 1500},
     "suggest": {"suggest_mode": 1},  # suggest_read_cache: a seeder tells peers what to take
+    # BEP 16 until one copy has left the seeder (every piece sent about once), then normal
+    "super1": {"_super_seeding": "until-one-copy"},
+    # a tracker on the seed node listing every node that announced: leechers find each
+    # other at once instead of through the seeder's peer exchange (a message a minute)
+    "tracker": {"_tracker": True},
 }
+
+
+class SwarmTracker:
+    """An HTTP tracker on 127.0.0.1 that answers each announce with every peer it has seen."""
+
+    def __init__(self) -> None:
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        peers: dict[bytes, set[int]] = {}
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
+                                          keep_blank_values=True)
+                ih = urllib.parse.unquote_to_bytes(
+                    self.path.split("info_hash=", 1)[1].split("&", 1)[0])
+                port = int(q.get("port", ["0"])[0])
+                with lock:
+                    known = peers.setdefault(ih, set())
+                    others = sorted(known - {port})
+                    known.add(port)
+                compact = b"".join(bytes([127, 0, 0, 1]) + p.to_bytes(2, "big") for p in others)
+                body = (b"d8:intervali30e12:min intervali5e5:peers" + str(len(compact)).encode()
+                        + b":" + compact + b"e")
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/announce"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
 
 
 @dataclass
@@ -117,6 +165,7 @@ def _node_with_lever(lever: str, args: list[str]) -> None:
 
     change = dict(LEVERS[lever] or {})
     super_seeding = change.pop("_super_seeding", False)
+    change.pop("_tracker", None)  # the bench runs it and passes --tracker
     shipped = gt.session_settings
     gt.session_settings = lambda net: {**shipped(net), **change}  # type: ignore[assignment]
     if super_seeding:
@@ -128,6 +177,16 @@ def _node_with_lever(lever: str, args: list[str]) -> None:
             return info
 
         gt.Seeder.start = start_super  # type: ignore[method-assign]
+    if super_seeding == "until-one-copy":
+        status = gt.Seeder.status
+
+        def status_then_normal(self: Any) -> Any:
+            p = status(self)
+            if p.uploaded >= self.info.total and self.h.flags() & lt.torrent_flags.super_seeding:
+                self.h.unset_flags(lt.torrent_flags.super_seeding)  # one copy is out
+            return p
+
+        gt.Seeder.status = status_then_normal  # type: ignore[method-assign]
     sys.argv = ["grokfetch", *args]
     cli_main()
 
@@ -138,6 +197,8 @@ def run_fanout(work: Path, src: Path, torrent: Path, total: int, n: int, cap: st
         lever, "seed", str(src), "--torrent", str(torrent), *LOOPBACK, "--max-upload-rate", cap,
         "--json-progress", "--full-check"))
     leechers: list[Node] = []
+    tracker = SwarmTracker() if (LEVERS[lever] or {}).get("_tracker") else None
+    announce = ["--tracker", tracker.url] if tracker is not None else []
     try:
         if not seeder.started.wait(120) or seeder.port is None:
             raise SystemExit("seeder did not start")
@@ -148,6 +209,7 @@ def run_fanout(work: Path, src: Path, torrent: Path, total: int, n: int, cap: st
                 lever, "get", str(torrent), "--dest", str(dest),
                 "--peer", f"127.0.0.1:{seeder.port}", *LOOPBACK, "--max-download-rate", cap,
                 "--max-upload-rate", cap, "--seed", "--json-progress", "--no-space-check",
+                *announce,
             )))
         deadline = t0 + timeout
         while time.monotonic() < deadline:
@@ -169,6 +231,8 @@ def run_fanout(work: Path, src: Path, torrent: Path, total: int, n: int, cap: st
             "seeder_upload": seeder.last.get("uploaded", 0) / total,
         }
     finally:
+        if tracker is not None:
+            tracker.close()
         for x in [seeder, *leechers]:
             x.proc.terminate()
         for x in [seeder, *leechers]:

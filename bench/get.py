@@ -1,6 +1,7 @@
 """Benchmark `grokfetch get` against aria2c on the same torrent from the same loopback seeder.
 
     python bench/get.py [--size-mb 1024] [--files 8] [--rounds 2] [--workdir /tmp]
+    python bench/get.py --size-mb 256 --rounds 1     # a quick run
 
 What it does, all on 127.0.0.1 (TCP only, no DHT/LSD/UPnP/NAT-PMP):
 
@@ -13,7 +14,10 @@ What it does, all on 127.0.0.1 (TCP only, no DHT/LSD/UPnP/NAT-PMP):
    SEEDER` and with `aria2c --bt-tracker=TRACKER` (the order alternates per
    round), timing each from process start to exit, and checks the bytes;
 4. times `cp -r` of the same files on this disk: the raw limit;
-5. prints MB/s (10^6 bytes/s) of each, and the ratio, then deletes everything.
+5. prints MB/s (10^6 bytes/s) of each, and the ratio, then deletes everything;
+   for grokfetch also the time of each phase (start-up until it listens, the
+   download until every piece is verified and flushed, the BLAKE3 pin pass,
+   the exit), which is what says where the time goes.
 
 The target from issue 4 is at least 1.5x aria2c.
 """
@@ -122,6 +126,29 @@ def timed(cmd: list[str]) -> float:
     return dt
 
 
+def timed_get(cmd: list[str]) -> tuple[float, dict[str, float]]:
+    """Run `grokfetch get ... --json-progress`: its wall time and when each phase ended
+    (seconds from the start): 'listening' (start-up), 'complete' (every piece verified
+    and flushed), 'pinned' (the BLAKE3 pin pass).  What bounds `get` is in the gaps."""
+    t = time.perf_counter()
+    p = subprocess.Popen([*cmd, "--json-progress"], env=env(), cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    marks: dict[str, float] = {}
+    for line in p.stdout:
+        message = json.loads(line).get("message", "")
+        for mark, prefix in (("listening", "listening on"), ("complete", "complete:"),
+                             ("pinned", "pinned manifest")):
+            if message.startswith(prefix):
+                marks[mark] = time.perf_counter() - t
+    rc = p.wait()
+    dt = time.perf_counter() - t
+    if rc != 0:
+        err = p.stderr.read()[-1000:] if p.stderr else ""
+        raise SystemExit(f"grokfetch get failed ({rc}): {err}")
+    return dt, marks
+
+
 def same_tree(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in a.iterdir())
     if names != sorted(p.name for p in b.iterdir()):
@@ -152,13 +179,14 @@ def main() -> None:
         print(f"data: {args.files} files, {total / 1e6:.0f} MB; seeder on 127.0.0.1:{port}",
               flush=True)
         results: dict[str, list[float]] = {"grokfetch": [], "aria2c": []}
+        phases: dict[str, list[float]] = {"start-up": [], "download": [], "pin": [], "exit": []}
         for rnd in range(args.rounds):
             order = ["grokfetch", "aria2c"] if rnd % 2 == 0 else ["aria2c", "grokfetch"]
             for who in order:
                 dest = work / f"{who}-{rnd}"
                 if who == "grokfetch":
                     cmd = [sys.executable, "-m", "grokfetch", "get", str(torrent), "--dest",
-                           str(dest), "--peer", f"127.0.0.1:{port}", *LOOPBACK, "-q",
+                           str(dest), "--peer", f"127.0.0.1:{port}", *LOOPBACK,
                            "--no-space-check"]
                 else:
                     cmd = ["aria2c", "--dir", str(dest), f"--bt-tracker={tracker.url}",
@@ -167,7 +195,17 @@ def main() -> None:
                            "--seed-time=0", "--file-allocation=none", "--quiet=true",
                            "--listen-port=51413-51499", "--summary-interval=0",
                            str(torrent)]
-                dt = timed(cmd)
+                if who == "grokfetch":
+                    dt, marks = timed_get(cmd)
+                    ends = [marks.get(k, dt) for k in ("listening", "complete", "pinned")]
+                    for name, a, b in zip(phases, [0.0, *ends], [*ends, dt], strict=True):
+                        phases[name].append(b - a)
+                    print("  grokfetch phases: " + ", ".join(
+                        f"{k} {v[-1]:.2f} s" for k, v in phases.items()) +
+                        f" (download {total / phases['download'][-1] / 1e6:.0f} MB/s, pin "
+                        f"{total / phases['pin'][-1] / 1e6:.0f} MB/s)", flush=True)
+                else:
+                    dt = timed(cmd)
                 if not same_tree(src / "ckpt-0", dest / "ckpt-0"):
                     raise SystemExit(f"{who}: downloaded files differ from the source")
                 results[who].append(total / dt / 1e6)
@@ -188,6 +226,9 @@ def main() -> None:
         print(f"raw limit, copying the same files: cp -r {cp_rate:.1f} MB/s (into the page "
               f"cache, as the downloads write), cp -r + sync {cp_sync_rate:.1f} MB/s (to disk)")
         print("(grokfetch's time includes pinning: a BLAKE3 pass over the downloaded files)")
+        print("grokfetch phases, medians: " + ", ".join(
+            f"{k} {statistics.median(v):.2f} s" for k, v in phases.items()))
+        print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         if tracker is not None:
             tracker.close()

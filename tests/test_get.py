@@ -94,15 +94,21 @@ def test_layers_fetches_only_expected_files(tmp_path: Path, source: Path, seeder
     assert g.proc.returncode == 0, g.stderr
     got = {f"ckpt-0/{name}" for name in ckpt_files(dest)}
     assert got == expected
-    # Nothing else beside them: libtorrent's part file sits with our state.
-    assert sorted(p.name for p in dest.iterdir()) == [".grokfetch", "ckpt-0", "ckpt-0.torrent"]
+    # Nothing else beside them and their pin: libtorrent's part file sits with our state.
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".grokfetch", "ckpt-0", "ckpt-0.torrent", "grokfetch-manifest.json"]
     assert list((dest / ".grokfetch").glob("*.parts"))
     for path in expected:
         assert (dest / path).read_bytes() == (source / path).read_bytes()
     result = g.result()
     assert result["files"] == len(expected)
     assert result["wanted"] == sum(f.size for f in man.files if f.path in expected)
-    assert result["complete"] is False and result["manifest_path"] is None
+    # a partial pin: exactly the files fetched, proven by the torrent
+    assert result["complete"] is False and result["manifest_path"] == str(
+        dest / "grokfetch-manifest.json")
+    pin = load_manifest(dest / "grokfetch-manifest.json")
+    assert {e.path for e in pin.files} == expected
+    assert [r.kind for r in pin.pinned_by] == ["torrent"]
     # It said how much it would fetch before starting.
     assert any(f"{len(expected)} of {len(man.files)} files" in m for m in g.messages())
 

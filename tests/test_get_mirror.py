@@ -274,6 +274,22 @@ def test_swarm_and_mirror_both_contribute(tmp_path, source, info_hash, hub):
     assert res["downloaded"] + res["sources"]["mirror_proven"] >= res["wanted"]
 
 
+def test_a_node_fed_by_the_seeders_magnet_never_contacts_the_mirror(tmp_path, source,
+                                                                    info_hash, hub):
+    """The origin is fetched once: the seeder's magnet (x.pe) makes a node swarm-only, even
+    with the slow seeder that makes the run above go to the mirror."""
+    man = write_manifest(tmp_path, source, info_hash, hub, torrent_url=False)
+    hub.reset_counts()
+    with SeederProc(source, "--max-upload-rate", "1M") as seeder:
+        g = run_get(seeder.magnet, "--dest", str(tmp_path / "dl"), *mirror_args(hub, man),
+                    timeout=90)
+    assert g.proc.returncode == 0, g.stderr
+    assert ckpt(tmp_path / "dl") == ckpt(source)
+    assert any("fetching from the swarm only, never from the mirror" in m
+               for m in g.messages())
+    assert hub.requests == [] and hub.total_served() == 0  # not one request to the Hub
+
+
 # --------------------------------------------------------------------------- saying why
 
 

@@ -55,8 +55,9 @@ def test_smoke_a_single_fetched_layer_and_inspect_it(tmp_path, seeder, source):
     assert r.exit_code == 0, r.output
     r = run("inspect", dest)
     assert r.exit_code == 1 and "layers present: 7 of 0-11" in r.stdout
-    # without the kept manifest: refused, never inferred from the part
+    # without the kept manifest and the partial pin: refused, never inferred from the part
     (dest / ".grokfetch" / "manifest.json").unlink()
+    (dest / "grokfetch-manifest.json").unlink()
     r = run("inspect", dest)
     assert r.exit_code == 2
     assert "a partial checkpoint cannot describe its model; pass --config" in r.stderr

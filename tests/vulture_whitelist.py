@@ -5,7 +5,8 @@ commands its decorators registered, and the group's overrides; Python calls
 signal handlers and ``__exit__`` with arguments they ignore; results reach
 ``--json`` through ``dataclasses.asdict``; config fields reach config.json and
 manifests the same way; ``EXIT_OK`` is a documented exit code; ``Matrix`` is
-the protocol the forward pass documents for lazily read weights.
+the protocol the forward pass documents for lazily read weights; libtorrent reads
+the fields set on its ``add_torrent_params``.
 """
 
 from typing import Any
@@ -31,3 +32,4 @@ ignored_arguments = (_.signum, _.exc)  # handler(signum, frame); __exit__(*exc)
 asdict_fields = (_.download_rate, _.uploaded_to, _.failed_bytes, _.rechecked, _.pad_token,
                  _.eos_token)
 documented = (EXIT_OK, Matrix)
+libtorrent_params = (_.renamed_files,)  # add_torrent_params: read by libtorrent

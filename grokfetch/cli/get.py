@@ -168,11 +168,12 @@ def _net_options(f: Any) -> Any:
               help="Bytes/s, K/M/G suffixes (binary); 0 = unlimited.")
 @_net_options
 @click.option("--source", "source_mode", type=click.Choice(["auto", "swarm", "mirror"]),
-              default="auto", show_default=True,
-              help="auto: the swarm, the published .torrent URL for the metadata, and the "
-                   "manifest's Hugging Face mirror for pieces the swarm does not give (whole "
-                   "files when no metadata comes); swarm: BitTorrent only; mirror: whole files "
-                   "from the mirror, each proven by its published SHA-256.")
+              help="auto (the default): the swarm, the published .torrent URL for the "
+                   "metadata, and the manifest's Hugging Face mirror for pieces the swarm "
+                   "does not give (whole files when no metadata comes); swarm: BitTorrent "
+                   "only (the default for a magnet naming a seeder, as `seed` prints: the "
+                   "nodes of a cluster never go to the mirror); mirror: whole files from the "
+                   "mirror, each proven by its published SHA-256.")
 @click.option("--mirror", "mirror_url", metavar="URL",
               help="Hugging Face compatible endpoint (default: HF_ENDPOINT, else "
                    "https://huggingface.co). HF_TOKEN is sent to it, never to its CDN.")
@@ -205,7 +206,7 @@ def _net_options(f: Any) -> Any:
               help="One JSON object per line on stdout: messages, progress each second, result.")
 def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[str, ...],
             layers: str | None, peers: tuple[str, ...], web_seeds: tuple[str, ...],
-            trackers: tuple[str, ...], max_download_rate: str | None, source_mode: str,
+            trackers: tuple[str, ...], max_download_rate: str | None, source_mode: str | None,
             mirror_url: str | None, max_mirror_connections: int, metadata_timeout: float,
             listen: str,
             no_dht: bool, no_utp: bool, max_upload_rate: str | None, repair: bool,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import socket
 import stat
@@ -60,6 +61,8 @@ from grokfetch.format.manifest import (
     Manifest,
     by_info_hash,
     load_manifest,
+    parse_manifest_bytes,
+    read_manifest_bytes,
     resolve_manifest,
     save_manifest,
 )
@@ -327,7 +330,8 @@ def resolve_source(
 
 
 def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
-                   progress: ProgressFactory | None = None) -> Path:
+                   progress: ProgressFactory | None = None,
+                   outside: dict[int, bytes] | None = None) -> Path:
     """Pin the BLAKE3 manifest after a download (the verify stage's ``pin``).
 
     The pin pass reads every byte once and checks it against the torrent's SHA-1
@@ -336,7 +340,8 @@ def pin_checkpoint(root: Path, manifest: Any, torrent_path: Path,
     """
     from grokfetch.integrity import verify
 
-    return verify.pin(root, base=manifest, torrent=torrent_path, progress=progress).path
+    return verify.pin(root, base=manifest, torrent=torrent_path, progress=progress,
+                      outside=outside).path
 
 
 # --------------------------------------------------------------------------- helpers
@@ -474,6 +479,7 @@ class _Run:
     warned_peers: set[tuple[str, int]] = field(default_factory=set)
     watch_dirs: list[str] = field(default_factory=list)  # must never become links out
     files_checked: float = 0.0
+    read_pieces: Callable[[list[int]], dict[int, bytes]] | None = None  # from libtorrent's store
 
 
 def _resume_path(state_dir: Path, ih: str) -> Path:
@@ -560,7 +566,7 @@ class DownloadOptions:
     stall_timeout: float | None = None
     on_progress: Callable[[Progress], None] | None = None
     on_message: Callable[[str], None] | None = None
-    sources: str = "auto"
+    sources: str | None = "auto"
     mirror: Any = None
     metadata_timeout: float = 60.0
     pin_progress: ProgressFactory | None = None
@@ -593,7 +599,8 @@ def download(
     returns a mirror.MirrorGetResult), or "auto": the swarm, with the
     published .torrent URL for the metadata and the mirror for pieces the
     swarm does not give (see grokfetch.fetch.backsource), and whole files from the
-    mirror when no metadata arrives within ``metadata_timeout`` seconds.
+    mirror when no metadata arrives within ``metadata_timeout`` seconds; None: the
+    CLI's default rule (``_default_sources``: swarm for a magnet naming a seeder).
     ``mirror`` is a mirror.MirrorOptions (endpoint, token, connections).
 
     Returns when every selected file is verified by its piece hashes (and,
@@ -614,6 +621,8 @@ def download(
     """
     o = replace(options or DownloadOptions(), **changes)
     src, man = _resolve_phase(source, o)
+    if o.sources is None:
+        o = replace(o, sources=_default_sources(src, o.on_message or (lambda _m: None)))
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     state_dir = dest / STATE_DIR
@@ -757,6 +766,7 @@ def _session_phase(run: _Run, src: Source, o: DownloadOptions, added: _Added,
     h = None
     try:
         h = ses.add_torrent(added.atp)
+        run.read_pieces = functools.partial(_read_pieces, run, ses, h)
         if added.reprioritize is not None:
             _prioritize(run, h, added.reprioritize)
         say(f"listening on {_listen_text(ses, net)}")
@@ -836,19 +846,108 @@ def _session_phase(run: _Run, src: Source, o: DownloadOptions, added: _Added,
     )
 
 
+def _seeded_manifest(run: _Run) -> tuple[str, Any] | None:
+    """The root folder and manifest a torrent of a seeded repack or partial folder carries
+    (metainfo.SEEDED_MANIFEST), read now that its pieces passed their SHA-1; the pin pass
+    checks them again and checks every hash it states against the files."""
+    assert run.meta is not None
+    for f in run.meta.real_files():
+        top, _, rel = f.path.partition("/")
+        if rel == metainfo.SEEDED_MANIFEST and f in run.chosen:
+            path = run.dest / f.path
+            seeded = parse_manifest_bytes(read_manifest_bytes(path), str(path))
+            metainfo.match_manifest(run.meta, seeded.files, str(path))  # exit 4 if it lies
+            return top, seeded
+    return None
+
+
+def _shared_pieces(meta: TorrentMeta, chosen: Sequence[metainfo.TorrentFile]) -> list[int]:
+    """Pieces that hold bytes of a chosen file and of a real file not chosen."""
+    want = {f.index for f in chosen}
+    pl = meta.piece_length
+    spans: dict[int, set[bool]] = {}  # piece -> whether its bytes are chosen (True) or not
+    offset = 0
+    for f in meta.files:
+        if f.size and not f.pad:
+            for p in {offset // pl, (offset + f.size - 1) // pl}:  # only the ends can be shared
+                spans.setdefault(p, set()).add(f.index in want)
+        offset += f.size
+    return sorted(p for p, kinds in spans.items() if kinds == {True, False})
+
+
+def _read_pieces(run: _Run, ses: Any, h: Any, pieces: list[int],
+                 wait: float = FLUSH_WAIT) -> dict[int, bytes]:
+    """Whole pieces as libtorrent's store holds them (its part file for the bytes of files
+    not fetched); the caller checks their SHA-1.  A piece it cannot read is left out."""
+    _flush(run, ses, h)
+    for p in pieces:
+        h.read_piece(p)
+    got: dict[int, bytes] = {}
+    deadline = time.monotonic() + wait
+    left = set(pieces)
+    while left and time.monotonic() < deadline:
+        ses.wait_for_alert(100)
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.read_piece_alert):
+                left.discard(a.piece)
+                if not a.error.value():
+                    got[a.piece] = bytes(a.buffer)
+            else:
+                _handle_alert(run, a, ses)
+    return got
+
+
+def _selection_manifest(run: _Run) -> Any:
+    """The manifest cut down to the files this partial run fetched (what its pin lists)."""
+    assert run.filemap is not None
+    got = {f.index for f in run.chosen}
+    paths = {mp for mp, f in run.filemap.by_manifest.items() if f.index in got}
+    return run.manifest.with_files([e for e in run.manifest.files if e.path in paths])
+
+
+def _default_sources(src: Source, say: Callable[[str], None]) -> str:
+    """``--source`` when none is given: "auto", but "swarm" for a magnet that names a
+    seeder (x.pe, as ``grokfetch seed`` prints it).  The origin is fetched once: the
+    node that seeds a cluster may go to the mirror, the nodes it feeds never do, so a
+    hundred of them cannot stampede the Hub; ``--source auto`` tells one otherwise."""
+    if not src.peers:
+        return "auto"
+    named = ", ".join(f"{h}:{p}" for h, p in src.peers[:3])
+    say(f"the magnet names a seeder ({named}): fetching from the swarm only, never from "
+        "the mirror (pass --source auto to allow it)")
+    return "swarm"
+
+
 def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
     """Checkpoint root, whether everything was fetched, and the pinned manifest (if pinned)."""
     assert run.meta is not None
     rel_root = run.filemap.root if run.filemap else metainfo.checkpoint_root_of(run.meta)
+    base = run.manifest
+    seeded = _seeded_manifest(run) if base is None else None
+    if seeded is not None:
+        rel_root, base = seeded
     root = run.dest / rel_root
     complete = _is_complete_selection(run)
     manifest_path = None
     if pin and complete and run.torrent_path is not None:
-        manifest_path = pin_checkpoint(root, run.manifest, run.torrent_path, run.pin_progress)
+        manifest_path = pin_checkpoint(root, base, run.torrent_path, run.pin_progress)
         if manifest_path is not None:
             run.on_message(f"pinned manifest: {manifest_path}")
     elif pin:
-        run.on_message("partial download (--layers/--include): the manifest is not pinned")
+        if run.filemap is not None and run.torrent_path is not None:
+            # A partial pin: the files selected, each proven against the torrent in the pin
+            # pass, so this folder can be seeded on (``seed`` serves exactly what a pin
+            # lists).  A piece the selection shares with a file not fetched is checked
+            # whole: that file's bytes of it come from libtorrent's part file.
+            selection = _selection_manifest(run)
+            shared = _shared_pieces(run.meta, run.chosen)
+            known = run.read_pieces(shared) if run.read_pieces is not None and shared else {}
+            manifest_path = pin_checkpoint(root, selection, run.torrent_path, run.pin_progress,
+                                           known)
+            run.on_message(f"partial download (--layers/--include): pinned the "
+                           f"{len(selection.files)} files selected: {manifest_path}")
+        else:
+            run.on_message("partial download (--layers/--include): the manifest is not pinned")
         if run.manifest is not None and getattr(run.manifest, "config", None) is not None:
             # inspect, smoke and repack find the model here (inferring it from a partial
             # folder would describe another model); not a root of trust, so not pinned
@@ -1400,6 +1499,63 @@ def _check_torrent_is_pin(tpath: Path, meta: TorrentMeta, pin: Any) -> None:
                          f"{pinned[wrong[0]]} in the pin; not seeding")
 
 
+def seeds_its_own_list(pin: Any) -> bool:
+    """A pin of a repack, or of only some of a checkpoint's files (``get``/``repack
+    --layers``): what is seeded is exactly its file list, under a torrent made of them."""
+    if getattr(pin, "repack", None) is not None:
+        return True
+    if getattr(pin, "config", None) is None:
+        return False
+    from grokfetch.format.layout import param_list
+
+    listed = {e.path for e in pin.files}
+    return any(p.file not in listed for p in param_list(pin.config))
+
+
+def _safe_name(name: str | None) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name or "").strip("._")
+
+
+def _listed_by_torrent(meta: TorrentMeta) -> dict[str, int]:
+    """A listed torrent's files below its root folder -> size."""
+    return {f.path.split("/", 1)[-1]: f.size for f in meta.real_files()}
+
+
+def _pin_listing(pin: Any) -> dict[str, int]:
+    return {e.path: e.size for e in pin.files}
+
+
+def _serves_exactly(meta: TorrentMeta, pin: Any) -> bool:
+    served = _listed_by_torrent(meta)
+    served.pop(metainfo.SEEDED_MANIFEST, None)
+    tok = getattr(pin, "tokenizer", None)
+    if tok is not None and served.get(tok.path) == tok.size and tok.path not in _pin_listing(pin):
+        served.pop(tok.path)
+    return served == _pin_listing(pin)
+
+
+def _check_serves_exactly(tpath: Path, meta: TorrentMeta, pin: Any) -> None:
+    """A repack or partial folder serves the files its pin lists and nothing else."""
+    if _serves_exactly(meta, pin):
+        return
+    served, pinned = _listed_by_torrent(meta), _pin_listing(pin)
+    served.pop(metainfo.SEEDED_MANIFEST, None)
+    tok = getattr(pin, "tokenizer", None)
+    if tok is not None:
+        served.pop(tok.path, None)
+    extra = sorted(set(served) - set(pinned))
+    if extra:
+        raise UsageError(f"{tpath}: serves {extra[0]}, which the pinned manifest does not "
+                         "list; not seeding")
+    missing = sorted(set(pinned) - set(served))
+    if missing:
+        raise UsageError(f"{tpath}: lacks {len(missing)} pinned file(s) (first: "
+                         f"{missing[0]}); not seeding")
+    wrong = next(rel for rel in served if served[rel] != pinned[rel])
+    raise UsageError(f"{tpath}: {wrong} is {served[wrong]} bytes in the torrent, "
+                     f"{pinned[wrong]} in the pin; not seeding")
+
+
 class Seeder:
     """Seed a checkpoint folder from one libtorrent session.
 
@@ -1444,6 +1600,8 @@ class Seeder:
             self._check_file_set(self.folder, pin)
         else:
             _refuse_odd_files(self.folder)
+        own_list = pin is not None and seeds_its_own_list(pin)
+        renamed: dict[int, str] = {}
         if self.torrent is not None:
             tpath = self.torrent
             _, meta = metainfo.load_torrent(tpath)
@@ -1452,6 +1610,8 @@ class Seeder:
                 (b for b in (self.folder, self.folder.parent) if (b / first.path).is_file()),
                 self.folder,
             )
+        elif own_list:
+            tpath, save, renamed = self._listed_torrent(pin)
         else:
             found, save = _find_torrent_for(self.folder)
             if found is None:
@@ -1460,8 +1620,11 @@ class Seeder:
                 _, save = _find_torrent_for(self.folder)
             tpath = found
         ti, meta = metainfo.load_torrent(tpath)
+        if own_list:
+            _check_serves_exactly(tpath, meta, pin)
+        disk = {f.index: Path(renamed.get(f.index) or save / f.path) for f in meta.real_files()}
         sizes_ok = all(
-            (save / f.path).is_file() and (save / f.path).stat().st_size == f.size
+            disk[f.index].is_file() and disk[f.index].stat().st_size == f.size
             for f in meta.real_files()
         )
         if not sizes_ok:
@@ -1469,12 +1632,14 @@ class Seeder:
                 f"{save}: files missing or of the wrong size for {tpath.name}; "
                 f"finish them with `grokfetch get {tpath} --dest {save}`"
             )
-        if pin is not None:
+        if pin is not None and not own_list:
             _check_torrent_is_pin(tpath, meta, pin)
         lazy = pin is not None and not self.full_check
         atp = lt.add_torrent_params()
         atp.ti = ti
         atp.save_path = str(save)
+        if renamed:
+            atp.renamed_files = renamed  # the torrent's names -> where the files are here
         flags = atp.flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
         if lazy:
             # The pinned manifest vouches for the files: libtorrent checks each
@@ -1542,6 +1707,44 @@ class Seeder:
         self.say(f"{path}: manifest of unknown origin: not a root of trust; every piece is "
                  "checked instead")
         return None
+
+    def _listed_torrent(self, pin: Any) -> tuple[Path, Path, dict[int, str]]:
+        """The torrent of exactly the files ``pin`` lists (a repack, a partial checkpoint):
+        the one `get` saved when it serves exactly them, else one made now; with the save
+        path and, for a made one, where each of its files is on disk."""
+        found, save = _find_torrent_for(self.folder)
+        if found is not None and _serves_exactly(metainfo.load_torrent(found)[1], pin):
+            return found, save, {}
+        from grokfetch.integrity.verify import manifest_disk_paths
+
+        name = _safe_name(pin.name) or self.folder.name
+        paths = manifest_disk_paths(self.folder, pin)
+        listed = [metainfo.ListedFile(e.path, paths[e.path], e.blake3, e.sha256)
+                  for e in pin.files]
+        tok = getattr(pin, "tokenizer", None)
+        if tok is not None and tok.path not in paths and tok.sha256 \
+                and (self.folder / tok.path).is_file():
+            listed.append(metainfo.ListedFile(tok.path, self.folder / tok.path, tok.blake3,
+                                              tok.sha256))
+        # The pin, without the tag only this user's key can check, travels with the files:
+        # the nodes that fetch them learn names, config and layout from it, and check it.
+        seeded = self.folder / metainfo.SEEDED_MANIFEST
+        seeded.parent.mkdir(exist_ok=True)
+        atomic_write_json(seeded, pin.to_dict())
+        listed.append(metainfo.ListedFile(metainfo.SEEDED_MANIFEST, seeded))
+        listed.sort(key=lambda item: item.rel.encode())  # one order on every node
+        self.say(f"making a torrent of the {len(pin.files)} files {self.folder} pinned "
+                 "(each checked against the pin as it is hashed)")
+        data = metainfo.build_listed_torrent(name, listed)
+        tpath = self.folder / f"{name}.torrent"
+        atomic_write_bytes(tpath, data)
+        _, meta = metainfo.load_torrent_bytes(data, str(tpath))
+        by_rel = {item.rel: item.disk for item in listed}
+        renamed = {f.index: str(by_rel[f.path.split("/", 1)[1]].resolve())
+                   for f in meta.real_files()}
+        self.say(f"wrote {tpath} (info-hash {meta.info_hash}): give it (or the magnet) to "
+                 "`grokfetch get`; it is the root of trust of the nodes that fetch it")
+        return tpath, self.folder, renamed
 
     @staticmethod
     def _check_file_set(folder: Path, pin: Any) -> None:

@@ -138,15 +138,7 @@ def build_torrent(
     psize = piece_size or auto_piece_size(total)
     if psize < MIN_PIECE or psize & (psize - 1):
         raise UsageError(f"piece size {psize} must be a power of two >= {MIN_PIECE}")
-    flags = lt.create_torrent.v1_only
-    if hasattr(lt, "create_file_entry"):  # libtorrent 2.1
-        entries = [lt.create_file_entry(rel, size) for rel, size in listed]
-        ct = lt.create_torrent(entries, psize, flags)
-    else:  # 2.0: the file_storage constructor (deprecated in 2.1)
-        fs = lt.file_storage()
-        for rel, size in listed:
-            fs.add_file(rel, size)
-        ct = lt.create_torrent(fs, psize, flags)
+    ct = _v1_torrent(listed, psize)
     ct.set_creator("grokfetch")
     for tier, url in enumerate(trackers):
         ct.add_tracker(url, tier)
@@ -154,6 +146,18 @@ def build_torrent(
         ct.add_url_seed(url)
     lt.set_piece_hashes(ct, str(ckpt.parent))
     return bytes(lt.bencode(ct.generate()))
+
+
+def _v1_torrent(listed: Sequence[tuple[str, int]], psize: int) -> Any:
+    """A libtorrent create_torrent of ``listed`` (path, size), in that order, v1 only."""
+    flags = lt.create_torrent.v1_only
+    if hasattr(lt, "create_file_entry"):  # libtorrent 2.1
+        entries = [lt.create_file_entry(rel, size) for rel, size in listed]
+        return lt.create_torrent(entries, psize, flags)
+    fs = lt.file_storage()  # 2.0: the file_storage constructor (deprecated in 2.1)
+    for rel, size in listed:
+        fs.add_file(rel, size)
+    return lt.create_torrent(fs, psize, flags)
 
 
 def make_torrent(
@@ -174,6 +178,87 @@ def make_torrent(
     path = Path(out) if out is not None else ckpt.parent / f"{ckpt.name}.torrent"
     atomic_write_bytes(path, data)
     return path
+
+
+# A torrent of a folder its pin describes (a repack, a partial checkpoint) carries that
+# pin, without its tag, at this path below its root folder: the leecher's pin pass
+# takes names, config and layout from it and checks its hashes (grokfetch.fetch.torrent).
+SEEDED_MANIFEST = ".grokfetch/seeded-manifest.json"
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """One file of a torrent made from a manifest: its path in the torrent (below the root
+    folder), where it is on disk, and the hash the bytes must have (None: no check)."""
+
+    rel: str
+    disk: Path
+    blake3: str | None = None
+    sha256: str | None = None
+
+
+class _PieceHasher:
+    """SHA-1 of each piece of a stream of files, fed in torrent order."""
+
+    def __init__(self, piece_length: int) -> None:
+        self.piece_length = piece_length
+        self.hashes: list[bytes] = []
+        self.cur = hashlib.sha1(usedforsecurity=False)
+        self.filled = 0
+
+    def update(self, data: memoryview | bytes) -> None:
+        mv = memoryview(data)
+        while len(mv):
+            take = min(len(mv), self.piece_length - self.filled)
+            self.cur.update(mv[:take])
+            self.filled += take
+            mv = mv[take:]
+            if self.filled == self.piece_length:
+                self.hashes.append(self.cur.digest())
+                self.cur, self.filled = hashlib.sha1(usedforsecurity=False), 0
+
+    def finish(self) -> list[bytes]:
+        if self.filled:
+            self.hashes.append(self.cur.digest())
+        return self.hashes
+
+
+def build_listed_torrent(name: str, listed: Sequence[ListedFile],
+                         piece_size: int | None = None) -> bytes:
+    """Bencoded v1 torrent named ``name`` of exactly ``listed``, in that order.
+
+    The same files (names, sizes, bytes) in the same order give the same info-hash on
+    every node: the piece size comes from the total size, and nothing else (no date,
+    no path on disk) enters the info dictionary.  Each file is read once; the bytes
+    that go into the pieces' SHA-1 are the ones checked against the file's BLAKE3 or
+    SHA-256, so a file that no longer holds what its manifest says is refused (naming
+    it) and never enters the torrent.
+    """
+    from grokfetch.hashing import digest_file
+
+    if not listed:
+        raise UsageError(f"{name}: no files to put in a torrent")
+    sizes = [item.disk.stat().st_size for item in listed]
+    psize = piece_size or auto_piece_size(sum(sizes))
+    hasher = _PieceHasher(psize)
+    for item, size in zip(listed, sizes, strict=True):
+        d = digest_file(item.disk, sha256=bool(item.sha256 and not item.blake3),
+                        feed=hasher.update)
+        wrong = (item.blake3 and d.blake3 != item.blake3) or (
+            item.sha256 and not item.blake3 and d.sha256 != item.sha256)
+        if wrong or d.size != size:
+            raise UsageError(f"{item.disk}: its bytes are not the ones its manifest proved "
+                             "(changed since it was pinned); not seeding (check it with "
+                             "`grokfetch verify`)")
+    hashes = hasher.finish()
+    paths = [f"{name}/{item.rel}" for item in listed]
+    ct = _v1_torrent(list(zip(paths, sizes, strict=True)), psize)
+    if ct.num_pieces() != len(hashes):
+        raise UsageError(f"{name}: a file changed size while it was hashed; not seeding")
+    for i, digest in enumerate(hashes):
+        ct.set_hash(i, digest)
+    ct.set_creator("grokfetch")
+    return bytes(lt.bencode(ct.generate()))
 
 
 # --------------------------------------------------------------------------- load / check

@@ -140,10 +140,14 @@ def find_strip(meta: TorrentMeta, root: str | os.PathLike[str]) -> int:
     depth = min(len(f.path.split("/")) for f in files)
     best, best_hits = (1 if depth > 1 else 0), 0
     sample = files[:: max(1, len(files) // 64)]  # a few dozen stats are enough to decide
-    for strip in range(depth):
-        hits = sum(os.path.isfile(os.path.join(root, rel_path(f, strip))) for f in sample)
-        if hits > best_hits:
-            best, best_hits = strip, hits
+    for files_looked_at in (sample, files):  # a partial download may miss the sample: all
+        for strip in range(depth):
+            hits = sum(os.path.isfile(os.path.join(root, rel_path(f, strip)))
+                       for f in files_looked_at)
+            if hits > best_hits:
+                best, best_hits = strip, hits
+        if best_hits:
+            break
     return best
 
 
@@ -290,6 +294,40 @@ class _Cut:
     head: bytes  # its bytes of a piece that began in an earlier file
     full: dict[int, bytes]  # pieces that begin and end inside it: their SHA-1
     tail: tuple[int, Any] | None  # a piece begun in it that goes on into the next file
+    unread: frozenset[int] = frozenset()  # its pieces whose bytes nobody had (not fetched)
+
+
+def _cut_from_pieces(pm: PieceMap, f: TorrentFile, outside: dict[int, bytes]) -> _Cut:
+    """The cut of a file that is not on disk (a partial download did not fetch it), from
+    the whole pieces libtorrent holds: only its bytes of pieces in ``outside`` are known."""
+    pl, fstart = pm.piece_length, pm.offset(f)
+    fend = fstart + f.size
+    pieces = pm.pieces_of(f)
+
+    def part(p: int) -> bytes | None:
+        buf = outside.get(p)
+        if buf is None:
+            return None
+        pstart = pm.piece_span(p)[0]
+        return buf[max(fstart, pstart) - pstart: min(fend, pstart + pl) - pstart]
+
+    unread = set(pieces)
+    head = b""
+    if fstart % pl:
+        known = part(pieces[0])
+        if known is not None:
+            head = known
+            unread.discard(pieces[0])
+    tail = None
+    last = pieces[-1]
+    if pm.piece_span(last)[0] >= fstart and pm.piece_span(last)[1] > fend:
+        known = part(last)
+        sha = None
+        if known is not None:
+            sha = hashlib.sha1(known, usedforsecurity=False)
+            unread.discard(last)
+        tail = (last, sha)
+    return _Cut(head, {}, tail, frozenset(unread))
 
 
 class PieceCutter:
@@ -340,6 +378,7 @@ def hash_with_pieces(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     jobs: int | None = None,
     on_bytes: OnBytes | None = None,
+    outside: dict[int, bytes] | None = None,
 ) -> tuple[dict[int, FileDigests], PieceCheck]:
     """Check every piece of the torrent and, from the very same reads, hash the files a pin
     needs: BLAKE3 (whole file and chunks) of each file index in ``blake3_files`` (the value
@@ -348,7 +387,9 @@ def hash_with_pieces(
 
     Files are read ``jobs`` at a time in stream order, so a piece that spans files is
     completed as soon as its last file is read and memory stays bounded (a piece per
-    file in flight).  A file that is missing or unreadable leaves its pieces unchecked.
+    file in flight).  A file that is missing or unreadable leaves its pieces unchecked,
+    but for the pieces in ``outside`` (whole pieces, from libtorrent's part file after a
+    partial download): its bytes of those are taken from there.
     """
     root_s = os.fspath(root)
     stream = sorted((f for f in pm.meta.files if f.size), key=pm.offset)
@@ -370,6 +411,8 @@ def hash_with_pieces(
             else:
                 d, got = None, feed_file(path, cutter.update, on_bytes=on_bytes)
         except FileNotFoundError:
+            if outside and f.index not in blake3_files:
+                return f, None, _cut_from_pieces(pm, f, outside), None
             return f, None, None, f"{rel} is missing"
         except OSError as e:
             return f, None, None, f"{rel}: {e.strerror or e}"
@@ -401,9 +444,13 @@ def hash_with_pieces(
             continue
         if d is not None:
             digests[f.index] = d
+        for p in cut.unread:
+            unchecked.setdefault(p, f"{rel_path(f, strip)} was not fetched")
         if fstart % pm.piece_length:  # begins inside a piece an earlier file began
             idx = fstart // pm.piece_length
             h = open_piece[1] if open_piece is not None and open_piece[0] == idx else None
+            if idx in cut.unread:
+                h = None
             if h is not None:
                 h.update(cut.head)
             if pm.piece_span(idx)[1] <= fend:

@@ -1433,6 +1433,7 @@ def pin(
     jobs: int | None = None,
     progress: ProgressFactory | None = None,
     manifest_root: PinRoot | None = None,
+    outside: dict[int, bytes] | None = None,
 ) -> PinResult:
     """Prove the folder against its root and pin it, in one read of every byte.
 
@@ -1443,7 +1444,10 @@ def pin(
     on.  ``base`` (the model's manifest) gives names, parameters, config and
     sources; any hash it carries is checked too.  ``manifest_root`` says who published
     the hashes of a ``manifest`` built in memory (the mirror's SHA-256 values, say);
-    by default the manifest itself is the root.  The pin records its roots
+    by default the manifest itself is the root.  ``outside`` (piece -> its bytes, as
+    libtorrent holds them) lets a partial pin check the pieces it shares with files that
+    were not fetched: those files' bytes of them come from there, the rest from disk,
+    and the whole piece must match its SHA-1.  The pin records its roots
     (``pinned_by``) and is tagged with the user's key (``grokfetch.trust``).
 
     Raises PinRefused (exit 1) naming the file (and piece or byte range) that is
@@ -1516,7 +1520,8 @@ def pin(
     extra_stream = 0
     if pm is not None:
         ours = {tfiles[e.path].index for e in entries if e.path in tfiles}
-        extra_stream = sum(f.size for f in pm.meta.real_files() if f.index not in ours)
+        extra_stream = sum(f.size for _, disk, f in _torrent_files(pm, place)
+                           if f.index not in ours and disk.is_file())  # a partial: not all
     bar = progress(sum(sizes.values()) + extra_stream, "pin") if progress else NullBar()
     counter = SharedCounter(bar)
 
@@ -1530,7 +1535,7 @@ def pin(
             want_sha = {index_of[e.path]: bool(e.sha256) for e in entries if e.path in index_of}
             by_index, check = hash_with_pieces(
                 pm, place.root, strip=find_strip(pm.meta, place.root), blake3_files=want_sha,
-                chunk_size=chunk_size, jobs=jobs, on_bytes=counter,
+                chunk_size=chunk_size, jobs=jobs, on_bytes=counter, outside=outside,
             )
             for rel, i in index_of.items():
                 if i in by_index:
@@ -1626,6 +1631,7 @@ def pin(
         repack=info.repack if info is not None else None,
         notes=info.notes if info is not None else None,
         pinned_by=tuple(roots),
+        tokenizer=info.tokenizer if info is not None else None,
     )
     out = save_pin(m, place.root / MANIFEST_NAME)
     _record_pinned(place.root, out, looked)
@@ -1672,6 +1678,12 @@ def _hash_problem(e: FileEntry, d: FileDigests, chunk_size: int) -> str | None:
     if not e.blake3 and e.chunks and d.chunks != e.chunks:
         return "blake3 chunk hash mismatch"
     return None
+
+
+def manifest_disk_paths(path: str | os.PathLike[str], manifest: Manifest) -> dict[str, Path]:
+    """Where each file ``manifest`` lists is on disk below the folder ``path``."""
+    place = locate(path)
+    return {e.path: place.disk(e.path) for e in manifest.files}
 
 
 def file_set_problems(path: str | os.PathLike[str], manifest: Manifest) -> list[str]:
