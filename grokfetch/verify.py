@@ -43,7 +43,7 @@ import re
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,7 +101,7 @@ from grokfetch.trust import (
     roots_proven,
     roots_words,
 )
-from grokfetch.verified_record import Verified, racy, stat_key
+from grokfetch.verified_record import StatKey, Verified, racy, stat_key
 from grokfetch.verified_record import load as load_verified
 from grokfetch.verified_record import now_ns as _now_ns
 from grokfetch.verified_record import save as save_verified
@@ -1447,6 +1447,7 @@ def pin(
     jobs: int | None = None,
     progress: ProgressFactory | None = None,
     manifest_root: PinRoot | None = None,
+    streamed: Mapping[str, tuple[StatKey, FileDigests]] | None = None,
 ) -> PinResult:
     """Prove the folder against its root and pin it, in one read of every byte.
 
@@ -1457,7 +1458,11 @@ def pin(
     on.  ``base`` (the model's manifest) gives names, parameters, config and
     sources; any hash it carries is checked too.  ``manifest_root`` says who published
     the hashes of a ``manifest`` built in memory (the mirror's SHA-256 values, say);
-    by default the manifest itself is the root.  The pin records its roots
+    by default the manifest itself is the root.  ``streamed`` maps a file to the
+    digests its writer computed from the very bytes it wrote (``get`` from the
+    mirror, while the SHA-256 proved them) and the stat key the file had then: a
+    file whose stat still says exactly that is not read again, and its digests
+    face the same checks against the root as a file that is read.  The pin records its roots
     (``pinned_by``) and is tagged with the user's key (``grokfetch.trust``).
 
     Raises PinRefused (exit 1) naming the file (and piece or byte range) that is
@@ -1531,10 +1536,16 @@ def pin(
     if pm is not None:
         ours = {tfiles[e.path].index for e in entries if e.path in tfiles}
         extra_stream = sum(f.size for f in pm.meta.real_files() if f.index not in ours)
-    bar = progress(sum(sizes.values()) + extra_stream, "pin") if progress else NullBar()
+    digests: dict[str, FileDigests] = {}
+    if pm is None:  # (a torrent's pieces are checked in the read; nothing skips that)
+        for e in entries:
+            s = (streamed or {}).get(e.path)
+            if s is not None and s[0] == looked[e.path][1] and s[1].size == sizes[e.path]:
+                digests[e.path] = s[1]
+    to_read = sum(n for rel, n in sizes.items() if rel not in digests)
+    bar = progress(to_read + extra_stream, "pin") if progress else NullBar()
     counter = _Progress(bar)
 
-    digests: dict[str, FileDigests] = {}
     check = None
     try:
         if pm is not None:
@@ -1551,7 +1562,7 @@ def pin(
                     digests[rel] = by_index[i]
             rest = [e for e in entries if e.path not in index_of or sizes[e.path] == 0]
         else:
-            rest = entries
+            rest = [e for e in entries if e.path not in digests]
 
         def one(e: FileEntry) -> tuple[str, FileDigests]:
             d = digest_file(place.disk(e.path), chunk_size, sha256=bool(e.sha256),
