@@ -664,7 +664,8 @@ def download(
         if sources == "mirror":
             return backsource.files_from_mirror(man, dest, state_dir, mirror, include=include,
                                                 layers=layers, space_check=space_check, pin=pin,
-                                                on_progress=on_progress, on_message=say)
+                                                on_progress=on_progress, on_message=say,
+                                                timeout=timeout)
         peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in peers]
         peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
 
@@ -756,7 +757,7 @@ def download(
                 return backsource.files_from_mirror(
                     man, dest, state_dir, mirror, include=include, layers=layers,
                     space_check=space_check, pin=pin, on_progress=on_progress, on_message=say,
-                    client=run.back.client, started=start)
+                    client=run.back.client, started=start, timeout=timeout)
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
             # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass
