@@ -554,4 +554,4 @@ def files_from_mirror(manifest: Any, dest: Any, state_dir: Any, opts: Any, *,
     return get_from_mirror(manifest, dest, state_dir, opts or MirrorOptions(), include=include,
                            layers=layers, space_check=space_check, pin=pin, progress=progress,
                            on_message=on_message, client=client,
-                           deadline=None if timeout is None else t0 + timeout)
+                           timeout=timeout, started=t0)

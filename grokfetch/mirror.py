@@ -583,6 +583,7 @@ def download_files(
     on_message: Callable[[str], None] | None = None,
     chunk_size: int | None = None,
     deadline: float | None = None,
+    timeout: float | None = None,
 ) -> FilesResult:
     """Fetch whole files into ``root``, each proven by the mirror's published hash.
 
@@ -597,7 +598,8 @@ def download_files(
 
     ``chunk_size``: also compute the pin's BLAKE3 digests from the stream
     (``FilesResult.streamed``).  ``deadline`` (time.monotonic()): stop then with
-    a TorrentError saying how far it got; the part files stay for the rerun.
+    a TorrentError saying how far it got (``timeout``: the seconds it names);
+    the part files stay for the rerun.
     """
     say = on_message or (lambda _m: None)
     t0 = time.monotonic()
@@ -715,7 +717,8 @@ def download_files(
             if first is not None:
                 raise first from None
             if isinstance(exc, _OutOfTime):
-                raise _out_of_time(client, time.monotonic() - t0, counts, pairs) from None
+                took = timeout if timeout is not None else time.monotonic() - t0
+                raise _out_of_time(client, took, counts, pairs, time.monotonic() - t0) from None
             raise
     return FilesResult(root=root, files=len(pairs), wanted=sum(r.size for _, r in pairs),
                        fetched=counts["fetched"], proven=counts["proven"], kept=counts["kept"],
@@ -723,16 +726,16 @@ def download_files(
                        commit=client.resolve_commit(), streamed=streamed)
 
 
-def _out_of_time(client: HubClient, elapsed: float, counts: dict[str, int],
-                 pairs: Sequence[tuple[Any, RemoteFile]]) -> TorrentError:
+def _out_of_time(client: HubClient, timeout: float, counts: dict[str, int],
+                 pairs: Sequence[tuple[Any, RemoteFile]], fetching: float) -> TorrentError:
     """--timeout in file mode: how far it got, and what the mirror last said."""
     wanted = sum(r.size for _, r in pairs)
     done = counts["proven"] + counts["kept"]
     st = client.stats.snapshot()
     why = (f"the mirror last answered HTTP {st['last_status']}" if st["last_status"]
-           else f"the mirror sent {counts['fetched'] / max(elapsed, 1e-3) / 1e6:.1f} MB/s")
+           else f"the mirror sent {counts['fetched'] / max(fetching, 1e-3) / 1e6:.1f} MB/s")
     return TorrentError(
-        f"mirror {client.where}: not complete after {elapsed:.0f} s ({done:,} of {wanted:,} "
+        f"mirror {client.where}: not complete after {timeout:.0f} s ({done:,} of {wanted:,} "
         f"bytes proven, {counts['fetched']:,} received; {why}); the partial files stay in "
         f"the state folder: rerun to continue")
 
@@ -911,15 +914,16 @@ def get_from_mirror(
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     on_message: Callable[[str], None] | None = None,
     client: HubClient | None = None,
-    deadline: float | None = None,
+    timeout: float | None = None,
+    started: float | None = None,
 ) -> MirrorGetResult:
     """Download the manifest's files from its mirror into ``dest`` (the checkpoint root).
 
     Needs no torrent metadata: each file is proven by the SHA-256 the mirror
     publishes, after those values passed the self-test against the manifest.
     ``progress(done, wanted, mirror_stats)`` is called as bytes arrive.
-    ``deadline`` (time.monotonic(), from --timeout): TorrentError when the files
-    are not all proven by then.
+    ``timeout`` (--timeout, seconds from ``started``, a time.monotonic(); default
+    now): TorrentError when the files are not all proven by then.
     """
     from grokfetch import metainfo
     from grokfetch.torrent import check_space
@@ -927,6 +931,7 @@ def get_from_mirror(
     say = on_message or (lambda _m: None)
     client = client or client_for(manifest, opts)
     t0 = time.monotonic()
+    deadline = None if timeout is None else (t0 if started is None else started) + timeout
     remote = client.list_files()
     pairs = check_published_hashes(remote, manifest, client.spec, client)
     packaged = sum(1 for e, r in pairs if e.sha256 and r.sha256)
@@ -964,7 +969,7 @@ def get_from_mirror(
 
     complete = len(todo) == len(manifest.files)
     res = download_files(client, dest, state_dir, todo, jobs=opts.jobs or opts.max_connections,
-                         on_bytes=on_bytes, on_message=say, deadline=deadline,
+                         on_bytes=on_bytes, on_message=say, deadline=deadline, timeout=timeout,
                          chunk_size=manifest.chunk_size if pin and complete else None)
     if progress is not None:
         progress(wanted, wanted, client.stats.snapshot())
