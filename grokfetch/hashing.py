@@ -255,6 +255,38 @@ class ChunkHasher:
         return self.digests
 
 
+class StreamDigests:
+    """Everything a pin needs of one file (what ``digest_file`` computes: BLAKE3 of the
+    whole file and of each chunk, and SHA-256), fed its bytes in order as a download
+    writes them, so the pin pass need not read the file again.
+
+    ``size`` is the file's expected length: a file of at most one chunk has one
+    BLAKE3, since its chunk hash is its whole-file hash.  ``sha256`` is the
+    hasher itself, for a caller that proves the file by it while it streams.
+    """
+
+    def __init__(self, size: int, chunk_size: int) -> None:
+        self.whole = blake3.blake3()
+        self.chunks = ChunkHasher(chunk_size) if size > chunk_size else None
+        self.sha256 = hashlib.sha256()
+        self.done = 0
+
+    def update(self, block: memoryview | bytes) -> None:
+        self.whole.update(block)
+        if self.chunks is not None:
+            self.chunks.update(block)
+        self.sha256.update(block)
+        self.done += len(block)
+
+    def finish(self) -> FileDigests:
+        digest = self.whole.hexdigest()
+        if self.chunks is not None:
+            chunks = self.chunks.finish()
+        else:
+            chunks = [digest] if self.done else []
+        return FileDigests(digest, chunks, self.done, self.sha256.hexdigest())
+
+
 def chunk_digests(
     path: str | os.PathLike[str],
     chunk_size: int,

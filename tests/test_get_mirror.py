@@ -13,10 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 import pytest
@@ -31,9 +35,14 @@ from lt_helpers import (
     wait_until,
 )
 
+from grokfetch.errors import PinRefused
 from grokfetch.format import metainfo
 from grokfetch.format.manifest import load_manifest
 from grokfetch.format.metainfo import load_torrent, make_torrent
+from grokfetch.hashing import StreamDigests
+from grokfetch.integrity.verified_record import stat_key
+from grokfetch.integrity.verify import pin
+from grokfetch.trust import PinRoot, now
 
 PIECE = 64 * 1024  # many pieces span two or more files of the mini checkpoint
 REPO = "test/grok-mini"
@@ -305,6 +314,91 @@ def test_timeout_without_peers_says_why_with_the_manifest_total(tmp_path, source
     assert "no peers found" in g.stderr
     assert "127.0.0.1:9" in g.stderr  # the unreachable tracker, named
     assert not any("127.0.0.1:9" in m and "waiting" not in m for m in g.messages())
+
+
+def test_timeout_applies_after_the_fallback_to_whole_files(tmp_path, source, info_hash, hub):
+    man = write_manifest(tmp_path, source, info_hash, hub, torrent_url=False)
+    hub.faults.delay = 1.0  # 256 KiB a second per connection: minutes for the folder
+    dest = tmp_path / "dl"
+    args = [f"magnet:?xt=urn:btih:{info_hash}", "--dest", str(dest),
+            *mirror_args(hub, man, "--metadata-timeout", "1")]
+    t0 = time.monotonic()
+    g = run_get(*args, "--timeout", "4", timeout=60)
+    took = time.monotonic() - t0
+    assert g.proc.returncode == 4, g.stderr
+    assert any("no metadata after" in m for m in g.messages())  # it did fall back
+    total = sum(f.size for f in hub.files.values() if f.path.startswith("ckpt-0/"))
+    assert "not complete after 4 s" in g.stderr and f"of {total:,} bytes proven" in g.stderr
+    assert "Traceback" not in g.stderr
+    assert took < 30  # the workers stopped: not minutes
+    assert not (dest / "grokfetch-manifest.json").exists()
+    state = dest / ".grokfetch"
+    on_disk = sum(p.stat().st_size for p in (state / "mirror").rglob("*.part"))
+    journal = json.loads((state / "mirror-proven.json").read_text()) if (
+        state / "mirror-proven.json").exists() else {}
+    on_disk += sum(hub.files[rel].size for rel in journal)
+    assert on_disk > 0
+    # The rerun continues from what the stopped run left: nothing fetched twice.
+    hub.faults.delay = 0.0
+    hub.reset_counts()
+    g2 = run_get(*args, timeout=90)
+    assert g2.proc.returncode == 0, g2.stderr
+    assert ckpt(dest) == ckpt(source)
+    assert hub.total_served() == total - on_disk
+
+
+def test_the_pin_from_the_stream_is_the_pin_a_full_read_makes(tmp_path, source, info_hash, hub,
+                                                             mini_ckpt):
+    # get computes the pin's BLAKE3 (whole file and 64 KiB chunks here) while it streams;
+    # the source's own pin was made by reading every file.
+    man = write_manifest(tmp_path, source, info_hash, hub, torrent_url=False)
+    dest = tmp_path / "dl"
+    g = run_get("--source", "mirror", "--dest", str(dest), *mirror_args(hub, man), timeout=90)
+    assert g.proc.returncode == 0, g.stderr
+    streamed = {e.path: e for e in load_manifest(dest / "grokfetch-manifest.json").files}
+    read = {e.path: e for e in load_manifest(mini_ckpt / "grokfetch-manifest.json").files}
+    assert streamed.keys() == read.keys()
+    assert sum(len(e.chunks or []) > 1 for e in read.values()) > 5  # files of many chunks
+    for rel, e in read.items():
+        assert (streamed[rel].blake3, streamed[rel].chunks) == (e.blake3, e.chunks), rel
+
+
+def test_streamed_digests_stand_in_for_a_read_only_while_the_file_is_unchanged(copy_ckpt):
+    root = copy_ckpt()
+    pinned = load_manifest(root / "grokfetch-manifest.json")
+    chunk = pinned.chunk_size
+    # What the mirror's listing gives: SHA-256 values, no BLAKE3.
+    published = pinned.with_files([
+        replace(e, blake3=None, chunks=None,
+                sha256=hashlib.sha256((root / e.path).read_bytes()).hexdigest())
+        for e in pinned.files], pinned=False)
+    mroot = PinRoot("mirror-sha256", "0" * 40, "test/repo on http://127.0.0.1", now())
+
+    def streamed(rel: str, data: bytes | None = None) -> tuple[Any, Any]:
+        s = StreamDigests(len(data) if data else (root / rel).stat().st_size, chunk)
+        s.update(data if data is not None else (root / rel).read_bytes())
+        return stat_key(os.stat(root / rel)), s.finish()
+
+    rels = [e.path for e in pinned.files]
+    victim = rels[3]
+    size = (root / victim).stat().st_size
+    every = {rel: streamed(rel) for rel in rels}
+    r = pin(root, manifest=published, manifest_root=mroot, streamed=every)
+    assert r.report.bytes_hashed == 0  # not one file read again
+    assert [(e.blake3, e.chunks) for e in r.manifest.files] == [
+        (e.blake3, e.chunks) for e in pinned.files]
+    # Digests of other bytes (what a writer that got it wrong would hand over) still face
+    # the root: the SHA-256 they carry is not the published one.
+    forged = dict(every, **{victim: streamed(victim, b"x" * size)})
+    with pytest.raises(PinRefused, match=re.escape(victim)):
+        pin(root, manifest=published, manifest_root=mroot, streamed=forged)
+    # Once the file's stat moved on, the digests are not used: the file is read.
+    st = os.stat(root / victim)
+    os.utime(root / victim, ns=(st.st_atime_ns, st.st_mtime_ns - 5_000_000_000))
+    r = pin(root, manifest=published, manifest_root=mroot, streamed=forged)
+    assert r.report.bytes_hashed == size
+    assert next(e for e in r.manifest.files if e.path == victim).blake3 == next(
+        e for e in pinned.files if e.path == victim).blake3
 
 
 # --------------------------------------------------------------------------- units

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 from grokfetch import hashing
 from grokfetch.hashing import (
     ChunkHasher,
+    StreamDigests,
     blake3_and_sha256,
     blake3_file,
     chunk_digests,
+    digest_file,
     file_digests,
     sha256_file,
     zero_digest,
@@ -90,6 +92,22 @@ def test_chunk_hasher_accepts_blocks_of_any_length():
     assert h.finish() == reference(data, 999)[1]
     with pytest.raises(ValueError):
         ChunkHasher(0)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(0, 30_000), chunk_size=st.integers(1, 12_000),
+       block=st.integers(1, 7_000))
+def test_digests_fed_from_a_stream_equal_those_of_reading_the_file(tmp_path, size, chunk_size,
+                                                                   block):
+    # What a download computes as the bytes go by is what the pin pass computes by reading.
+    data = bytes((i * 13 + size) % 253 for i in range(size))
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    s = StreamDigests(size, chunk_size)
+    for i in range(0, size, block):
+        s.update(memoryview(data)[i : i + block])
+    assert s.finish() == digest_file(p, chunk_size, sha256=True)
 
 
 def test_zero_digest_recognises_zero_filled_bytes(tmp_path):

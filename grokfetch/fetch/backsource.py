@@ -296,9 +296,17 @@ class PieceFeeder:
                 self.flight.pop(p)
                 self._failed(fl, "was not confirmed by libtorrent")
         self.rate.add(now, self.proven)
-        if feedable and len(self.flight) < self.max_in_flight and now - self.last_schedule >= 0.05:
+        if feedable and self._room() > 0 and now - self.last_schedule >= 0.05:
             self.last_schedule = now
             self._schedule(have, swarm_rate)
+
+    def _room(self) -> int:
+        """How many more pieces may be fetched now.  Up to ``max_in_flight`` are read
+        over HTTP at a time, and as many more may wait for add_piece's verdict (their
+        bytes are libtorrent's by then): the next fetch starts while libtorrent still
+        hashes and writes the last one, so the connections never wait on it."""
+        fetching = sum(1 for fl in self.flight.values() if fl.added_at == 0.0)
+        return min(self.max_in_flight - fetching, 2 * self.max_in_flight - len(self.flight))
 
     def _schedule(self, have: Any, swarm_rate: int) -> None:
         missing = [p for p in self.wanted
@@ -313,7 +321,7 @@ class PieceFeeder:
             # A slow swarm: also take pieces peers have but are not fetching, from
             # the far end, away from where libtorrent is working.
             pick += sorted((p for p in missing if avail[p] > 0 and p not in busy), reverse=True)
-        for p in pick[: self.max_in_flight - len(self.flight)]:
+        for p in pick[: self._room()]:
             self.h.piece_priority(p, 0)  # keep peers off it while HTTP fetches it
             tries = self.tries.get(p, 0) + 1
             self.flight[p] = _InFlight(p, self.pool.submit(self._fetch, p), tries)
@@ -508,9 +516,11 @@ def files_from_mirror(manifest: Any, dest: Any, state_dir: Any, opts: Any, *,
                       include: Any = (), layers: str | None = None, space_check: bool = True,
                       pin: bool = True, on_progress: Callable[[Any], None] | None = None,
                       on_message: Callable[[str], None] | None = None,
-                      client: HubClient | None = None, started: float | None = None) -> Any:
+                      client: HubClient | None = None, started: float | None = None,
+                      timeout: float | None = None) -> Any:
     """``get --source mirror`` (and auto without metadata): mirror.get_from_mirror, with
-    its progress as torrent.Progress snapshots."""
+    its progress as torrent.Progress snapshots.  ``timeout`` (--timeout) counts from
+    ``started`` (the start of the run, before the wait for metadata) when given."""
     from grokfetch.errors import UsageError
     from grokfetch.fetch.mirror import MirrorOptions, get_from_mirror
     from grokfetch.fetch.torrent import Progress
@@ -539,4 +549,5 @@ def files_from_mirror(manifest: Any, dest: Any, state_dir: Any, opts: Any, *,
 
     return get_from_mirror(manifest, dest, state_dir, opts or MirrorOptions(), include=include,
                            layers=layers, space_check=space_check, pin=pin, progress=progress,
-                           on_message=on_message, client=client)
+                           on_message=on_message, client=client,
+                           timeout=timeout, started=t0)

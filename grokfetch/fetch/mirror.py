@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from grokfetch.errors import GrokfetchError, TorrentError, UsageError
-from grokfetch.fsutil import atomic_write_json, fsync_dir, inside
+from grokfetch.fsutil import atomic_write_json, fsync_dir, inside, start_writeback
+from grokfetch.hashing import FileDigests, StreamDigests
+from grokfetch.integrity.verified_record import StatKey, stat_key
 from grokfetch.trust import PinRoot, now
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -57,6 +59,7 @@ ATTEMPTS = 8  # tries per request before the mirror's last answer is reported
 BACKOFF_CAP = 30.0  # seconds: the longest pause between tries (Retry-After is capped too)
 IO_TIMEOUT = 60.0  # seconds without a byte before a connection counts as dropped
 READ_BLOCK = 1 << 20
+WRITEBACK_EVERY = 32 << 20  # bytes written before their writeback to disk is started
 URL_TTL = 600.0  # seconds a CDN redirect is reused before it is asked for again
 STATE_SUBDIR = "mirror"  # partial files and the proof journal, in DEST's state folder
 JOURNAL = "mirror-proven.json"
@@ -268,12 +271,14 @@ class HubClient:
     # -- ranged reads ---------------------------------------------------------------
 
     def read_range(self, path: str, start: int, end: int,
-                   sink: Callable[[memoryview], None]) -> None:
+                   sink: Callable[[memoryview], None],
+                   stop: threading.Event | None = None) -> None:
         """Stream bytes [start, end) of ``path`` into ``sink``, retrying transient faults.
 
         A connection cut mid-body is resumed from the byte it stopped at;
         429 waits for Retry-After; 5xx backs off exponentially.  MirrorError
-        (with the HTTP status) once ``attempts`` tries have failed.
+        (with the HTTP status) once ``attempts`` tries have failed.  ``stop``
+        ends a pause between tries early (raising _Stopped).
         """
         pos = start
         last: _Transient | None = None
@@ -287,7 +292,11 @@ class HubClient:
                 last = t
                 self.stats.note(t.status, str(t))
                 wait = t.wait if t.wait is not None else min(BACKOFF_CAP, 0.25 * 2 ** attempt)
-                time.sleep(min(BACKOFF_CAP, wait) * (1 + random.random() * 0.1))
+                pause = min(BACKOFF_CAP, wait) * (1 + random.random() * 0.1)
+                if stop is None:
+                    time.sleep(pause)
+                elif stop.wait(pause):
+                    raise _Stopped from None
                 pos = getattr(t, "pos", pos)
         assert last is not None
         status = f"HTTP {last.status}" if last.status is not None else str(last)
@@ -481,24 +490,38 @@ def check_published_hashes(remote: dict[str, RemoteFile], manifest: Any, spec: M
 
 
 class _Proof:
-    """The hash that proves one file, fed as the bytes stream past."""
+    """The hash that proves one file, fed as the bytes stream past.
 
-    def __init__(self, r: RemoteFile) -> None:
+    With ``chunk_size``, the same bytes also feed what the pin needs (BLAKE3 of
+    the file and of its chunks, and the SHA-256 it shares with the proof), so
+    the pin pass does not read the file again; ``pin`` is None otherwise.
+    """
+
+    def __init__(self, r: RemoteFile, chunk_size: int | None = None) -> None:
         self.r = r
-        if r.sha256:
-            self.h = hashlib.sha256()
+        self.pin = StreamDigests(r.size, chunk_size) if chunk_size else None
+        self._blob = None
+        if not r.sha256:  # a small non-LFS file: its git blob SHA-1 proves it
+            self._blob = hashlib.sha1(b"blob %d\0" % r.size)
+        if self.pin is not None:
+            self._sha256: Any = self.pin.sha256
         else:
-            self.h = hashlib.sha1()
-            self.h.update(b"blob %d\0" % r.size)
+            self._sha256 = hashlib.sha256() if r.sha256 else None
 
     def update(self, b: Any) -> None:
-        self.h.update(b)
+        if self.pin is not None:
+            self.pin.update(b)  # its SHA-256 is the proof's
+        elif self._sha256 is not None:
+            self._sha256.update(b)
+        if self._blob is not None:
+            self._blob.update(b)
 
     def ok(self) -> bool:
-        return self.h.hexdigest() == (self.r.sha256 or self.r.git_oid)
+        return self.digest() == (self.r.sha256 or self.r.git_oid)
 
     def digest(self) -> str:
-        return self.h.hexdigest()
+        h = self._blob if self._blob is not None else self._sha256
+        return str(h.hexdigest())
 
 
 # --------------------------------------------------------------------------- files
@@ -515,6 +538,9 @@ class FilesResult:
     refetched: list[str]  # files whose first copy failed its hash
     elapsed: float
     commit: str
+    # Per file this run proved: what stat said of it in place, and the pin's digests of the
+    # bytes it streamed (with ``chunk_size``), for ``pin_mirrored`` to use unread.
+    streamed: dict[str, tuple[StatKey, FileDigests]] = field(default_factory=dict)
 
 
 class _Journal:
@@ -555,6 +581,9 @@ def download_files(
     jobs: int = 4,
     on_bytes: Callable[[int], None] | None = None,
     on_message: Callable[[str], None] | None = None,
+    chunk_size: int | None = None,
+    deadline: float | None = None,
+    timeout: float | None = None,
 ) -> FilesResult:
     """Fetch whole files into ``root``, each proven by the mirror's published hash.
 
@@ -562,9 +591,15 @@ def download_files(
     time, one connection each), hashed as it arrives; a rerun continues a part
     file from its length (re-hashing what is there first, at disk speed).  A
     file whose hash disagrees is fetched again from zero once; a second
-    mismatch is a MirrorError naming the file.  A proven file is fsynced,
-    checked by the safe reader (tensor files), renamed into place and recorded
-    in the journal, so no rerun fetches it again.
+    mismatch is a MirrorError naming the file.  A proven file is fsynced (its
+    writeback started as the bytes arrive, so the fsync has little left to
+    wait for), checked by the safe reader (tensor files), renamed into place
+    and recorded in the journal, so no rerun fetches it again.
+
+    ``chunk_size``: also compute the pin's BLAKE3 digests from the stream
+    (``FilesResult.streamed``).  ``deadline`` (time.monotonic()): stop then with
+    a TorrentError saying how far it got (``timeout``: the seconds it names);
+    the part files stay for the rerun.
     """
     say = on_message or (lambda _m: None)
     t0 = time.monotonic()
@@ -574,6 +609,7 @@ def download_files(
     counts = {"fetched": 0, "proven": 0, "kept": 0}
     lock = threading.Lock()
     refetched: list[str] = []
+    streamed: dict[str, tuple[StatKey, FileDigests]] = {}
     stop = threading.Event()
 
     def fetch_one(e: Any, r: RemoteFile) -> None:
@@ -598,26 +634,35 @@ def download_files(
         for attempt in (1, 2):
             if stop.is_set():
                 return
-            proof = _Proof(r)
+            proof = _Proof(r, chunk_size)
             have = _resume_part(part, r.size, proof)
             if have and attempt == 1:
                 say(f"{e.path}: continuing from byte {have:,} on disk")
             if on_bytes and have:
                 on_bytes(have)
-            with open(part, "ab") as f:
-                def sink(b: memoryview, f: Any = f, proof: _Proof = proof) -> None:
+            with open(part, "ab", buffering=0) as f:
+                fd = f.fileno()
+                written = [have, have]  # bytes in the file; bytes whose writeback has started
+
+                def sink(b: memoryview, fd: int = fd, proof: _Proof = proof,
+                         written: list[int] = written) -> None:
                     if stop.is_set():
                         raise _Stopped
-                    f.write(b)
+                    view = b
+                    while view:  # os.write may write less than asked
+                        view = view[os.write(fd, view):]
                     proof.update(b)
+                    written[0] += len(b)
+                    if written[0] - written[1] >= WRITEBACK_EVERY:
+                        start_writeback(fd, written[1], written[0] - written[1])
+                        written[1] = written[0]
                     with lock:
                         counts["fetched"] += len(b)
                     if on_bytes:
                         on_bytes(len(b))
 
-                client.read_range(e.path, have, r.size, sink)
-                f.flush()
-                os.fsync(f.fileno())
+                client.read_range(e.path, have, r.size, sink, stop=stop)
+                os.fsync(fd)
             if proof.ok():
                 break
             client.stats.add(rejected=r.size)
@@ -638,6 +683,11 @@ def download_files(
         os.replace(part, final)
         fsync_dir(final.parent)
         journal.record(e.path, final, digest)
+        if proof.pin is not None:
+            # stat after the rename (which changes ctime): the pin pass compares it
+            st = os.stat(final)
+            with lock:
+                streamed[e.path] = (stat_key(st), proof.pin.finish())
         client.stats.add(proven=r.size)
         with lock:
             counts["proven"] += r.size
@@ -647,11 +697,18 @@ def download_files(
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="mirror") as pool:
         futures = [pool.submit(fetch_one, e, r) for e, r in todo]
         try:
-            wait(futures, return_when=FIRST_EXCEPTION)
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise _OutOfTime
+                _, pending = wait(futures, timeout=left, return_when=FIRST_EXCEPTION)
+                if not pending or any(fu.done() and not fu.cancelled() and fu.exception()
+                                      for fu in futures):
+                    break
             for fu in futures:
                 fu.result()
-        except BaseException:
-            stop.set()
+        except BaseException as exc:
+            stop.set()  # the workers stop at their next block or retry pause
             for fu in futures:
                 fu.cancel()
             first = next((fu.exception() for fu in futures if fu.done() and not fu.cancelled()
@@ -659,11 +716,28 @@ def download_files(
                           and not isinstance(fu.exception(), _Stopped)), None)
             if first is not None:
                 raise first from None
+            if isinstance(exc, _OutOfTime):
+                took = timeout if timeout is not None else time.monotonic() - t0
+                raise _out_of_time(client, took, counts, pairs, time.monotonic() - t0) from None
             raise
     return FilesResult(root=root, files=len(pairs), wanted=sum(r.size for _, r in pairs),
                        fetched=counts["fetched"], proven=counts["proven"], kept=counts["kept"],
                        refetched=refetched, elapsed=time.monotonic() - t0,
-                       commit=client.resolve_commit())
+                       commit=client.resolve_commit(), streamed=streamed)
+
+
+def _out_of_time(client: HubClient, timeout: float, counts: dict[str, int],
+                 pairs: Sequence[tuple[Any, RemoteFile]], fetching: float) -> TorrentError:
+    """--timeout in file mode: how far it got, and what the mirror last said."""
+    wanted = sum(r.size for _, r in pairs)
+    done = counts["proven"] + counts["kept"]
+    st = client.stats.snapshot()
+    why = (f"the mirror last answered HTTP {st['last_status']}" if st["last_status"]
+           else f"the mirror sent {counts['fetched'] / max(fetching, 1e-3) / 1e6:.1f} MB/s")
+    return TorrentError(
+        f"mirror {client.where}: not complete after {timeout:.0f} s ({done:,} of {wanted:,} "
+        f"bytes proven, {counts['fetched']:,} received; {why}); the partial files stay in "
+        f"the state folder: rerun to continue")
 
 
 def _already_there(final: Path, r: RemoteFile) -> bool:
@@ -682,6 +756,10 @@ def _already_there(final: Path, r: RemoteFile) -> bool:
 
 class _Stopped(Exception):
     """Another file failed: the remaining workers stop (their part files stay for the rerun)."""
+
+
+class _OutOfTime(Exception):
+    """The deadline (--timeout) passed: every worker stops, the part files stay."""
 
 
 def _resume_part(part: Path, size: int, proof: _Proof) -> int:
@@ -704,14 +782,18 @@ def _resume_part(part: Path, size: int, proof: _Proof) -> int:
 
 def _check_structure(e: Any, part: Path, final: Path) -> None:
     """A proven tensor file must still be a well-formed checkpoint file of the right shape."""
-    from grokfetch.errors import CheckpointFormatError
-    from grokfetch.format.checkpoint import compare
-    from grokfetch.format.pickle_reader import scan
     from grokfetch.integrity.verify import _spec_from_entry
 
     spec = _spec_from_entry(e, 0)
     if spec is None:
         return
+    # Imported only for a file with arrays to check: the reader's dtypes import
+    # ml_dtypes, measured at 1.4 s of CPU, which holds the GIL (every download
+    # thread waits) and is wasted on a file without a layout.
+    from grokfetch.errors import CheckpointFormatError
+    from grokfetch.format.checkpoint import compare
+    from grokfetch.format.pickle_reader import scan
+
     try:
         problems = compare(spec, scan(part))
     except CheckpointFormatError as err:
@@ -738,12 +820,17 @@ def root_text(root: PinRoot) -> str:
 
 
 def pin_mirrored(root: Path, manifest: Any, pairs: Iterable[tuple[Any, RemoteFile]],
-                 client: HubClient) -> Path:
+                 client: HubClient,
+                 streamed: dict[str, tuple[StatKey, FileDigests]] | None = None) -> Path:
     """Pin a folder the mirror's hashes proved, and record that root in the pin.
 
     The mirror's SHA-256 of every file goes into the manifest the pin pass checks
-    against, in the same read that computes the BLAKE3 it pins: a file that changed
-    since it was streamed is refused (PinRefused), never pinned.
+    against.  ``streamed`` (``FilesResult.streamed``) holds the digests this run
+    computed of each file as it downloaded it, SHA-256 included: a file whose stat
+    is still what it was once proven is pinned from them without being read
+    again.  Any other file (proven by an earlier run, or changed since) is read,
+    its BLAKE3 computed in the same read that checks its SHA-256: a file that
+    changed since it was streamed is refused (PinRefused), never pinned.
     """
     from grokfetch.integrity.verify import pin
 
@@ -754,7 +841,8 @@ def pin_mirrored(root: Path, manifest: Any, pairs: Iterable[tuple[Any, RemoteFil
         if e.path in published else e
         for e in manifest.files
     ]
-    return pin(root, manifest=manifest.with_files(files), manifest_root=mirror_root(client)).path
+    return pin(root, manifest=manifest.with_files(files), manifest_root=mirror_root(client),
+               streamed=streamed).path
 
 
 # --------------------------------------------------------------------------- get
@@ -826,12 +914,16 @@ def get_from_mirror(
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     on_message: Callable[[str], None] | None = None,
     client: HubClient | None = None,
+    timeout: float | None = None,
+    started: float | None = None,
 ) -> MirrorGetResult:
     """Download the manifest's files from its mirror into ``dest`` (the checkpoint root).
 
     Needs no torrent metadata: each file is proven by the SHA-256 the mirror
     publishes, after those values passed the self-test against the manifest.
     ``progress(done, wanted, mirror_stats)`` is called as bytes arrive.
+    ``timeout`` (--timeout, seconds from ``started``, a time.monotonic(); default
+    now): TorrentError when the files are not all proven by then.
     """
     from grokfetch.fetch.torrent import check_space
     from grokfetch.format import metainfo
@@ -839,6 +931,7 @@ def get_from_mirror(
     say = on_message or (lambda _m: None)
     client = client or client_for(manifest, opts)
     t0 = time.monotonic()
+    deadline = None if timeout is None else (t0 if started is None else started) + timeout
     remote = client.list_files()
     pairs = check_published_hashes(remote, manifest, client.spec, client)
     packaged = sum(1 for e, r in pairs if e.sha256 and r.sha256)
@@ -874,15 +967,15 @@ def get_from_mirror(
             last[0] = now
         progress(done[0], wanted, client.stats.snapshot())
 
+    complete = len(todo) == len(manifest.files)
     res = download_files(client, dest, state_dir, todo, jobs=opts.jobs or opts.max_connections,
-                         on_bytes=on_bytes,
-                         on_message=say)
+                         on_bytes=on_bytes, on_message=say, deadline=deadline, timeout=timeout,
+                         chunk_size=manifest.chunk_size if pin and complete else None)
     if progress is not None:
         progress(wanted, wanted, client.stats.snapshot())
-    complete = len(todo) == len(manifest.files)
     manifest_path = None
     if pin and complete:
-        manifest_path = pin_mirrored(dest, manifest, pairs, client)
+        manifest_path = pin_mirrored(dest, manifest, pairs, client, res.streamed)
         if manifest_path is not None:
             say(f"pinned manifest: {manifest_path} (proven by the mirror's SHA-256)")
     elif pin:

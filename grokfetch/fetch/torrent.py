@@ -637,7 +637,7 @@ def download(
                                                 include=o.include, layers=o.layers,
                                                 space_check=o.space_check, pin=o.pin,
                                                 on_progress=o.on_progress,
-                                                on_message=run.on_message)
+                                                on_message=run.on_message, timeout=o.timeout)
         peer_addrs = [p if isinstance(p, tuple) else parse_hostport(p) for p in o.peers]
         peer_addrs = list(dict.fromkeys([*src.peers, *peer_addrs]))
         added = _add_params_phase(run, src, o, peer_addrs)
@@ -783,7 +783,7 @@ def _session_phase(run: _Run, src: Source, o: DownloadOptions, added: _Added,
             return backsource.files_from_mirror(
                 run.manifest, dest, state_dir, o.mirror, include=o.include, layers=o.layers,
                 space_check=o.space_check, pin=o.pin, on_progress=o.on_progress,
-                on_message=say, client=run.back.client, started=start)
+                on_message=say, client=run.back.client, started=start, timeout=o.timeout)
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()
         # Pin while the session stays up (it seeds meanwhile): a BLAKE3 pass

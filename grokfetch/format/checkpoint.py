@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grokfetch.errors import CheckpointFormatError, GrokfetchError, UsageError
 from grokfetch.format.folder import SELECTION_MANIFEST, STATE_DIR, locate
@@ -26,8 +27,14 @@ from grokfetch.format.layout import (
     tensor_files,
 )
 from grokfetch.format.manifest import Manifest, load_manifest, model_names
-from grokfetch.format.pickle_reader import ParamFile, file_kind, scan
 from grokfetch.fsutil import loads_json
+
+if TYPE_CHECKING:
+    from grokfetch.format.pickle_reader import ParamFile
+
+# The reader is imported where a file is read: its dtypes import numpy and ml_dtypes
+# (ml_dtypes 0.7 alone measured 1.0-1.4 s of CPU, holding the GIL), which finding the
+# checkpoint folder or refusing a file count never needs.
 
 DEFAULT_KEY_SIZE = 128
 
@@ -235,6 +242,8 @@ def compare(spec: ParamSpec, found: ParamFile) -> list[str]:
 
 def inspect_file(path: str | os.PathLike[str]) -> ParamFile:
     """Scan one file (raises CheckpointFormatError on anything malformed)."""
+    from grokfetch.format.pickle_reader import scan
+
     return scan(path)
 
 
@@ -271,6 +280,8 @@ def inspect_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None 
 def _scan_file(p: Path) -> ParamFile:
     """``scan``, refusing what is not a regular file first: opening a FIFO named like a
     tensor file would block forever, and a folder cannot be mapped."""
+    from grokfetch.format.pickle_reader import file_kind, scan
+
     try:
         st = os.stat(p)
     except OSError as e:

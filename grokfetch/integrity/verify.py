@@ -42,7 +42,7 @@ import random
 import re
 import stat as stat_mod
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,7 +100,7 @@ from grokfetch.hashing import (
     sha256_file,
     zero_digest,
 )
-from grokfetch.integrity.verified_record import Verified, racy, stat_key
+from grokfetch.integrity.verified_record import StatKey, Verified, racy, stat_key
 from grokfetch.integrity.verified_record import load as load_verified
 from grokfetch.integrity.verified_record import now_ns as _now_ns
 from grokfetch.integrity.verified_record import save as save_verified
@@ -1434,6 +1434,7 @@ def pin(
     progress: ProgressFactory | None = None,
     manifest_root: PinRoot | None = None,
     outside: dict[int, bytes] | None = None,
+    streamed: Mapping[str, tuple[StatKey, FileDigests]] | None = None,
 ) -> PinResult:
     """Prove the folder against its root and pin it, in one read of every byte.
 
@@ -1447,7 +1448,11 @@ def pin(
     by default the manifest itself is the root.  ``outside`` (piece -> its bytes, as
     libtorrent holds them) lets a partial pin check the pieces it shares with files that
     were not fetched: those files' bytes of them come from there, the rest from disk,
-    and the whole piece must match its SHA-1.  The pin records its roots
+    and the whole piece must match its SHA-1.  ``streamed`` maps a file to the
+    digests its writer computed from the very bytes it wrote (``get`` from the
+    mirror, while the SHA-256 proved them) and the stat key the file had then: a
+    file whose stat still says exactly that is not read again, and its digests
+    face the same checks against the root as a file that is read.  The pin records its roots
     (``pinned_by``) and is tagged with the user's key (``grokfetch.trust``).
 
     Raises PinRefused (exit 1) naming the file (and piece or byte range) that is
@@ -1522,10 +1527,16 @@ def pin(
         ours = {tfiles[e.path].index for e in entries if e.path in tfiles}
         extra_stream = sum(f.size for _, disk, f in _torrent_files(pm, place)
                            if f.index not in ours and disk.is_file())  # a partial: not all
-    bar = progress(sum(sizes.values()) + extra_stream, "pin") if progress else NullBar()
+    digests: dict[str, FileDigests] = {}
+    if pm is None:  # (a torrent's pieces are checked in the read; nothing skips that)
+        for e in entries:
+            s = (streamed or {}).get(e.path)
+            if s is not None and s[0] == looked[e.path][1] and s[1].size == sizes[e.path]:
+                digests[e.path] = s[1]
+    to_read = sum(n for rel, n in sizes.items() if rel not in digests)
+    bar = progress(to_read + extra_stream, "pin") if progress else NullBar()
     counter = SharedCounter(bar)
 
-    digests: dict[str, FileDigests] = {}
     check = None
     try:
         if pm is not None:
@@ -1542,7 +1553,7 @@ def pin(
                     digests[rel] = by_index[i]
             rest = [e for e in entries if e.path not in index_of or sizes[e.path] == 0]
         else:
-            rest = entries
+            rest = [e for e in entries if e.path not in digests]
 
         def one(e: FileEntry) -> tuple[str, FileDigests]:
             d = digest_file(place.disk(e.path), chunk_size, sha256=bool(e.sha256),
