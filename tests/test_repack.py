@@ -420,8 +420,9 @@ def test_files_another_tool_put_in_dest_are_not_overwritten_without_force(mini_c
     assert json.loads((dest / "config.json").read_text())["model_type"] == "mixtral"
 
 
+@pytest.mark.parametrize("compress", [None, "zstd"])
 def test_an_unpinned_source_is_hashed_from_the_copy_and_its_blake3_recorded(
-        copy_ckpt, tmp_path, monkeypatch):
+        copy_ckpt, tmp_path, monkeypatch, compress):
     # A copy without its pin (a mirror download, rsync): nothing vouches for the source,
     # so repack hashes every source file from the bytes it copies out of it and records
     # what it read.  The hash itself reads only the pickle framing around the arrays.
@@ -442,7 +443,7 @@ def test_an_unpinned_source_is_hashed_from_the_copy_and_its_blake3_recorded(
     pinned = load_manifest(src / MANIFEST_NAME)
     (src / MANIFEST_NAME).unlink()
     dest = tmp_path / "out"
-    repack(src, dest, layers="0", chunk_size=CHUNK)
+    repack(src, dest, layers="0", chunk_size=CHUNK, compress=compress)
     m = load_manifest(dest / MANIFEST_NAME)
     assert m.files
     for e in m.files:
@@ -453,6 +454,8 @@ def test_an_unpinned_source_is_hashed_from_the_copy_and_its_blake3_recorded(
         meta = read_tensors(dest / e.path)[1]
         # the header comes before the payload the hash is made from: it names the file only
         assert meta["source_file"] == e.source["file"] and "source_blake3" not in meta
+    for plain in dest.rglob("*.plain"):  # read_tensors' decompressed copies
+        plain.unlink()
     assert taps and all(t.pos == t.size for t in taps)
     for t in taps:  # weight and scales came from the copy; the framing was read for the hash
         framing = t.size - sum(a.nbytes for a in scan(t.path).arrays.values())

@@ -246,7 +246,7 @@ class SourceTap:
     around the arrays, a few kB - itself.  A block that arrives ahead of the hash
     (a checkpoint's ``scales`` are written before its ``weight`` but lie after it in
     the file) is kept until the hash gets there, up to STASH bytes; beyond that, and
-    for anything not fed (converted or compressed outputs), ``finish`` reads the rest
+    for anything not fed (the bytes of converted outputs), ``finish`` reads the rest
     of the file itself.  So every byte of the file is hashed exactly once, in order,
     and the bytes hashed from the copy are the very bytes written.
 
@@ -653,8 +653,7 @@ def write_safetensors(
             sink.write(head)
             for t in ordered:
                 written = 0
-                fed = taps.get(t.source.path) if taps and compress_level is None else None
-                for block in tensor_blocks(t, fed):
+                for block in tensor_blocks(t, taps.get(t.source.path) if taps else None):
                     sink.write(block)
                     written += len(block)
                     if on_bytes is not None:
