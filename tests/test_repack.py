@@ -19,6 +19,7 @@ from safetensors import safe_open
 from test_safetensors_io import dequant
 
 from grokfetch.cli import cli
+from grokfetch.errors import CheckpointFormatError
 from grokfetch.format.checkpoint import open_checkpoint
 from grokfetch.format.folder import JOURNAL_NAME
 from grokfetch.format.manifest import MANIFEST_NAME, load_manifest
@@ -419,16 +420,30 @@ def test_files_another_tool_put_in_dest_are_not_overwritten_without_force(mini_c
     assert json.loads((dest / "config.json").read_text())["model_type"] == "mixtral"
 
 
-def test_an_unpinned_source_is_hashed_and_its_blake3_recorded(copy_ckpt, tmp_path):
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_an_unpinned_source_is_hashed_from_the_copy_and_its_blake3_recorded(
+        copy_ckpt, tmp_path, monkeypatch, compress):
     # A copy without its pin (a mirror download, rsync): nothing vouches for the source,
-    # so repack hashes every source file itself and records what it read.
+    # so repack hashes every source file from the bytes it copies out of it and records
+    # what it read.  The hash itself reads only the pickle framing around the arrays.
     import blake3
 
+    from grokfetch.format.safetensors import SourceTap
+    from grokfetch.repack import run
+
+    taps: list[SourceTap] = []
+
+    class Counted(SourceTap):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            taps.append(self)
+
+    monkeypatch.setattr(run, "SourceTap", Counted)
     src = copy_ckpt()
     pinned = load_manifest(src / MANIFEST_NAME)
     (src / MANIFEST_NAME).unlink()
     dest = tmp_path / "out"
-    repack(src, dest, layers="0", chunk_size=CHUNK)
+    repack(src, dest, layers="0", chunk_size=CHUNK, compress=compress)
     m = load_manifest(dest / MANIFEST_NAME)
     assert m.files
     for e in m.files:
@@ -436,5 +451,37 @@ def test_an_unpinned_source_is_hashed_and_its_blake3_recorded(copy_ckpt, tmp_pat
             continue
         want = blake3.blake3((src / e.source["file"]).read_bytes()).hexdigest()
         assert e.source["blake3"] == want == pinned.file(e.source["file"]).blake3
-        assert read_tensors(dest / e.path)[1]["source_blake3"] == want
+        meta = read_tensors(dest / e.path)[1]
+        # the header comes before the payload the hash is made from: it names the file only
+        assert meta["source_file"] == e.source["file"] and "source_blake3" not in meta
+    for plain in dest.rglob("*.plain"):  # read_tensors' decompressed copies
+        plain.unlink()
+    assert taps and all(t.pos == t.size for t in taps)
+    for t in taps:  # weight and scales came from the copy; the framing was read for the hash
+        framing = t.size - sum(a.nbytes for a in scan(t.path).arrays.values())
+        assert t.read_itself == framing < t.size, (t.path, t.read_itself, t.size)
     assert_manifest_verifies(dest, proven=False)
+
+
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_a_source_that_changes_size_during_its_copy_leaves_no_output(
+        copy_ckpt, tmp_path, compress):
+    # Scanned at one size, hashed at another: the hash would not be of the bytes the
+    # plan was made from.  The output of that source is never renamed into place.
+    from grokfetch.format.safetensors import SourceTap, Tensor, write_safetensors
+
+    src = copy_ckpt()
+    ckpt = open_checkpoint(src)
+    spec = next(s for s in ckpt.params if s.kind == "quantized")
+    path = ckpt.path_of(spec)
+    pf = scan(path)
+    tap = SourceTap(path, pf.size)
+    with open(path, "ab") as f:
+        f.write(b"more")
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "w.safetensors"
+    with pytest.raises(CheckpointFormatError, match="changed during the repack"):
+        write_safetensors(out, [Tensor("weight", pf.arrays["weight"]),
+                                Tensor("scales", pf.arrays["scales"])],
+                          compress_level=None if compress is None else 3, taps={path: tap})
+    assert not list((tmp_path / "out").iterdir())  # no output, no temp file

@@ -225,11 +225,32 @@ def test_source_size_must_match_the_pinned_manifest(copy_ckpt, tmp_path):
 
 def test_ctrl_c_while_hashing_the_sources_stops_without_hashing_the_rest(copy_ckpt, tmp_path,
                                                                           monkeypatch):
-    # Without a pin every source is hashed (318 GB for Grok-1), each by the writer that
-    # copies it next: Ctrl-C there must not wait for the queued files to be hashed too,
-    # and leaves a DEST the next run continues.
+    # Without a pin every source is hashed (318 GB for Grok-1): by the write that copies
+    # it, and on a rerun once more for the outputs already done (their records must be of
+    # these very bytes).  Ctrl-C in either must not wait for the queued files, and leaves
+    # a DEST the next run continues.
+    from grokfetch.format.safetensors import SourceTap
+
     src = copy_ckpt()
     (src / MANIFEST_NAME).unlink()
+    fed = []
+    real_feed = SourceTap.feed
+
+    def feed(self, *args, **kw):
+        fed.append(self.path)
+        if len(fed) == 40:
+            raise KeyboardInterrupt
+        return real_feed(self, *args, **kw)
+
+    monkeypatch.setattr(SourceTap, "feed", feed)
+    dest = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        repack(src, dest, jobs=2)
+    assert not (dest / MANIFEST_NAME).exists() and not list(dest.rglob(f"{TMP_MARK}*"))
+    monkeypatch.setattr(SourceTap, "feed", real_feed)
+    done_first = len((dest / JOURNAL_NAME).read_text().splitlines())
+    assert 0 < done_first < 146
+
     real = repack_mod.blake3_file
     calls = []
 
@@ -240,14 +261,14 @@ def test_ctrl_c_while_hashing_the_sources_stops_without_hashing_the_rest(copy_ck
         return real(path, *args, **kw)
 
     monkeypatch.setattr(repack_mod, "blake3_file", hashed)
-    dest = tmp_path / "o"
     with pytest.raises(KeyboardInterrupt):
-        repack(src, dest, jobs=2)
-    assert len(calls) <= 3 + 2  # the other writer may finish the file it was on
+        repack(src, dest, jobs=2)  # hashes the sources of what the first run finished
+    # at most the few files parallel_map had started or queued (2 per thread) go on
+    assert len(calls) <= 3 + 2 * 2 < done_first
     assert not (dest / MANIFEST_NAME).exists() and not list(dest.rglob(f"{TMP_MARK}*"))
     monkeypatch.setattr(repack_mod, "blake3_file", real)
     again = repack(src, dest, jobs=2)
-    assert len(again.written) + len(again.skipped) == 146 and again.skipped
+    assert len(again.written) + len(again.skipped) == 146 and len(again.skipped) == done_first
 
 
 def test_smoke_on_an_unfinished_repack_says_to_finish_it(mini_ckpt, tmp_path, monkeypatch):

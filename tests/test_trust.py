@@ -243,6 +243,23 @@ def test_a_manifest_with_duplicate_keys_is_refused(copy_ckpt):
     assert r.stderr == want
 
 
+def test_a_pin_you_wrote_is_read_as_written_and_an_edited_one_is_checked_again(copy_ckpt):
+    # A pin whose tag checks out was validated before it was written: its entries are
+    # taken as they are (the fast path of verify --changed-only).  One edit and the tag
+    # fails: every entry is validated again, and an unsafe path stops the run.
+    from grokfetch.format.manifest import load_manifest_file, parse_manifest_bytes
+
+    root = copy_ckpt()
+    data = (root / MANIFEST_NAME).read_bytes()
+    lm = load_manifest_file(root / MANIFEST_NAME)
+    assert lm.authentic and lm.manifest == parse_manifest_bytes(data, "pin")
+    m = json.loads(data)
+    m["files"][0]["path"] = "../outside"
+    (root / MANIFEST_NAME).write_text(json.dumps(m, indent=1) + "\n")
+    r = run(str(root))
+    assert r.exit_code == 2 and "unsafe manifest path '../outside'" in r.stderr
+
+
 @pytest.mark.parametrize("what", ["folder", "fifo"])
 def test_a_manifest_that_is_not_a_regular_file_is_refused(copy_ckpt, what):
     root = copy_ckpt()

@@ -137,6 +137,16 @@ def test_a_record_edited_by_hand_or_of_another_pin_is_ignored(proven, no_racy_wi
     assert r.summary[UNCHANGED] == 146  # ... and the pin pass recorded the new one
 
 
+def test_a_record_is_checked_as_written_before_it_is_read(proven):
+    # The tag is checked on the record's bytes before they are parsed: the same document
+    # spelled otherwise (spaces after the separators) vouches for nothing.
+    p = verified_record.record_path(proven)
+    doc = json.loads(p.read_text())
+    p.write_text(json.dumps(doc) + "\n")
+    assert verify(proven, changed_only=True).bytes_hashed == total(proven)
+    assert verify(proven, changed_only=True).summary[UNCHANGED] == 146  # recorded again
+
+
 def test_a_file_changed_just_before_it_was_looked_at_is_not_recorded(copy_ckpt):
     root = copy_ckpt()  # written a moment ago: a coarse clock could hide a second write
     verify(root, changed_only=True)

@@ -32,6 +32,7 @@ import errno
 import json
 import mmap
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -237,6 +238,130 @@ class StreamDigest:
         return self._whole.hexdigest(), self._chunks.finish()
 
 
+class SourceTap:
+    """The BLAKE3 of a whole source file, from the bytes a writer copies out of it anyway.
+
+    The copy hands over each block it read with its offset (``feed``); the tap hashes
+    the file in order and reads only what the copy never reads - the pickle framing
+    around the arrays, a few kB - itself.  A block that arrives ahead of the hash
+    (a checkpoint's ``scales`` are written before its ``weight`` but lie after it in
+    the file) is kept until the hash gets there, up to STASH bytes; beyond that, and
+    for anything not fed (the bytes of converted outputs), ``finish`` reads the rest
+    of the file itself.  So every byte of the file is hashed exactly once, in order,
+    and the bytes hashed from the copy are the very bytes written.
+
+    The hashing runs on a thread of its own (BLAKE3 releases the GIL), at most
+    HASH_LAG blocks behind the copy, like the output's hashes in ``_HashingSink``:
+    the copy's ring of HASH_LAG + 2 buffers is never reused under it.
+    """
+
+    STASH = 64 << 20
+
+    def __init__(self, path: str | os.PathLike[str], size: int,
+                 arrays: Sequence[ArrayRef] = ()):
+        self.path = Path(path)
+        self.size = size  # what the scan saw: the file must still have it at the end
+        # where the copy's bytes lie: a gap holding none of them is framing, read here
+        self.coming = sorted((a.offset, a.offset + a.nbytes) for a in arrays)
+        self.pos = 0
+        self.read_itself = 0  # bytes the tap had to read (the rest came from the copy)
+        self._h = blake3.blake3()
+        self._ahead: dict[int, bytes] = {}
+        self._lock = threading.RLock()
+        self._digest: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[Any]] = deque()
+
+    def _update(self, data: bytes | memoryview) -> None:
+        """Hash ``data`` next, on the hashing thread; wait while it lags too far behind."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="source-hash")
+        self._pending.append(self._pool.submit(self._h.update, data))
+        while len(self._pending) > HASH_LAG:
+            self._pending.popleft().result()
+
+    def feed(self, offset: int, block: memoryview) -> None:
+        """Bytes [offset, offset + len(block)) of the file, as the copy read them."""
+        with self._lock:
+            if self._digest is not None:
+                return
+            end = offset + len(block)
+            if end <= self.pos:
+                return  # hashed already
+            if offset > self.pos:
+                if not any(a < offset and b > self.pos for a, b in self.coming):
+                    self._read_to(offset)  # framing between arrays: read it
+                else:  # an array the copy has yet to read comes first: keep this for later
+                    if sum(map(len, self._ahead.values())) + len(block) <= self.STASH:
+                        self._ahead[offset] = bytes(block)
+                    return
+            self._update(block[self.pos - offset:])
+            self.pos = end
+            self._drain()
+
+    def _drain(self) -> None:
+        while self._ahead:
+            at = min(self._ahead)
+            if at > self.pos:
+                return
+            data = self._ahead.pop(at)
+            if at + len(data) > self.pos:
+                self._update(memoryview(data)[self.pos - at:])
+                self.pos = at + len(data)
+
+    def _read_to(self, end: int | None) -> None:
+        """Hash the file's bytes from ``pos`` up to ``end`` (None: its end) by reading them."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while end is None or self.pos < end:
+                want = COPY_BLOCK if end is None else min(COPY_BLOCK, end - self.pos)
+                data = os.pread(fd, want, self.pos)
+                if not data:
+                    break
+                self._update(data)
+                self.pos += len(data)
+                self.read_itself += len(data)
+        finally:
+            os.close(fd)
+
+    def finish(self) -> str:
+        """The file's BLAKE3 (reading whatever the copy did not); CheckpointFormatError if
+        the file no longer has the size the scan saw (it changed during the repack)."""
+        with self._lock:
+            if self._digest is None:
+                try:
+                    while True:
+                        nxt = min(self._ahead, default=None)
+                        self._read_to(nxt)
+                        if nxt is None or self.pos < nxt:  # the end, or the file ends before it
+                            break
+                        self._drain()
+                    while self._pending:
+                        self._pending.popleft().result()
+                finally:
+                    self._stop()
+                if self.pos != self.size:
+                    raise CheckpointFormatError(
+                        self.path, None, f"is {self.pos:,} bytes now, {self.size:,} when it "
+                        "was scanned: it changed during the repack")
+                self._digest = self._h.hexdigest()
+            return self._digest
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._pending.clear()
+
+    def close(self) -> None:
+        """After a write that failed or was interrupted: stop the hashing thread, and
+        unless the hash is done start it over (a later ``finish`` reads the whole file)."""
+        with self._lock:
+            self._stop()
+            if self._digest is None:
+                self._h, self.pos, self._ahead = blake3.blake3(), 0, {}
+
+
 class _HashingSink:
     """A write-only file object that hashes what passes through it (zstd writes here).
 
@@ -296,8 +421,10 @@ class _HashingSink:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _copy_blocks(src: ArrayRef, begin: int, nbytes: int) -> Iterator[memoryview]:
-    """The raw bytes [begin, begin + nbytes) of the source file, in COPY_BLOCK pieces."""
+def _copy_blocks(src: ArrayRef, begin: int, nbytes: int,
+                 tap: SourceTap | None = None) -> Iterator[memoryview]:
+    """The raw bytes [begin, begin + nbytes) of the source file, in COPY_BLOCK pieces
+    (each also handed to ``tap``, which hashes the source file from them)."""
     size = min(COPY_BLOCK, max(nbytes, 1))
     # A ring of buffers: the sink may still be hashing the last HASH_LAG blocks.
     ring = [memoryview(bytearray(size)) for _ in range(min(HASH_LAG + 2, -(-nbytes // size) or 1))]
@@ -312,6 +439,8 @@ def _copy_blocks(src: ArrayRef, begin: int, nbytes: int) -> Iterator[memoryview]
             got = os.preadv(fd, [view[:want]], begin + done)
             if got <= 0:
                 raise CheckpointFormatError(src.path, begin + done, "file ends inside a tensor")
+            if tap is not None:
+                tap.feed(begin + done, view[:got])
             yield view[:got]
             done += got
     finally:
@@ -459,12 +588,13 @@ def _tiled_transpose(src: np.ndarray, dst: np.ndarray) -> None:
             dst[j:j + TILE, i:i + TILE] = src[i:i + TILE, j:j + TILE].T
 
 
-def tensor_blocks(t: Tensor) -> Iterator[memoryview]:
-    """The payload bytes of ``t`` in bounded pieces (the writer's only data source)."""
+def tensor_blocks(t: Tensor, tap: SourceTap | None = None) -> Iterator[memoryview]:
+    """The payload bytes of ``t`` in bounded pieces (the writer's only data source); a
+    plain copy also feeds ``tap``, the hash of its source file."""
     if t.is_copy:
         per = t.nbytes
         begin = t.source.offset + (t.expert * per if t.expert is not None else 0)
-        yield from _copy_blocks(t.source, begin, per)
+        yield from _copy_blocks(t.source, begin, per, tap)
     else:
         yield from _convert_blocks(t)
 
@@ -477,6 +607,7 @@ def write_safetensors(
     compress_level: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_bytes: Callable[[int], Any] | None = None,
+    taps: Mapping[Path, SourceTap] | None = None,
 ) -> WrittenFile:
     """Write ``tensors`` to ``path`` as one safetensors file, atomically, hashing as it goes.
 
@@ -490,6 +621,9 @@ def write_safetensors(
         chunk_size: slice size of the per-chunk BLAKE3 list.
         on_bytes: called with the number of payload bytes after each block
             (progress; also the seam tests use to slow a run down).
+        taps: source path -> SourceTap: the BLAKE3 of those source files is computed
+            from the bytes this write copies out of them (``finish`` runs before the
+            file is renamed into place, so a source that changed meanwhile leaves none).
 
     Returns:
         WrittenFile with the size and BLAKE3 (whole + chunks) of the bytes on disk.
@@ -504,6 +638,8 @@ def write_safetensors(
         with atomic_write(path, "wb") as f, contextlib.ExitStack() as stack:
             hashing = _HashingSink(f, digest)
             stack.callback(hashing.finish)
+            for tap in (taps or {}).values():
+                stack.callback(tap.close)
             if compress_level is None:
                 sink: Any = hashing
                 cctx_writer = None
@@ -517,7 +653,7 @@ def write_safetensors(
             sink.write(head)
             for t in ordered:
                 written = 0
-                for block in tensor_blocks(t):
+                for block in tensor_blocks(t, taps.get(t.source.path) if taps else None):
                     sink.write(block)
                     written += len(block)
                     if on_bytes is not None:
@@ -530,6 +666,8 @@ def write_safetensors(
                 payload += written
             if cctx_writer is not None:
                 cctx_writer.close()  # ends the frame; closefd=False keeps f for the fsync
+            for tap in (taps or {}).values():
+                tap.finish()
             stack.close()  # all bytes hashed before the file is renamed into place
     except OSError as e:
         sources = {str(a.path) for t in tensors for a in (t.source, t.scales) if a is not None}

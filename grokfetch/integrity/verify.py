@@ -693,13 +693,15 @@ def _attach_torrent(out: list[_Expect], pm: PieceMap) -> None:
 # -- checking ----------------------------------------------------------------------------
 
 
-def _stat(x: _Expect) -> FileResult | None:
-    """Presence, type and size; a FileResult when that already decides the verdict."""
+def _stat(x: _Expect, seen: dict[str, os.stat_result] | None = None) -> FileResult | None:
+    """Presence, type and size; a FileResult when that already decides the verdict.
+    ``seen`` collects what stat said of each file that passed (--changed-only compares it
+    with its record: one stat per file)."""
     if x.no_links_below is not None and _through_link(x.no_links_below, x.disk):
         return FileResult(x.rel, FAILED, expected_size=x.size,
                           detail="a symbolic link (or below one); the signature allows none")
     try:
-        st = x.disk.stat()
+        st = os.stat(x.disk)
     except FileNotFoundError:
         return FileResult(x.rel, MISSING, expected_size=x.size, detail="no such file")
     except OSError as e:
@@ -721,6 +723,8 @@ def _stat(x: _Expect) -> FileResult | None:
         return FileResult(
             x.rel, FAILED, detail=what, bad_ranges=rng, size=st.st_size, expected_size=x.size
         )
+    if seen is not None:
+        seen[x.rel] = st
     return None
 
 
@@ -970,28 +974,31 @@ def _torrent_results(
 
 
 def _extras(
-    place: Folder, expected: set[Path], signed: SignedModel | None = None
+    place: Folder, expected: set[str], signed: SignedModel | None = None
 ) -> list[FileResult]:
     """Files on disk below the root that the file list does not name (or, against a
-    signature, that it neither signs nor ignores)."""
+    signature, that it neither signs nor ignores).  ``expected``: the listed files' paths
+    on disk, as strings (hashing a Path costs ~10x a str: this runs on every file)."""
     skip_names = {MANIFEST_NAME}
     out = []
     roots = [place.root]
     if place.ckpt_dir is not None and not _is_below(place.ckpt_dir, place.root):
         roots.append(place.ckpt_dir)
-    seen: set[Path] = set()
+    seen: set[str] = set()
+    root_text = os.fspath(place.root)
     for top in roots:
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = sorted(d for d in dirnames if d != STATE_DIR)
             for name in sorted(filenames):
-                p = Path(dirpath) / name
-                if p in expected or p in seen or name in skip_names or TMP_MARK in name:
+                text = os.path.join(dirpath, name)
+                if text in expected or text in seen or name in skip_names or TMP_MARK in name:
                     continue
-                if Path(dirpath) == place.root and (
+                if dirpath == root_text and (
                     name.endswith(TORRENT_SUFFIX) or name == SIGNATURE_NAME
                 ):
                     continue  # get's saved torrent, `grokfetch sign`'s signature
-                seen.add(p)
+                seen.add(text)
+                p = Path(text)
                 try:
                     size = p.stat().st_size
                 except OSError:
@@ -1157,14 +1164,16 @@ def _stat_phase(run: _Verification) -> None:
     """What a stat decides: missing, wrong size, not a file; with --changed-only, the
     files whose stat is the one recorded when they were proven."""
     known: dict[str, FileResult] = {}
+    seen: dict[str, os.stat_result] = {}
+    looked_at = _now_ns()  # before any stat: a file changed just before it is "racy"
     for x in run.xs:
-        r = _stat(x)
+        r = _stat(x, seen)
         if r is not None:
             known[x.rel] = r
     if run.o.changed_only:
         assert run.trust.pin_sha256 is not None
         run.record = load_verified(run.place.root, run.trust.pin_sha256)
-        run.unchanged, run.looked = _unchanged(run.sel, known, run.record)
+        run.unchanged, run.looked = _unchanged(run.sel, known, run.record, seen, looked_at)
         known.update(run.unchanged)
     run.known = known
 
@@ -1267,7 +1276,7 @@ def _report_phase(run: _Verification, results: dict[str, FileResult], bytes_hash
         if x.rel not in results:
             results[x.rel] = _unverified(x, x.disk.stat().st_size, f"content not verified ({why})")
     files = [_vouched(results[x.rel], trust) for x in sel]
-    files += _extras(place, {x.disk for x in xs}, trust.signed)
+    files += _extras(place, {os.fspath(x.disk) for x in xs}, trust.signed)
     unverified = {f.path for f in files if f.status == UNVERIFIED}
     advice = trust.advice if unverified else None
     # The torrent was checked, and only its pieces shared with a broken file are left
@@ -1325,21 +1334,20 @@ def _report_phase(run: _Verification, results: dict[str, FileResult], bytes_hash
 
 
 def _unchanged(
-    sel: list[_Expect], known: dict[str, FileResult], record: dict[str, Verified]
+    sel: list[_Expect], known: dict[str, FileResult], record: dict[str, Verified],
+    seen: dict[str, os.stat_result], when: int,
 ) -> tuple[dict[str, FileResult], dict[str, tuple[int, tuple[int, int, int, int, int]]]]:
-    """The files whose stat is the one recorded when a full verification proved them
-    (UNCHANGED, not re-read), and what stat said of every file looked at, and when: a
-    file re-hashed now is recorded with the stat taken *before* it was read, so a change
-    during the read shows at the next run."""
+    """The files whose stat (``seen``, taken from ``when`` on) is the one recorded when a
+    full verification proved them (UNCHANGED, not re-read), and what stat said of every
+    file looked at, and when: a file re-hashed now is recorded with the stat taken
+    *before* it was read, so a change during the read shows at the next run."""
     unchanged: dict[str, FileResult] = {}
     looked = {}
     for x in sel:
-        if x.rel in known:
+        st = seen.get(x.rel)
+        if st is None or x.rel in known:
             continue
-        try:
-            when, key = _now_ns(), stat_key(os.stat(x.disk))
-        except OSError:
-            continue
+        key = stat_key(st)
         looked[x.rel] = (when, key)
         v = record.get(x.rel)
         if v is not None and v.key == key:
@@ -1650,7 +1658,7 @@ def pin(
         root=place.root,
         root_of_trust=f"pin pass: {roots_words(roots)}",
         trust="torrent" if pm is not None and mroot is None else ("manifest" if mroot else None),
-        files=results + _extras(place, {place.disk(e.path) for e in entries}),
+        files=results + _extras(place, {os.fspath(place.disk(e.path)) for e in entries}),
         info_hash=pm.meta.info_hash if pm is not None else None,
         bytes_hashed=counter.done,
         seconds=time.monotonic() - t0,

@@ -137,9 +137,15 @@ def parse_compress(spec: str | None) -> int | None:
 
 
 def make_plan(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
-              hashes: dict[int, str], opts: RepackOptions, tok: Tokenizer) -> Plan:
+              hashes: dict[int, str | None], opts: RepackOptions, tok: Tokenizer) -> Plan:
     """The outputs of ``opts.layout`` for ``params`` (scanned: ``found``; BLAKE3: ``hashes``),
-    with the tokenizer ``tok`` beside them."""
+    with the tokenizer ``tok`` beside them.
+
+    A hash of None is a source no proven pin vouches for: repack computes its BLAKE3
+    from the bytes it copies, so it is known only once the output is written.  Its
+    output's header then names the source file without a hash (the header comes
+    before the payload), and the source record gets it when the output is done.
+    """
     if opts.layout == "sglang":
         return plan_sglang(ckpt, params, found, hashes, opts.dtype, opts.shard_size, tok)
     return plan_per_tensor(ckpt, params, found, hashes, opts.dtype, opts.level, tok)
@@ -156,20 +162,21 @@ def per_tensor_rel(spec: ParamSpec, num_layers: int, compressed: bool) -> str:
 
 
 def plan_per_tensor(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
-                    hashes: dict[int, str], dtype: str, level: int | None,
+                    hashes: dict[int, str | None], dtype: str, level: int | None,
                     tok: Tokenizer) -> Plan:
     outputs = []
     for spec in sorted(params, key=_numeric_order):
         pf = found[spec.index]
-        meta = {
+        described: dict[str, str | None] = {
             "param": spec.module,
             "layer": "" if spec.layer is None else str(spec.layer),
             "source_file": spec.file,
-            "source_blake3": hashes[spec.index],
+            "source_blake3": hashes[spec.index],  # dropped below when not known yet
             "dtype_mode": dtype,
             "orientation": "[in, out] as in the checkpoint (y = x @ weight)",
             "tool": TOOL,
         }
+        meta: dict[str, str] = {k: v for k, v in described.items() if v is not None}
         if spec.kind == "quantized":
             w, s = pf.arrays["weight"], pf.arrays["scales"]
             g = s.shape[-2]
@@ -202,7 +209,8 @@ def _numeric_order(spec: ParamSpec) -> tuple[int, str]:
 
 
 def plan_sglang(ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile],
-                hashes: dict[int, str], dtype: str, shard_size: int, tok: Tokenizer) -> Plan:
+                hashes: dict[int, str | None], dtype: str, shard_size: int,
+                tok: Tokenizer) -> Plan:
     out = _OUT_DTYPES[dtype]
     # Model order: embedding, layers 0..N-1, final norm, lm_head - so shards follow the model.
     items: list[tuple[Tensor, ParamSpec]] = []

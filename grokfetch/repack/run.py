@@ -5,12 +5,13 @@ DEST (refuse what is not ours, clean up after an interrupted run, carry over
 earlier ``--layers`` runs) -> find what is already done -> write the rest in
 parallel, journaling each -> finish (config/index, manifest).
 
-A source no proven pin covers is hashed by the thread that writes its output,
-just before it copies it (``_SourceHashes``): the copy then reads bytes the
-hash pass just brought into the page cache, so each source byte comes off the
-disk once, and the hashing of one file overlaps the writing (and fsync) of
-another.  Hashing every source before the first output, as repack once did,
-read 318 GB twice: the first pass pushed the start out of the cache.
+A source no proven pin covers is hashed from the bytes its output's copy reads
+(``_SourceHashes``, ``SourceTap``): each source byte is read once, and only the
+pickle framing around the arrays (a few kB a file) is read by the hash itself.
+Its output's header therefore names the source file without its BLAKE3 (the
+header is written before the payload); the source record in DEST's manifest
+gets it when the output is done.  Once, the hash was a pass of its own before
+the copy: every source byte was read twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import contextvars
 import functools
 import json
 import os
-import re
 import threading
 import time
 import typing
@@ -48,7 +48,7 @@ from grokfetch.format.layout import (
 )
 from grokfetch.format.manifest import MANIFEST_NAME, FileEntry, Manifest, proven_pin, save_pin
 from grokfetch.format.pickle_reader import ParamFile, scan
-from grokfetch.format.safetensors import write_safetensors
+from grokfetch.format.safetensors import SourceTap, write_safetensors
 from grokfetch.format.tokenizer import TOKENIZER_NAME, Tokenizer, load_tokenizer, official_entry
 from grokfetch.fsutil import (
     atomic_write_bytes,
@@ -186,7 +186,7 @@ def repack(
     _check_dest(dest_path, ckpt)
     params = opts.params(ckpt)
     found = scan_sources(ckpt, params)
-    sources = _SourceHashes(ckpt, params)
+    sources = _SourceHashes(ckpt, params, found)
     plan = make_plan(ckpt, params, found, sources.planned(), opts, tok)
     state = _prepare_dest(dest_path, plan, ckpt, params, opts)
     # an earlier run's output is done only if made from these source bytes: hash its sources
@@ -354,38 +354,44 @@ def scan_sources(ckpt: Checkpoint, params: list[ParamSpec]) -> dict[int, ParamFi
     return found
 
 
-_PENDING = "pending-blake3:"  # in a plan: this source's BLAKE3, computed when it is written
-_PENDING_RE = re.compile(re.escape(_PENDING) + r"(\d+);")
-
-
 class _SourceHashes:
     """The BLAKE3 of every source: from the checkpoint's pin when it is proven (this user
-    pinned it from a root of trust), else computed once, by the first writer that needs
-    it.  The plan is made with a placeholder for each pending one; ``fill`` puts the
-    hashes into an output's metadata and source record before it is written."""
+    pinned it from a root of trust), else computed from the bytes the copy of its
+    output reads (a ``SourceTap`` per source file).  The plan is made with None for each
+    pending one; ``fill`` puts the hashes into an output's source record once they are
+    known (after the write, or before it on a restart: ``hash_all``)."""
 
-    def __init__(self, ckpt: Checkpoint, params: list[ParamSpec]):
+    def __init__(self, ckpt: Checkpoint, params: list[ParamSpec], found: dict[int, ParamFile]):
         self.ckpt = ckpt
         self.specs = {s.index: s for s in params}
+        self.index = {s.file: s.index for s in params}
         self.known: dict[int, str] = {}
         pin = proven_pin(ckpt.root)
         for spec in params:
             entry = pin.file(spec.file) if pin is not None else None
             if entry is not None and entry.blake3:
                 self.known[spec.index] = entry.blake3
-        self.locks = {i: threading.Lock() for i in self.specs if i not in self.known}
+        self.taps = {i: SourceTap(ckpt.path_of(spec), found[i].size,
+                                  list(found[i].arrays.values()))
+                     for i, spec in self.specs.items() if i not in self.known}
 
-    def planned(self) -> dict[int, str]:
-        return {i: self.known.get(i, f"{_PENDING}{i};") for i in self.specs}
+    def planned(self) -> dict[int, str | None]:
+        return {i: self.known.get(i) for i in self.specs}
+
+    def _files(self, o: Output) -> list[str]:
+        src = o.source
+        return [src["file"]] if "file" in src else [f["file"] for f in src.get("files", [])]
 
     def pending_in(self, o: Output) -> set[int]:
-        text = json.dumps([o.metadata, o.source])
-        return {int(m) for m in _PENDING_RE.findall(text)}
+        return {self.index[f] for f in self._files(o) if self.index[f] not in self.known}
+
+    def taps_for(self, o: Output) -> dict[Path, SourceTap]:
+        """The taps that hash ``o``'s pending sources from the bytes its write copies."""
+        return {self.taps[i].path: self.taps[i] for i in self.pending_in(o)}
 
     def get(self, index: int) -> str:
-        with self.locks.get(index) or contextlib.nullcontext():
-            if index not in self.known:
-                self.known[index] = blake3_file(self.ckpt.path_of(self.specs[index]))
+        if index not in self.known:  # reads what its copies did not (all of it, if none ran)
+            self.known[index] = self.taps[index].finish()
         return self.known[index]
 
     def hash_all(self, indices: set[int], jobs: int, progress: ProgressFactory) -> None:
@@ -393,11 +399,11 @@ class _SourceHashes:
         todo = sorted(i for i in indices if i not in self.known)
         if not todo:
             return
-        bar = progress(sum(self.ckpt.path_of(self.specs[i]).stat().st_size for i in todo),
-                       "hash sources")
+        bar = progress(sum(self.taps[i].size for i in todo), "hash sources")
+
         def one(i: int) -> int:
-            self.get(i)
-            return self.ckpt.path_of(self.specs[i]).stat().st_size
+            self.known[i] = blake3_file(self.taps[i].path)
+            return self.taps[i].size
 
         try:
             # parallel_map, not pool.map: on Ctrl-C it cancels the queued files
@@ -407,20 +413,21 @@ class _SourceHashes:
             bar.close()
 
     def fill(self, o: Output) -> Output:
-        """``o`` with every pending source hash computed and written in."""
-        if not self.pending_in(o):
+        """``o`` with every source hash in its record (its header is left as planned)."""
+        if all(self._recorded(o)):
             return o
+        src = o.source
+        if "file" in src:
+            filled = {**src, "blake3": self.get(self.index[src["file"]])}
+        else:
+            filled = {**src, "files": [{**f, "blake3": self.get(self.index[f["file"]])}
+                                       for f in src.get("files", [])]}
+        return replace(o, source=filled)
 
-        def sub(v: Any) -> Any:
-            if isinstance(v, str):
-                return _PENDING_RE.sub(lambda m: self.get(int(m.group(1))), v)
-            if isinstance(v, dict):
-                return {k: sub(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [sub(x) for x in v]
-            return v
-
-        return replace(o, metadata=sub(o.metadata), source=sub(o.source))
+    def _recorded(self, o: Output) -> list[bool]:
+        src = o.source
+        return ([src.get("blake3") is not None] if "file" in src else
+                [f.get("blake3") is not None for f in src.get("files", [])])
 
 
 # -- DEST -------------------------------------------------------------------------------
@@ -513,11 +520,13 @@ def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: in
             bar.update(n)
 
     def one(o: Output) -> FileEntry:
-        o = sources.fill(o)  # hashes a source nothing vouches for, just before copying it
         if stop.is_set():
             raise Interrupted("repack stopped")
+        # a source nothing vouches for is hashed from the bytes this write copies out of it
         res = write_safetensors(inside(dest, o.rel), o.tensors, o.metadata,
-                                compress_level=level, chunk_size=chunk_size, on_bytes=on_bytes)
+                                compress_level=level, chunk_size=chunk_size, on_bytes=on_bytes,
+                                taps=sources.taps_for(o))
+        o = sources.fill(o)
         entry = FileEntry(path=o.rel, size=res.size, blake3=res.blake3, chunks=res.chunks,
                           param=o.param, kind=o.kind, arrays=o.arrays, layer=o.layer,
                           source=o.source)
