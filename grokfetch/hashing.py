@@ -61,12 +61,35 @@ OnBytes = Callable[[int], object]
 @dataclass(frozen=True)
 class FileDigests:
     blake3: str  # hex digest of the whole file
-    chunks: list[str]  # hex BLAKE3 of each chunk_size slice (the last may be shorter)
+    # hex BLAKE3 of each chunk_size slice (the last may be shorter); None: not computed
+    chunks: list[str] | None
     size: int = 0
     sha256: str | None = None  # when asked for (digest_file)
 
 
 # -- reading -----------------------------------------------------------------------------
+
+# Windows are mapped with MAP_POPULATE where there is one (Linux): the kernel maps the whole
+# window in one call instead of taking a page fault every 64 KiB as the hasher walks it,
+# which measured ~6% less CPU per byte hashed from the page cache (bench/verify.py).
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_MAP_READ: dict[str, int] = (
+    {"flags": mmap.MAP_SHARED | _POPULATE, "prot": mmap.PROT_READ}
+    if _POPULATE
+    else {"access": mmap.ACCESS_READ}
+)
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+
+
+def _prefetch(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start reading the next window now (it returns at once), so on a
+    cold cache the disk works while the current window is hashed."""
+    if _WILLNEED is not None:
+        try:
+            os.posix_fadvise(fd, offset, length, _WILLNEED)
+        except OSError:  # advice only: a filesystem that refuses it is read as before
+            pass
+
 
 
 def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
@@ -98,7 +121,9 @@ def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
                 return
             base = pos - pos % WINDOW
             length = min(base + WINDOW, end) - base
-            with mmap.mmap(fd, length, offset=base, access=mmap.ACCESS_READ) as mm:
+            if base + length < end:  # a cold read: the disk fetches it while this one hashes
+                _prefetch(fd, base + length, min(WINDOW, end - base - length))
+            with mmap.mmap(fd, length, offset=base, **_MAP_READ) as mm:
                 view = memoryview(mm)
                 try:
                     block = view[pos - base :]
@@ -354,6 +379,7 @@ def digest_file(
     feed: Callable[[memoryview], object] | None = None,
     feed_cost: float = 1.4,
     on_bytes: OnBytes | None = None,
+    chunked: bool = True,
 ) -> FileDigests:
     """Everything a pin needs from one read of the file: BLAKE3 of the whole file and of
     each chunk, SHA-256 if asked, and every block also handed to ``feed`` (the pin pass
@@ -361,13 +387,15 @@ def digest_file(
 
     The consumers are split over this thread and one helper by their cost per byte
     (``feed_cost`` relative to one BLAKE3); a file of one chunk has one BLAKE3, since its
-    chunk hash is its whole-file hash.
+    chunk hash is its whole-file hash.  ``chunked=False`` leaves the chunk hashes of a
+    larger file out (``chunks`` is None): a second BLAKE3 of every byte, which the pin
+    pass skips where the torrent's pieces locate damage instead.
     """
     fd = _open(path)
     try:
         size = os.fstat(fd).st_size
         whole = blake3.blake3()
-        chunks = ChunkHasher(chunk_size) if size > chunk_size else None
+        chunks = ChunkHasher(chunk_size) if chunked and size > chunk_size else None
         sha = hashlib.sha256() if sha256 else None
         jobs: list[tuple[float, Callable[[memoryview], object]]] = [(1.0, whole.update)]
         if chunks is not None:
@@ -393,7 +421,13 @@ def digest_file(
 
         done = _one_read_two_hashers(fd, size, run(here), run(there), on_bytes)
         digest = whole.hexdigest()
-        chunk_list = chunks.finish() if chunks is not None else ([digest] if done else [])
+        chunk_list: list[str] | None
+        if chunks is not None:
+            chunk_list = chunks.finish()
+        elif done > chunk_size:  # left out (chunked=False)
+            chunk_list = None
+        else:
+            chunk_list = [digest] if done else []
         return FileDigests(digest, chunk_list, done, sha.hexdigest() if sha else None)
     finally:
         os.close(fd)
