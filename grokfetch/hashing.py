@@ -20,7 +20,10 @@ How it stays as fast as ``b3sum`` (measured by ``bench/verify.py``):
   it is mapped, so the file is read once (one pass over disk or page cache)
   and both cores are busy; it costs about 1.7x the time of the whole-file
   hash alone.  Verification therefore checks the whole-file hash first and
-  computes chunk hashes only for a file that failed, to locate the damage.
+  computes chunk hashes only for a file that failed, to locate the damage;
+  the pin pass leaves them out where the torrent's pieces locate damage.
+* The next window is prefetched (posix_fadvise WILLNEED) while one is hashed,
+  so a cold read keeps the disk busy.
 
 Caution: a file truncated by another process while one of its windows is
 mapped makes the kernel send SIGBUS.  The size is re-read before each window,
@@ -69,27 +72,19 @@ class FileDigests:
 
 # -- reading -----------------------------------------------------------------------------
 
-# Windows are mapped with MAP_POPULATE where there is one (Linux): the kernel maps the whole
-# window in one call instead of taking a page fault every 64 KiB as the hasher walks it,
-# which measured ~6% less CPU per byte hashed from the page cache (bench/verify.py).
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-_MAP_READ: dict[str, int] = (
-    {"flags": mmap.MAP_SHARED | _POPULATE, "prot": mmap.PROT_READ}
-    if _POPULATE
-    else {"access": mmap.ACCESS_READ}
-)
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 
 def _prefetch(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start reading the next window now (it returns at once), so on a
-    cold cache the disk works while the current window is hashed."""
+    cold cache the disk works while the current window is hashed, however small the
+    device's readahead (128 KiB by default).  (MAP_POPULATE, tried for the hot case,
+    saved no measurable CPU: a fault already maps 16 page-cache pages at a time.)"""
     if _WILLNEED is not None:
         try:
             os.posix_fadvise(fd, offset, length, _WILLNEED)
         except OSError:  # advice only: a filesystem that refuses it is read as before
             pass
-
 
 
 def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
@@ -123,7 +118,7 @@ def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
             length = min(base + WINDOW, end) - base
             if base + length < end:  # a cold read: the disk fetches it while this one hashes
                 _prefetch(fd, base + length, min(WINDOW, end - base - length))
-            with mmap.mmap(fd, length, offset=base, **_MAP_READ) as mm:
+            with mmap.mmap(fd, length, offset=base, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
                 try:
                     block = view[pos - base :]
