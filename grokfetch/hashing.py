@@ -22,8 +22,9 @@ How it stays as fast as ``b3sum`` (measured by ``bench/verify.py``):
   hash alone.  Verification therefore checks the whole-file hash first and
   computes chunk hashes only for a file that failed, to locate the damage;
   the pin pass leaves them out where the torrent's pieces locate damage.
-* The next window is prefetched (posix_fadvise WILLNEED) while one is hashed,
-  so a cold read keeps the disk busy.
+  (Tried and measured, not kept: MAP_POPULATE on each window, no CPU saved hot;
+  posix_fadvise(WILLNEED) of the next window, ~1.7 s more CPU per 5 GB cold and
+  no faster than the kernel's own readahead.)
 
 Caution: a file truncated by another process while one of its windows is
 mapped makes the kernel send SIGBUS.  The size is re-read before each window,
@@ -72,20 +73,6 @@ class FileDigests:
 
 # -- reading -----------------------------------------------------------------------------
 
-_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
-
-
-def _prefetch(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start reading the next window now (it returns at once), so on a
-    cold cache the disk works while the current window is hashed, however small the
-    device's readahead (128 KiB by default).  (MAP_POPULATE, tried for the hot case,
-    saved no measurable CPU: a fault already maps 16 page-cache pages at a time.)"""
-    if _WILLNEED is not None:
-        try:
-            os.posix_fadvise(fd, offset, length, _WILLNEED)
-        except OSError:  # advice only: a filesystem that refuses it is read as before
-            pass
-
 
 def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
     """The bytes [start, end) of an open file as memoryviews over mmap windows.
@@ -116,8 +103,6 @@ def _blocks(fd: int, start: int, end: int) -> Iterator[memoryview]:
                 return
             base = pos - pos % WINDOW
             length = min(base + WINDOW, end) - base
-            if base + length < end:  # a cold read: the disk fetches it while this one hashes
-                _prefetch(fd, base + length, min(WINDOW, end - base - length))
             with mmap.mmap(fd, length, offset=base, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
                 try:
