@@ -123,3 +123,18 @@ def test_a_large_file_uses_windows_and_threads_and_matches(tmp_path, monkeypatch
     whole, chunks = reference(data, 1 << 20)
     assert file_digests(p, 1 << 20) == hashing.FileDigests(whole, chunks, len(data))
     assert blake3_file(p) == whole
+
+
+def test_the_pin_pass_can_leave_chunk_hashes_out_and_still_feeds_every_byte(tmp_path, tiny_windows):
+    # what the pin pass does for a file the torrent covers: one BLAKE3, the SHA-1 fed alike
+    data = bytes(range(256)) * 100  # 25,600 bytes: more than one chunk of 10,000
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    fed = bytearray()
+    d = digest_file(p, 10_000, chunked=False, feed=fed.extend, sha256=True)
+    assert (d.blake3, d.chunks, d.size) == (reference(data, 10_000)[0], None, len(data))
+    assert bytes(fed) == data and d.sha256 == hashlib.sha256(data).hexdigest()
+    # a file of one chunk: its chunk hash is its whole-file hash, so it costs nothing
+    assert digest_file(p, len(data), chunked=False).chunks == [reference(data, 10_000)[0]]
+    (tmp_path / "empty").write_bytes(b"")
+    assert digest_file(tmp_path / "empty", 10_000, chunked=False).chunks == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import blake3
 import pytest
 from helpers import by_path, flip_byte
 
@@ -112,6 +113,58 @@ def test_pin_after_a_torrent_verification_makes_later_checks_torrent_free(copy_c
     ]
     r = verify(root)
     assert r.trust == "pinned" and r.ok and r.summary[OK] == 146
+
+
+def test_a_pin_the_torrent_proved_has_no_chunk_hashes_and_its_pieces_locate_damage(
+    copy_ckpt, tmp_path
+):
+    # chunk hashes would cost the pin pass a second BLAKE3 of every byte; the torrent's
+    # pieces locate damage instead (what `get` pins, with the torrent saved beside it)
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    m = load_manifest(pin(root, torrent=t, chunk_size=64 * 1024).path)
+    data = (root / BIG).read_bytes()
+    assert len(data) > 64 * 1024 and m.file(BIG).chunks is None
+    assert m.file(BIG).blake3 == blake3.blake3(data).hexdigest()  # what b3sum prints
+    small = next(f for f in m.files if f.size <= 64 * 1024)
+    assert small.chunks == [small.blake3]  # one chunk: its hash is the file's
+    t.rename(root / t.name)  # where `get` saves it
+    flip(root / BIG, 150_000)
+    pm = load_piece_map(root / t.name)
+    start = pm.offset(next(f for f in pm.meta.files if f.path.endswith(BIG)))
+    piece = (start + 150_000) // PIECE
+    lo = piece * PIECE - start
+
+    r = verify(root)
+    got = by_path(r)[BIG]
+    assert r.trust == "pinned" and got.status == FAILED and got.hashes == ()
+    assert got.bad_ranges == [(lo, lo + PIECE - 1)]
+    assert f"torrent piece {piece} of {root / t.name}" in got.detail
+    assert r.summary[FAILED] == 1 and r.summary[OK] == 145
+
+
+def test_damage_in_a_chunkless_pin_is_still_found_without_its_torrent(copy_ckpt, tmp_path):
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    pin(root, torrent=t, chunk_size=64 * 1024)
+    # a torrent of other bytes (another piece size: another info-hash) locates nothing
+    (root / "other.torrent").write_bytes(build_torrent(root, piece_size=4 * PIECE))
+    flip(root / BIG, 150_000)
+    got = by_path(verify(root))[BIG]
+    assert got.status == FAILED
+    assert got.bad_ranges == [(0, (root / BIG).stat().st_size - 1)]
+    assert "pass the torrent that proved the pin with --torrent" in got.detail
+    # ... and passing it names the piece
+    assert "torrent piece" in by_path(verify(root, torrent=t))[BIG].detail
+
+
+def test_a_pin_with_chunk_hashes_from_before_still_locates_damage_by_chunk(copy_ckpt, tmp_path):
+    # pins written before (and pins that no torrent proved) carry chunk hashes
+    root, t = torrent_checkpoint(copy_ckpt, tmp_path)
+    pinned = load_manifest(tmp_path / "pinned.json")
+    assert pinned.file(BIG).chunks and len(pinned.file(BIG).chunks) > 1
+    m = load_manifest(pin(root, manifest=tmp_path / "pinned.json").path)
+    assert m.file(BIG).chunks == pinned.file(BIG).chunks  # no torrent here: chunks kept
+    flip(root / BIG, 150_000)
+    assert by_path(verify(root))[BIG].bad_ranges == [(131072, 196607)]
 
 
 def test_a_torrent_for_other_data_cannot_vouch_for_a_manifest(copy_ckpt, tmp_path):

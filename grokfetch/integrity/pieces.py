@@ -19,7 +19,7 @@ import bisect
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,11 +379,13 @@ def hash_with_pieces(
     jobs: int | None = None,
     on_bytes: OnBytes | None = None,
     outside: dict[int, bytes] | None = None,
+    chunked: Container[int] | None = None,
 ) -> tuple[dict[int, FileDigests], PieceCheck]:
     """Check every piece of the torrent and, from the very same reads, hash the files a pin
-    needs: BLAKE3 (whole file and chunks) of each file index in ``blake3_files`` (the value
-    says whether to compute its SHA-256 too).  The other files are read for their SHA-1
-    only.  Each byte is read once; what goes into a BLAKE3 is what went into the SHA-1.
+    needs: BLAKE3 of each file index in ``blake3_files`` (the value says whether to compute
+    its SHA-256 too), and its chunk hashes when the index is in ``chunked`` (default: all).
+    The other files are read for their SHA-1 only.  Each byte is read once; what goes into
+    a BLAKE3 is what went into the SHA-1.
 
     Files are read ``jobs`` at a time in stream order, so a piece that spans files is
     completed as soon as its last file is read and memory stays bounded (a piece per
@@ -405,7 +407,7 @@ def hash_with_pieces(
             if f.index in blake3_files:
                 d: FileDigests | None = digest_file(
                     path, chunk_size, sha256=blake3_files[f.index], feed=cutter.update,
-                    on_bytes=on_bytes,
+                    on_bytes=on_bytes, chunked=chunked is None or f.index in chunked,
                 )
                 got = d.size if d is not None else 0
             else:

@@ -41,6 +41,7 @@ import os
 import random
 import re
 import stat as stat_mod
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -690,6 +691,53 @@ def _attach_torrent(out: list[_Expect], pm: PieceMap) -> None:
                 break
 
 
+class _PieceLocator:
+    """Where a pinned file without chunk hashes is damaged: its pieces in the torrent that
+    proved the pin (found where ``get`` saves it and carrying the info-hash the pin
+    records; any other torrent is ignored).  Looked for once, at the first failure; only
+    the failed file's pieces are read.  The verdict itself is the BLAKE3's."""
+
+    def __init__(self, path: Path, place: Folder, roots: tuple[PinRoot, ...]):
+        self.path, self.place = path, place
+        self.ids = {r.id for r in roots if r.kind == "torrent" and r.id}
+        self._lock = threading.Lock()
+        self._looked = False
+        self._pm: PieceMap | None = None
+        self._files: dict[str, Any] = {}
+        self._strip = 0
+
+    def _load(self) -> PieceMap | None:
+        with self._lock:
+            if not self._looked:
+                self._looked = True
+                try:
+                    found = _find_torrent(self.path, self.place)
+                    pm = _piece_map(found) if found is not None else None
+                except (GrokfetchError, OSError):  # several, unreadable, not a torrent
+                    pm = None
+                if pm is not None and pm.meta.info_hash in self.ids:
+                    from grokfetch.integrity.pieces import find_strip
+
+                    self._strip = find_strip(pm.meta, self.place.root)
+                    self._files = {rel: f for rel, _, f in _torrent_files(pm, self.place)}
+                    self._pm = pm
+            return self._pm
+
+    def __call__(self, rel: str) -> tuple[list[tuple[int, int]], list[int], str] | None:
+        """(bad byte ranges, bad pieces, the torrent) of the file, or None when no such
+        torrent is at hand."""
+        pm = self._load() if self.ids else None
+        f = self._files.get(rel)
+        if pm is None or f is None or not f.size:
+            return None
+        from grokfetch.integrity.pieces import verify_pieces
+
+        check = verify_pieces(pm, self.place.root, strip=self._strip, pieces=pm.pieces_of(f),
+                              jobs=1)  # already on one of verify's threads
+        bad = sorted(set(check.failed) & set(pm.pieces_of(f)))
+        return check.bad_ranges(f), bad, pm.source
+
+
 # -- checking ----------------------------------------------------------------------------
 
 
@@ -786,8 +834,10 @@ def _check_hashed(
     quick: bool,
     rng: random.Random,
     on_bytes: Callable[[int], None],
+    locate: _PieceLocator | None = None,
 ) -> FileResult:
-    """Check a file against the manifest's BLAKE3 / SHA-256 / chunk hashes."""
+    """Check a file against the manifest's BLAKE3 / SHA-256 / chunk hashes (``locate``:
+    the pin's torrent, for a file whose pin has no chunk hashes to locate damage with)."""
     base: dict[str, Any] = {"size": size, "expected_size": x.size}
     chunk_size = x.chunk_size or chunk_size
     alg = x.chunk_hash
@@ -845,7 +895,19 @@ def _check_hashed(
         if bad:
             return _chunk_failure(x, size, chunk_size, got, bad, base)
     zero = whole is not None and whole == zero_digest(size)
+    ranges = [(0, size - 1)] if size else []
     detail = f"{' and '.join(mismatched)} hash mismatch"
+    if x.chunks is None and "blake3" in mismatched and locate is not None and locate.ids:
+        # a pin the torrent proved keeps no chunk hashes: the torrent's pieces locate it
+        found = locate(x.rel)
+        if found is None:
+            detail += (" (to locate it: pass the torrent that proved the pin with --torrent; "
+                       "its pieces name the bad bytes)")
+        elif found[1]:
+            ranges, bad, source = found
+            which = ", ".join(str(i) for i in bad[:8]) + (" ..." if len(bad) > 8 else "")
+            detail += (f" in bytes {_ranges_text(ranges)} (torrent piece"
+                       f"{'s' if len(bad) > 1 else ''} {which} of {source})")
     if matched:
         detail += f" (but {' and '.join(matched)} matched: the manifest is inconsistent)"
     if zero:
@@ -854,9 +916,7 @@ def _check_hashed(
         problem = _structure(x)
         if problem:
             detail += f"; {problem}"
-    return FileResult(
-        x.rel, FAILED, None, detail, [(0, size - 1)] if size else [], zero_filled=zero, **base
-    )
+    return FileResult(x.rel, FAILED, None, detail, ranges, zero_filled=zero, **base)
 
 
 def _chunk_failure(
@@ -1222,12 +1282,14 @@ def _hash_phase(run: _Verification) -> tuple[dict[str, FileResult], int]:
     bar = progress(run.total, "verify") if progress is not None else NullBar()
     counter = SharedCounter(bar)
     results: dict[str, FileResult] = dict(known)
+    locate = _PieceLocator(run.path, place, trust.roots) if trust.kind == "pinned" else None
     try:
 
         def one(x: _Expect) -> FileResult:
             try:
                 return _check_hashed(
-                    x, sizes[x.rel], chunk_size, quick, random.Random(rng.random()), counter
+                    x, sizes[x.rel], chunk_size, quick, random.Random(rng.random()), counter,
+                    locate,
                 )
             except OSError as e:
                 return FileResult(
@@ -1449,18 +1511,19 @@ def pin(
     The roots: ``torrent`` (its SHA-1 pieces) and/or ``manifest`` (its BLAKE3 /
     SHA-256 values); with neither, ``first_use=True`` pins whatever is on disk and
     says so.  Each file is read once; the blocks that go into its BLAKE3 (whole
-    file and ``chunk_size`` chunks) are the blocks its pieces and hashes are checked
-    on.  ``base`` (the model's manifest) gives names, parameters, config and
-    sources; any hash it carries is checked too.  ``manifest_root`` says who published
-    the hashes of a ``manifest`` built in memory (the mirror's SHA-256 values, say);
-    by default the manifest itself is the root.  ``outside`` (piece -> its bytes, as
-    libtorrent holds them) lets a partial pin check the pieces it shares with files that
-    were not fetched: those files' bytes of them come from there, the rest from disk,
-    and the whole piece must match its SHA-1.  ``streamed`` maps a file to the
-    digests its writer computed from the very bytes it wrote (``get`` from the
-    mirror, while the SHA-256 proved them) and the stat key the file had then: a
-    file whose stat still says exactly that is not read again, and its digests
-    face the same checks against the root as a file that is read.  The pin records its roots
+    file, and ``chunk_size`` chunks unless the torrent's pieces cover it) are the
+    blocks its pieces and hashes are checked on.  ``base`` (the model's manifest)
+    gives names, parameters, config and sources; any hash it carries is checked too.
+    ``manifest_root`` says who published the hashes of a ``manifest`` built in memory
+    (the mirror's SHA-256 values, say); by default the manifest itself is the root.
+    ``outside`` (piece -> its bytes, as libtorrent holds them) lets a partial pin check
+    the pieces it shares with files that were not fetched: those files' bytes of them
+    come from there, the rest from disk, and the whole piece must match its SHA-1.
+    ``streamed`` maps a file to the digests its writer computed from the very bytes it
+    wrote (``get`` from the mirror, while the SHA-256 proved them) and the stat key the
+    file had then: a file whose stat still says exactly that is not read again, and its
+    digests face the same checks against the root as a file that is read.  The pin
+    records its roots
     (``pinned_by``) and is tagged with the user's key (``grokfetch.trust``).
 
     Raises PinRefused (exit 1) naming the file (and piece or byte range) that is
@@ -1552,9 +1615,16 @@ def pin(
 
             index_of = {e.path: tfiles[e.path].index for e in entries if e.path in tfiles}
             want_sha = {index_of[e.path]: bool(e.sha256) for e in entries if e.path in index_of}
+            # No chunk hashes for the files the torrent covers: its pieces locate damage in
+            # them, and chunks would be a second BLAKE3 of every byte (the pass's CPU is
+            # SHA-1 + BLAKE3 + BLAKE3 otherwise).  Only a manifest that vouches with chunk
+            # hashes alone needs them computed, to be checked.
+            chunked = {index_of[e.path] for e in entries
+                       if e.path in index_of and e.chunks and not e.blake3}
             by_index, check = hash_with_pieces(
                 pm, place.root, strip=find_strip(pm.meta, place.root), blake3_files=want_sha,
                 chunk_size=chunk_size, jobs=jobs, on_bytes=counter, outside=outside,
+                chunked=chunked,
             )
             for rel, i in index_of.items():
                 if i in by_index:
@@ -1687,7 +1757,8 @@ def _record_pinned(
 def _hash_problem(e: FileEntry, d: FileDigests, chunk_size: int) -> str | None:
     """What a file's digests from the pin pass contradict in its manifest entry, if anything."""
     if e.blake3 and d.blake3 != e.blake3:
-        bad = [i for i, c in enumerate(e.chunks or []) if i >= len(d.chunks) or d.chunks[i] != c]
+        got = d.chunks or []
+        bad = [i for i, c in enumerate(e.chunks or []) if i >= len(got) or got[i] != c]
         if bad:
             lo, hi = chunk_range(bad[0], d.size, chunk_size)
             return f"blake3 hash mismatch in bytes {lo}-{hi - 1} (chunk {bad[0]})"
