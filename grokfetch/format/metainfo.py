@@ -153,11 +153,16 @@ def _v1_torrent(listed: Sequence[tuple[str, int]], psize: int) -> Any:
     flags = lt.create_torrent.v1_only
     if hasattr(lt, "create_file_entry"):  # libtorrent 2.1
         entries = [lt.create_file_entry(rel, size) for rel, size in listed]
-        return lt.create_torrent(entries, psize, flags)
-    fs = lt.file_storage()  # 2.0: the file_storage constructor (deprecated in 2.1)
-    for rel, size in listed:
-        fs.add_file(rel, size)
-    return lt.create_torrent(fs, psize, flags)
+        ct = lt.create_torrent(entries, psize, flags)
+    else:
+        fs = lt.file_storage()  # 2.0: the file_storage constructor (deprecated in 2.1)
+        for rel, size in listed:
+            fs.add_file(rel, size)
+        ct = lt.create_torrent(fs, psize, flags)
+    # No creation date: the same files make the same bytes on every node and at every
+    # second (libtorrent leaves the key out when it is 0).
+    ct.set_creation_date(0)
+    return ct
 
 
 def make_torrent(
