@@ -136,8 +136,11 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(final)
-    f = open(tmp, mode)  # noqa: SIM115 - closed below in every path
+    f: IO[Any] | None = None
     try:
+        # Opened inside the try: a SIGTERM (raised as an exception by the CLI's handler)
+        # that lands just after the open must still remove the temp file.
+        f = open(tmp, mode)  # noqa: SIM115 - closed below in every path
         yield f
         f.flush()
         os.fsync(f.fileno())
@@ -147,8 +150,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     except BaseException:
         # close() flushes what is buffered and fails again on a full disk: the temp
         # file must go all the same (a 0-byte .grokfetch-tmp-* was left behind)
-        with contextlib.suppress(OSError):
-            f.close()
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
