@@ -1516,44 +1516,33 @@ def _safe_name(name: str | None) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name or "").strip("._")
 
 
-def _listed_by_torrent(meta: TorrentMeta) -> dict[str, int]:
-    """A listed torrent's files below its root folder -> size."""
-    return {f.path.split("/", 1)[-1]: f.size for f in meta.real_files()}
-
-
-def _pin_listing(pin: Any) -> dict[str, int]:
-    return {e.path: e.size for e in pin.files}
-
-
-def _serves_exactly(meta: TorrentMeta, pin: Any) -> bool:
-    served = _listed_by_torrent(meta)
+def _serving_problem(meta: TorrentMeta, pin: Any) -> str | None:
+    """Why a listed torrent does not serve exactly the files ``pin`` lists, or None.  The
+    pin it carries (metainfo.SEEDED_MANIFEST) and the packaged tokenizer the pin names
+    travel beside the listed files and are not counted."""
+    served = {f.path.split("/", 1)[-1]: f.size for f in meta.real_files()}  # below its root
     served.pop(metainfo.SEEDED_MANIFEST, None)
+    pinned = {e.path: e.size for e in pin.files}
     tok = getattr(pin, "tokenizer", None)
-    if tok is not None and served.get(tok.path) == tok.size and tok.path not in _pin_listing(pin):
+    if tok is not None and tok.path not in pinned and served.get(tok.path) == tok.size:
         served.pop(tok.path)
-    return served == _pin_listing(pin)
+    if served == pinned:
+        return None
+    extra = sorted(set(served) - set(pinned))
+    if extra:
+        return f"serves {extra[0]}, which the pinned manifest does not list"
+    missing = sorted(set(pinned) - set(served))
+    if missing:
+        return f"lacks {len(missing)} pinned file(s) (first: {missing[0]})"
+    wrong = next(rel for rel in served if served[rel] != pinned[rel])
+    return f"{wrong} is {served[wrong]} bytes in the torrent, {pinned[wrong]} in the pin"
 
 
 def _check_serves_exactly(tpath: Path, meta: TorrentMeta, pin: Any) -> None:
     """A repack or partial folder serves the files its pin lists and nothing else."""
-    if _serves_exactly(meta, pin):
-        return
-    served, pinned = _listed_by_torrent(meta), _pin_listing(pin)
-    served.pop(metainfo.SEEDED_MANIFEST, None)
-    tok = getattr(pin, "tokenizer", None)
-    if tok is not None:
-        served.pop(tok.path, None)
-    extra = sorted(set(served) - set(pinned))
-    if extra:
-        raise UsageError(f"{tpath}: serves {extra[0]}, which the pinned manifest does not "
-                         "list; not seeding")
-    missing = sorted(set(pinned) - set(served))
-    if missing:
-        raise UsageError(f"{tpath}: lacks {len(missing)} pinned file(s) (first: "
-                         f"{missing[0]}); not seeding")
-    wrong = next(rel for rel in served if served[rel] != pinned[rel])
-    raise UsageError(f"{tpath}: {wrong} is {served[wrong]} bytes in the torrent, "
-                     f"{pinned[wrong]} in the pin; not seeding")
+    problem = _serving_problem(meta, pin)
+    if problem is not None:
+        raise UsageError(f"{tpath}: {problem}; not seeding")
 
 
 class Seeder:
@@ -1713,7 +1702,7 @@ class Seeder:
         the one `get` saved when it serves exactly them, else one made now; with the save
         path and, for a made one, where each of its files is on disk."""
         found, save = _find_torrent_for(self.folder)
-        if found is not None and _serves_exactly(metainfo.load_torrent(found)[1], pin):
+        if found is not None and _serving_problem(metainfo.load_torrent(found)[1], pin) is None:
             return found, save, {}
         from grokfetch.integrity.verify import manifest_disk_paths
 
