@@ -16,6 +16,7 @@ backslashes and NUL bytes are refused when it is loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -327,16 +328,28 @@ def model_names() -> list[str]:
 
 
 def published_info_hashes() -> dict[str, str]:
-    """Info-hash -> name of each packaged model whose manifest names its torrent."""
-    out = {}
-    for name in model_names():
+    """Info-hash -> name of each packaged model whose manifest names its torrent.
+
+    Parsed once per state of the packaged files (Grok-1's manifest takes 15-20 ms to
+    load, and one pin or verify asks several times); a changed file is parsed again."""
+    d = manifests_dir()
+    files = sorted(d.glob("*.json")) if d.is_dir() else []
+    state = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    return dict(_published_info_hashes(d, state))
+
+
+@functools.lru_cache(maxsize=4)
+def _published_info_hashes(d: Path, state: tuple[tuple[str, int, int], ...]
+                           ) -> tuple[tuple[str, str], ...]:
+    out = []
+    for name, _, _ in state:
         try:
-            ih = load_manifest(name).sources.info_hash
+            ih = load_manifest(d / name).sources.info_hash
         except GrokfetchError:  # a broken packaged manifest vouches for nothing
             continue
         if ih:
-            out[ih] = name
-    return out
+            out.append((ih, Path(name).stem))
+    return tuple(out)
 
 
 def by_info_hash(info_hash: str) -> Manifest | None:
