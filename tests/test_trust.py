@@ -342,6 +342,50 @@ def test_repack_takes_source_hashes_only_from_a_proven_pin(copy_ckpt, tmp_path, 
     assert run(str(tmp_path / "st2"), "--quiet").exit_code == 0
 
 
+def test_a_planted_manifest_cannot_change_the_model_the_files_are_read_as(copy_ckpt):
+    # verify proves bytes, not the config a manifest states beside them: a sender who
+    # changes the RoPE base in the manifest (re-tagged with its own key or not) would
+    # make smoke and repack compute another model over proven bytes.  Only this user's
+    # pin, a packaged model's config or exactly what the files show is taken.
+    root = copy_ckpt()
+    assert CliRunner().invoke(cli, ["inspect", str(root)]).exit_code == 0  # this user's pin
+    m = json.loads((root / MANIFEST_NAME).read_text())
+    m.pop("pin_tag")
+    (root / MANIFEST_NAME).write_text(json.dumps(m))  # unknown origin, but what the files show
+    r = CliRunner().invoke(cli, ["inspect", str(root)])
+    assert r.exit_code == 0, r.output
+    m["config"]["rope_base"] = 500000.0
+    (root / MANIFEST_NAME).write_text(json.dumps(m))
+    for cmd in (["inspect", str(root)], ["smoke", str(root), "--layer", "0"],
+                ["repack", str(root), str(root.parent / "st")]):
+        r = CliRunner().invoke(cli, cmd)
+        assert r.exit_code == 2, (cmd, r.output)
+        assert r.stderr == (f"Error: {root / MANIFEST_NAME}: a manifest of unknown origin (not "
+                            "this user's pin) states a model config the files do not show "
+                            "(rope_base); pass --config to name the model\n")
+    assert not (root.parent / "st").exists()
+    cfg = root.parent / "cfg.json"
+    cfg.write_text(json.dumps(m["config"]))  # the user's own choice is taken
+    r = CliRunner().invoke(cli, ["inspect", str(root), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_planted_selection_config_of_a_partial_folder_is_refused(copy_ckpt):
+    # get --layers keeps the model's config in DEST/.grokfetch/manifest.json, tagged with
+    # this user's key; one that came along with a copied folder names no model
+    from grokfetch.format.manifest import save_manifest
+
+    root = copy_ckpt()
+    m = load_manifest(root / MANIFEST_NAME)
+    (root / MANIFEST_NAME).unlink()
+    (root / ".grokfetch").mkdir(exist_ok=True)
+    planted = root / ".grokfetch" / "manifest.json"
+    save_manifest(m, planted)  # untagged: the sender's word
+    r = CliRunner().invoke(cli, ["inspect", str(root)])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"Error: {planted}: a model config of unknown origin")
+
+
 # the key ------------------------------------------------------------------------------
 
 

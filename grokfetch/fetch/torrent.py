@@ -64,7 +64,7 @@ from grokfetch.format.manifest import (
     parse_manifest_bytes,
     read_manifest_bytes,
     resolve_manifest,
-    save_manifest,
+    save_pin,
 )
 from grokfetch.format.metainfo import TorrentMeta, make_torrent
 from grokfetch.fsutil import (
@@ -950,9 +950,11 @@ def _finish(run: _Run, pin: bool) -> tuple[Path, bool, Path | None]:
             run.on_message("partial download (--layers/--include): the manifest is not pinned")
         if run.manifest is not None and getattr(run.manifest, "config", None) is not None:
             # inspect, smoke and repack find the model here (inferring it from a partial
-            # folder would describe another model); not a root of trust, so not pinned
+            # folder would describe another model).  Tagged with this user's key so they
+            # can tell it from one copied along with the files; it records no root of
+            # trust (no pinned_by), so it vouches for no byte.
             path = run.state_dir / SELECTION_MANIFEST
-            save_manifest(run.manifest, path)
+            save_pin(run.manifest, path)
             run.on_message(f"model config for later commands: {path}")
     return root, complete, manifest_path
 

@@ -26,7 +26,7 @@ from grokfetch.format.layout import (
     param_list,
     tensor_files,
 )
-from grokfetch.format.manifest import Manifest, load_manifest, model_names
+from grokfetch.format.manifest import Manifest, load_manifest, load_manifest_file, model_names
 from grokfetch.fsutil import loads_json
 
 if TYPE_CHECKING:
@@ -107,12 +107,39 @@ def infer_config(ckpt_dir: Path, key_size: int = DEFAULT_KEY_SIZE) -> ModelConfi
 
 def _partial_get_config(root: Path) -> ModelConfig | None:
     """The model config ``get --layers`` left in its state folder (DEST/.grokfetch), if any:
-    a partial folder's files alone describe a smaller model, not the one on disk."""
+    a partial folder's files alone describe a smaller model, not the one on disk.  Used
+    only when this user's get wrote it (tagged, grokfetch.trust) or it is a packaged
+    model's config: a state folder copied along with the files is the sender's word."""
     for state in (root / STATE_DIR, root.parent / STATE_DIR):
         p = state / SELECTION_MANIFEST
         if p.is_file():
-            return load_manifest(p).config
+            lm = load_manifest_file(p)
+            cfg = lm.manifest.config
+            if cfg is None or lm.authentic or confirmed_by_packaged(cfg):
+                return cfg
+            raise UsageError(
+                f"{p}: a model config of unknown origin (not written by this user's "
+                "grokfetch get, not a packaged model's); pass --config to name the model")
     return None
+
+
+def _unknown_origin_config(mpath: Path, stated: ModelConfig, ckpt_dir: Path,
+                           key_size: int) -> ModelConfig:
+    """The config a manifest of unknown origin states, used only where the files agree.
+
+    Anyone can write a config into a manifest beside the files; taken on its word, a
+    changed rope base or multiplier makes smoke and repack compute another model over
+    bytes that verify proves.  The files show every size but the head size, so the
+    stated config must be exactly what they show (with its own head size) - which a
+    sender cannot change without changing the files - else the run is refused.
+    """
+    inferred = infer_config(ckpt_dir, stated.key_size or key_size)
+    if inferred.to_dict() == stated.to_dict():
+        return stated
+    differ = [k for k, v in stated.to_dict().items() if inferred.to_dict().get(k) != v]
+    raise UsageError(
+        f"{mpath}: a manifest of unknown origin (not this user's pin) states a model config "
+        f"the files do not show ({', '.join(differ)}); pass --config to name the model")
 
 
 def _widening_for(emb: int, ffn: int) -> float:
@@ -151,16 +178,21 @@ class Checkpoint:
 
 def open_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = None,
                     key_size: int = DEFAULT_KEY_SIZE) -> Checkpoint:
-    """Locate a checkpoint and decide its config (explicit, pinned manifest, inferred)."""
+    """Locate a checkpoint and decide its config: explicit, a manifest this user pinned
+    (or one stating a packaged model's config, or what the files show), else inferred."""
     folder = locate(path)
     ckpt_dir, root = folder.checkpoint(), folder.root
     manifest = None
     source = "explicit"
     mpath = folder.manifest_path
     if mpath.is_file():
-        manifest = load_manifest(mpath)
-    if config is None and manifest is not None and manifest.config is not None:
-        config, source = manifest.config, "manifest"
+        lm = load_manifest_file(mpath)
+        manifest = lm.manifest
+        stated = manifest.config
+        if config is None and stated is not None:
+            if not (lm.authentic or confirmed_by_packaged(stated)):
+                stated = _unknown_origin_config(mpath, stated, ckpt_dir, key_size)
+            config, source = stated, "manifest"
     if config is None:
         config, source = _partial_get_config(root), "manifest"
     if config is None:
