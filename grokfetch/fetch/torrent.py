@@ -44,6 +44,7 @@ from typing import Any
 import libtorrent as lt
 
 from grokfetch import __version__, trust
+from grokfetch.confine import confined_call
 from grokfetch.errors import (
     DiskError,
     GrokfetchError,
@@ -176,10 +177,15 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k in known}  # 2.0 lacks some (the STUN server)
 
 
-def make_session(net: NetOptions) -> Any:
+def make_session(net: NetOptions, writes_beneath: Path | None = None) -> Any:
+    """A session with grokfetch's settings.  ``writes_beneath``: the kernel lets its threads
+    write only inside that folder (Landlock, where Linux has it: ``grokfetch.confine``)."""
     params = lt.session_params()
     params.settings = session_settings(net)  # type: ignore[assignment] # a dict works too
-    ses = lt.session(params)
+    if writes_beneath is None:
+        ses = lt.session(params)
+    else:
+        ses, _confined = confined_call(lambda: lt.session(params), [writes_beneath])
     if net.max_download_rate or net.max_upload_rate:
         # libtorrent exempts local-network peers from rate limits (the "local"
         # peer class).  A limit the user asks for must hold inside a cluster
@@ -761,7 +767,9 @@ def _session_phase(run: _Run, src: Source, o: DownloadOptions, added: _Added,
     net = o.net or NetOptions()
     say, dest, state_dir, marker = run.on_message, run.dest, run.state_dir, added.marker
     recheck = added.recheck
-    ses = make_session(net)
+    # Confined to DEST: a folder inside it swapped for a symlink mid-run cannot redirect a
+    # write (the checks of _check_still_inside still name the link and stop the run).
+    ses = make_session(net, writes_beneath=dest)
     start = time.monotonic()
     h = None
     try:
@@ -1279,9 +1287,12 @@ def _check_still_inside(run: _Run, h: Any) -> None:
     """Stop before libtorrent writes through a symlink swapped into DEST mid-run.
 
     libtorrent opens files by path, so ``DEST/ckpt-0`` replaced by a link to
-    elsewhere would redirect every file it opens from then on.  Checked at
-    each tick of the loop (a few lstat calls: only a link found on the way is
-    resolved); on an escape the torrent is paused at once.
+    elsewhere would redirect every file it opens from then on.  Where Linux has
+    Landlock the kernel refuses those writes (``make_session(writes_beneath=)``)
+    and this check names the link; elsewhere it is the only guard, with a window
+    of one tick.  Checked at each tick of the loop (a few lstat calls: only a
+    link found on the way is resolved), every file too when a write has just
+    failed; on an escape the torrent is paused at once.
     """
     if not run.chosen:
         return
@@ -1290,7 +1301,7 @@ def _check_still_inside(run: _Run, h: Any) -> None:
     # the folders at every tick (a handful); the files, a few hundred, twice a second
     now = time.monotonic()
     watch = run.watch_dirs
-    if now - run.files_checked >= 0.5:
+    if now - run.files_checked >= 0.5 or run.file_error:
         run.files_checked = now
         watch = watch + [f.path for f in run.chosen]
     for rel in watch:
