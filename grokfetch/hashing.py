@@ -45,15 +45,27 @@ Where the time goes (bench/verify.py; measured again for issue 15 on the shared
   against it is ~1.3x, where it measures.  Feeding both hashers from one thread in
   1 MiB sub-blocks (the second then reads from L2) saved ~5% CPU per file, but one
   thread per file leaves a core idle while the last large file finishes: not kept.
+  Three files at a time in the pin pass instead of two (one more file to fill the
+  core that the slower SHA-1 thread of the last files leaves idle): best of 5, hot,
+  3.19 s against 3.29 s, and at a higher load the order flipped (4.44 against 3.92
+  s): not kept without a quiet machine to measure it on.
 * Cold: posix_fadvise(WILLNEED) of the next window (one and two windows ahead) was
   measured again, in verify and in the pin pass, and MADV_SEQUENTIAL on each
   window.  None was faster: best of 8 rounds on the 1.8 GB set (one 1.6 GB file
   and the small ones, two files at a time) 1.77 s with WILLNEED against 1.36 s
   without (dd: 1.61 s), with 4x the system time (0.8 against 0.2 s); the pin pass
   over 5 GB, best of 3, 9.15 s against 8.24 s.  The fault path with the device's
-  8 MiB readahead keeps the disk busy by itself.  These were measured while other
-  benchmarks ran (load 4-10, I/O pressure 30-60%): medians wandered 2x between
-  rounds, so the decisions rest on the minima and the CPU seconds.
+  8 MiB readahead keeps the disk busy by itself.  WILLNEED issued from a helper
+  thread (so a blocking submission cannot stall the hashers) was worse still: best
+  of 6 on the 1.8 GB set 3.91 s against 2.65 s, every round slower, 3.6x the system
+  time; the pin pass over 5 GB, median of 3, 23.2 s against 18.9 s.
+  POSIX_FADV_SEQUENTIAL on the file (which doubles the read-around of each fault to
+  16 MiB) came out at the noise: the pin pass over 5 GB, medians of 3, 13.8 s and
+  16.5 s with it against 21.5 s and 14.8 s without; verify 9.9 s against 8.6 s,
+  with more CPU; not kept.  These were measured while other benchmarks ran (load
+  4-14, I/O pressure 30-60%): medians wandered 2x between rounds (the same
+  ``verify --torrent``, which none of this touches, by 20% between two variants),
+  so the decisions rest on the minima, the CPU seconds and consistent rounds.
 
 Caution: a file truncated by another process while one of its windows is
 mapped makes the kernel send SIGBUS.  The size is re-read before each window,
