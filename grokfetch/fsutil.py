@@ -22,7 +22,6 @@ import json
 import os
 import posixpath
 import secrets
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,6 +216,8 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
 def free_space(path: str | os.PathLike[str]) -> int:
     """Bytes free on the filesystem that holds ``path``, or will hold it once created
     (the nearest folder above it that exists)."""
+    import shutil  # here, not at the top: with bz2 and lzma it is ~4 ms of every start-up
+
     probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

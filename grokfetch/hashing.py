@@ -26,6 +26,47 @@ How it stays as fast as ``b3sum`` (measured by ``bench/verify.py``):
   posix_fadvise(WILLNEED) of the next window, ~1.7 s more CPU per 5 GB cold and
   no faster than the kernel's own readahead.)
 
+Where the time goes (bench/verify.py; measured again for issue 15 on the shared
+2-core machine, EPYC with AVX2 and SHA-NI, read_ahead_kb 8192):
+
+* BLAKE3 costs ~0.44 CPU s per GiB here (blake3 1.0.11, in memory, one thread or
+  all); ``b3sum --check`` of the 5.04 GB bench set takes 2.11 CPU s, which is that
+  floor: b3sum has nothing left to shed.  This engine's windows add ~0.05-0.15 CPU s
+  (mapping, unmapping, faults: 0.03-0.09 s of system time hot) and the CLI adds
+  Python's start-up and imports (~0.1 s on a quiet machine, more under load), so
+  ``verify`` of a pinned folder can approach b3sum's time but not beat it with this
+  library: 16 MiB windows cost what one call over the whole buffer costs (rayon's
+  per-call overhead is nil at this size), 4 MiB windows ~15% more.
+* SHA-1 (hashlib, SHA-NI) costs ~0.7 CPU s per GiB in memory, 1.5x BLAKE3.  The pin
+  pass hashes every byte with both, so against a pass that only checks SHA-1 its
+  floor is (SHA-1 + BLAKE3) / SHA-1, ~1.6x per byte; ``verify --torrent`` pays ~30%
+  over bare SHA-1 (pread copies into fresh buffers: 1.34 CPU s per 1.6 GB file
+  against 1.24 s through mmap windows and 1.03 s in memory), so the pin pass's floor
+  against it is ~1.3x, where it measures.  Feeding both hashers from one thread in
+  1 MiB sub-blocks (the second then reads from L2) saved ~5% CPU per file, but one
+  thread per file leaves a core idle while the last large file finishes: not kept.
+  Three files at a time in the pin pass instead of two (one more file to fill the
+  core that the slower SHA-1 thread of the last files leaves idle): best of 5, hot,
+  3.19 s against 3.29 s, and at a higher load the order flipped (4.44 against 3.92
+  s): not kept without a quiet machine to measure it on.
+* Cold: posix_fadvise(WILLNEED) of the next window (one and two windows ahead) was
+  measured again, in verify and in the pin pass, and MADV_SEQUENTIAL on each
+  window.  None was faster: best of 8 rounds on the 1.8 GB set (one 1.6 GB file
+  and the small ones, two files at a time) 1.77 s with WILLNEED against 1.36 s
+  without (dd: 1.61 s), with 4x the system time (0.8 against 0.2 s); the pin pass
+  over 5 GB, best of 3, 9.15 s against 8.24 s.  The fault path with the device's
+  8 MiB readahead keeps the disk busy by itself.  WILLNEED issued from a helper
+  thread (so a blocking submission cannot stall the hashers) was worse still: best
+  of 6 on the 1.8 GB set 3.91 s against 2.65 s, every round slower, 3.6x the system
+  time; the pin pass over 5 GB, median of 3, 23.2 s against 18.9 s.
+  POSIX_FADV_SEQUENTIAL on the file (which doubles the read-around of each fault to
+  16 MiB) came out at the noise: the pin pass over 5 GB, medians of 3, 13.8 s and
+  16.5 s with it against 21.5 s and 14.8 s without; verify 9.9 s against 8.6 s,
+  with more CPU; not kept.  These were measured while other benchmarks ran (load
+  4-14, I/O pressure 30-60%): medians wandered 2x between rounds (the same
+  ``verify --torrent``, which none of this touches, by 20% between two variants),
+  so the decisions rest on the minima, the CPU seconds and consistent rounds.
+
 Caution: a file truncated by another process while one of its windows is
 mapped makes the kernel send SIGBUS.  The size is re-read before each window,
 which narrows that to a few milliseconds, but do not verify a folder that a
