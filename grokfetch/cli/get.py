@@ -300,6 +300,11 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
               help="Exit (0) once N distinct peers have been seen with every piece.")
 @click.option("--seed-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Stop after SECONDS; with --until-complete, exit 4 if fewer finished.")
+@click.option("--super-seed", is_flag=True,
+              help="For a fan-out to many nodes: send each piece about once (BEP 16 "
+                   "super-seeding, every peer unchoked) and let the nodes trade the rest.  "
+                   "Each peer gets its first piece about 10 s after it connects, and a "
+                   "lone peer downloads slowly: not for one or two nodes.")
 @click.option("--status-interval", type=click.FloatRange(min=1), default=10.0,
               show_default=True, metavar="SECONDS",
               help="How often the fleet line (peers, nodes complete, upload) is printed.")
@@ -309,7 +314,8 @@ def get_cmd(source: str | None, dest: str, manifest: str | None, include: tuple[
 def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], listen: str,
              no_dht: bool, no_utp: bool, max_upload_rate: str | None, advertise: str | None,
              full_check: bool, until_complete: int | None, seed_timeout: float | None,
-             status_interval: float, quiet: bool, json_progress: bool) -> None:
+             super_seed: bool, status_interval: float, quiet: bool,
+             json_progress: bool) -> None:
     """Verify and seed a checkpoint FOLDER; print its magnet link with this host as a peer.
 
     With a pinned manifest each piece is checked against the torrent when it
@@ -322,7 +328,8 @@ def seed_cmd(folder: str, torrent_file: str | None, web_seeds: tuple[str, ...], 
     net = _net(listen, no_dht, no_utp, None, max_upload_rate)
     r = Renderer(quiet, json_progress)
     seeder = torrent.Seeder(folder, torrent=torrent_file, net=net, web_seeds=web_seeds,
-                            full_check=full_check, on_message=r.message, advertise=advertise)
+                            full_check=full_check, on_message=r.message, advertise=advertise,
+                            super_seed=super_seed)
     with sigterm_as_interrupt():
         try:
             info = seeder.start()
