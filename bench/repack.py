@@ -1,7 +1,7 @@
 """Benchmark ``grokfetch repack`` on full-size tensors of the real Grok-1 shapes.
 
     python bench/repack.py [--workdir /tmp/grokfetch-bench-repack] [--jobs 2] [--rounds 3]
-                           [--small] [--keep-data]
+                           [--small] [--keep-data] [--reuse]
 
 Synthesizes a one-layer checkpoint with the real dimensions (~8.1 GB: the
 3.2 GB embedding, three 1.6 GB MoE tensors, attention, norms, router; with
@@ -14,7 +14,9 @@ Synthesizes a one-layer checkpoint with the real dimensions (~8.1 GB: the
   cp does not, so cp is also timed with a trailing ``sync``.  Twice: from the
   pinned source (its BLAKE3 values come from the pin) and from the same files
   unpinned (the pin moved aside, as for a copy or a mirror download: every
-  source byte is hashed too, from the bytes the copy reads);
+  source byte is hashed too, from the bytes the copy reads); and the unpinned run
+  once more with ``--chunk-hashes`` (a second BLAKE3 of every output byte, the
+  64 MiB chunk list that locates damage), which shows what those cost;
 * the raw limits beside them, in the same rounds: ``dd`` reading every source
   file (the page cache's read speed: the source is hot) and the writes alone,
   the same outputs written and fsynced without any BLAKE3 (in-process), with
@@ -26,7 +28,8 @@ Synthesizes a one-layer checkpoint with the real dimensions (~8.1 GB: the
 
 Synthetic weights are uniform random int8, which zstd cannot shrink much;
 the real weights are not uniform, so their ratio will differ.  Everything is
-written under --workdir and deleted at the end (unless --keep-data).
+written under --workdir and deleted at the end (unless --keep-data; ``--reuse`` takes
+the source a --keep-data run left there instead of synthesizing it again).
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved cp / repack rounds")
     ap.add_argument("--keep-data", action="store_true")
+    ap.add_argument("--reuse", action="store_true",
+                    help="use the source a --keep-data run left in --workdir")
     ap.add_argument("--small", action="store_true",
                     help="a ~1.7 GB source (16,384 embedding rows, 2 experts): a few minutes")
     args = ap.parse_args()
@@ -102,18 +107,22 @@ def main() -> int:
     src = work / "src"
     try:
         print(f"load average at the start: {_load()}")
-        print(f"synthesizing a 1-layer checkpoint with the real Grok-1 shapes in {src} "
-              f"{'(--small: 16,384 embedding rows, 2 experts) ' if args.small else ''}...")
         t = time.monotonic()
-        synthesize(src, config=_one_layer(args.small), name="bench-repack")
+        if args.reuse and (src / MANIFEST_NAME).is_file():
+            print(f"reusing the checkpoint an earlier --keep-data run left in {src}")
+        else:
+            print(f"synthesizing a 1-layer checkpoint with the real Grok-1 shapes in {src} "
+                  f"{'(--small: 16,384 embedding rows, 2 experts) ' if args.small else ''}...")
+            shutil.rmtree(src, ignore_errors=True)
+            synthesize(src, config=_one_layer(args.small), name="bench-repack")
         t = time.monotonic() - t
         total = dir_size(src / "ckpt-0")
         print(f"  {total / 1e9:.2f} GB in {t:.0f} s")
         sync()
 
         # -- keep vs cp, interleaved: the disk is shared and its speed varies a lot ----
-        cp_times, rp_times, un_times, rss = [], [], [], []
-        dd_times, bare_times, cpu_rp, cpu_un = [], [], [], []
+        cp_times, rp_times, un_times, ch_times, pch_times, rss = [], [], [], [], [], []
+        dd_times, bare_times, cpu_rp, cpu_un, cpu_ch, cpu_pch = [], [], [], [], [], []
         pin_file = src / MANIFEST_NAME
         aside = work / "pin-aside.json"
         out = work / "keep"
@@ -136,24 +145,38 @@ def main() -> int:
             out_size = dir_size(out)
             shutil.rmtree(out)
             sync()
-            os.replace(pin_file, aside)  # unpinned: the same files, nothing vouches for them
-            try:
-                t_un = run(["/usr/bin/time", "-v", "-o", str(timev), sys.executable, "-m",
-                            "grokfetch", "repack", str(src), str(out),
-                            "--dtype", "keep", "-j", str(args.jobs), "-q"], env)
-                un_times.append((t_un, t_un + sync()))
-                cpu_un.append(_cpu_seconds(timev))
-            finally:
-                os.replace(aside, pin_file)
+            t_pch = run(["/usr/bin/time", "-v", "-o", str(timev), sys.executable, "-m",
+                         "grokfetch", "repack", str(src), str(out), "--dtype", "keep",
+                         "-j", str(args.jobs), "-q", "--chunk-hashes"], env)
+            pch_times.append((t_pch, t_pch + sync()))
+            cpu_pch.append(_cpu_seconds(timev))
             shutil.rmtree(out)
             sync()
+            os.replace(pin_file, aside)  # unpinned: the same files, nothing vouches for them
+            try:
+                for flags, times, cpus in (([], un_times, cpu_un),
+                                           (["--chunk-hashes"], ch_times, cpu_ch)):
+                    t_un = run(["/usr/bin/time", "-v", "-o", str(timev), sys.executable, "-m",
+                                "grokfetch", "repack", str(src), str(out), "--dtype", "keep",
+                                "-j", str(args.jobs), "-q", *flags], env)
+                    times.append((t_un, t_un + sync()))
+                    cpus.append(_cpu_seconds(timev))
+                    shutil.rmtree(out)
+                    sync()
+            finally:
+                os.replace(aside, pin_file)
             print(f"  round {r + 1}: dd read {dd_times[-1]:.2f} s, writes alone "
                   f"{bare_times[-1]:.2f} s, cp -r {t_cp:.2f} s (+sync {cp_times[-1][1]:.2f} s), "
-                  f"repack {t_rp:.2f} s (+sync {rp_times[-1][1]:.2f}), unpinned {t_un:.2f} s "
-                  f"(+sync {un_times[-1][1]:.2f}), peak RSS {rss[-1]:.0f} MB; load {_load()}")
+                  f"repack {t_rp:.2f} s (+sync {rp_times[-1][1]:.2f}), --chunk-hashes "
+                  f"{t_pch:.2f} s (+sync {pch_times[-1][1]:.2f}), unpinned "
+                  f"{un_times[-1][0]:.2f} s (+sync {un_times[-1][1]:.2f}), unpinned --chunk-hashes "
+                  f"{ch_times[-1][0]:.2f} s (+sync {ch_times[-1][1]:.2f}), peak RSS "
+                  f"{rss[-1]:.0f} MB; load {_load()}")
         t_cp, t_cp_sync = (statistics.median(x) for x in zip(*cp_times, strict=True))
         t_rp, t_rp_sync = (statistics.median(x) for x in zip(*rp_times, strict=True))
         t_un, t_un_sync = (statistics.median(x) for x in zip(*un_times, strict=True))
+        t_ch, t_ch_sync = (statistics.median(x) for x in zip(*ch_times, strict=True))
+        t_pch, t_pch_sync = (statistics.median(x) for x in zip(*pch_times, strict=True))
         best = min(x[0] for x in rp_times) / min(x[0] for x in cp_times)
         rss_mb = max(rss)
 
@@ -193,9 +216,14 @@ def main() -> int:
               "source byte too, from the copy)")
         print(f"ratio unpinned / (cp+sync): {t_un_sync / t_cp_sync:.2f}x   (target <= 1.1x); "
               f"unpinned / pinned {t_un_sync / t_rp_sync:.2f}x")
+        print(f"with the output's 64 MiB chunk hashes too (--chunk-hashes, as every repack "
+              f"did before they became opt-in): pinned {t_pch:.2f} s (+sync {t_pch_sync:.2f} s; "
+              f"{t_pch_sync / t_cp_sync:.2f}x cp + sync), unpinned {t_ch:.2f} s "
+              f"(+sync {t_ch_sync:.2f} s; {t_ch_sync / t_cp_sync:.2f}x)")
         print(f"CPU seconds (user + sys, median): repack pinned {statistics.median(cpu_rp):.1f}, "
               f"unpinned {statistics.median(cpu_un):.1f}, for {t_rp:.1f} and {t_un:.1f} s of "
-              "wall time on 2 cores")
+              f"wall time on 2 cores; --chunk-hashes pinned {statistics.median(cpu_pch):.1f}, "
+              f"unpinned {statistics.median(cpu_ch):.1f}")
         print(f"ratio best repack / best cp: {best:.2f}x")
         print(f"peak RSS (repack, /usr/bin/time -v, worst round): {rss_mb:.0f} MB   "
               "(target < 300 MB)")

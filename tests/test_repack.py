@@ -50,7 +50,10 @@ def assert_manifest_verifies(dest: Path, proven: bool = True) -> None:
     assert m.pinned and m.repack is not None
     for e in m.files:
         d = file_digests(dest / e.path, m.chunk_size)
-        assert (d.blake3, d.chunks) == (e.blake3, e.chunks), e.path
+        assert d.blake3 == e.blake3, e.path
+        # chunk hashes only when asked for (repack --chunk-hashes); a file of one chunk
+        # has its one chunk hash whatever was asked
+        assert e.chunks == d.chunks or (e.chunks is None and e.size > m.chunk_size), e.path
     on_disk = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
     assert on_disk == {e.path for e in m.files} | {MANIFEST_NAME}
     r = CliRunner().invoke(cli, ["verify", str(dest)])
@@ -192,6 +195,53 @@ def test_rerun_skips_finished_files_and_force_redoes_them(mini_ckpt, tmp_path):
     forced = repack(mini_ckpt, dest, chunk_size=CHUNK, force=True)
     assert len(forced.written) == 146 and forced.skipped == []
     assert_manifest_verifies(dest)
+
+
+def test_chunk_hashes_are_listed_only_when_asked_and_verify_works_either_way(
+        mini_ckpt, keep_dest, tmp_path):
+    # By default an output larger than one chunk is listed by its whole-file BLAKE3
+    # only (its chunk hashes would be a second BLAKE3 of every byte written);
+    # --chunk-hashes lists them, exactly as the hashing engine computes them.
+    plain = load_manifest(keep_dest / MANIFEST_NAME)
+    outputs = [e for e in plain.files if e.path.endswith(".safetensors")]
+    assert any(e.size > CHUNK for e in outputs)
+    assert all(e.chunks == (None if e.size > CHUNK else [e.blake3]) for e in outputs)
+    dest = tmp_path / "chunked"
+    repack(mini_ckpt, dest, layers="3", chunk_size=CHUNK, chunk_hashes=True)
+    chunked = load_manifest(dest / MANIFEST_NAME)
+    assert any(e.chunks and len(e.chunks) > 1 for e in chunked.files)
+    for e in chunked.files:
+        assert e.chunks == file_digests(dest / e.path, chunked.chunk_size).chunks, e.path
+    # Without chunk hashes verify still proves every output, --quick checks the sizes,
+    # and a damaged output is FAILED (exit 1), named; a rerun of repack redoes it.
+    for folder, manifest in ((keep_dest, plain), (dest, chunked)):
+        assert CliRunner().invoke(cli, ["verify", str(folder), "--quick"]).exit_code == 0
+        victim = max(manifest.files, key=lambda e: e.size)
+        path = folder / victim.path
+        data = path.read_bytes()
+        path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+        try:
+            r = CliRunner().invoke(cli, ["verify", str(folder)])
+            assert r.exit_code == 1 and f"{victim.path}: FAILED" in r.output, r.output
+        finally:
+            path.write_bytes(data)
+
+
+def test_cli_chunk_hashes_flag_asks_for_them(mini_ckpt, tmp_path, monkeypatch):
+    from grokfetch.cli import repack as repack_cli
+
+    asked: list[bool] = []
+
+    def record(*args, **kwargs):
+        asked.append(kwargs["chunk_hashes"])
+        return repack(*args, **kwargs)
+
+    monkeypatch.setattr(repack_cli, "repack", record)
+    for flag, want in (([], False), (["--chunk-hashes"], True)):
+        r = CliRunner().invoke(cli, ["repack", str(mini_ckpt), str(tmp_path / str(want)),
+                                     "--layers", "3", "-q", *flag])
+        assert r.exit_code == 0, r.output
+        assert asked[-1] is want
 
 
 def test_force_replaces_a_repack_with_other_settings(mini_ckpt, tmp_path):

@@ -159,6 +159,19 @@ def test_hashes_match_the_hashing_engine(tmp_path, small_blocks):
     assert res.size == res.path.stat().st_size and len(res.chunks) == -(-res.size // 1024)
 
 
+def test_without_chunk_hashes_only_the_whole_file_is_hashed(tmp_path, small_blocks):
+    w = np.random.default_rng(5).integers(-128, 128, (40, 100), dtype=np.int8)
+    src = stash(tmp_path, w=w)
+    for chunk_size, want in ((1024, None), (1 << 20, "one")):
+        res = write_safetensors(tmp_path / "h.safetensors", [Tensor("w", src["w"])],
+                                chunk_size=chunk_size, chunked=False)
+        ref = file_digests(res.path, chunk_size)
+        assert res.blake3 == ref.blake3 and res.size == res.path.stat().st_size
+        # larger than a chunk: no chunk list; at most one chunk: its hash is the file's
+        assert res.chunks == (None if want is None else [ref.blake3] == ref.chunks and
+                              ref.chunks)
+
+
 def test_zstd_round_trip_hashes_the_compressed_file(tmp_path, small_blocks):
     rng = np.random.default_rng(6)
     w = rng.integers(-4, 4, (40, 64), dtype=np.int8)

@@ -64,12 +64,16 @@ def summary(r: RepackResult) -> str:
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False),
               help="SentencePiece tokenizer.model to put beside the weights (default: Grok-1's, "
                    "packaged; another is checked to be a SentencePiece model).")
+@click.option("--chunk-hashes", is_flag=True,
+              help="Also list the BLAKE3 of each 64 MiB chunk of every output, so verify "
+                   "locates damage inside a file and --quick samples chunks (a second "
+                   "BLAKE3 of every byte written).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def repack_cmd(src: str, dest: str, fmt: str, layout: str, dtype: str | None,
                compress: str | None, layers: str | None, jobs: int, force: bool,
                shard_size: int, config_path: str | None, tokenizer_path: str | None,
-               as_json: bool, quiet: bool) -> None:
+               chunk_hashes: bool, as_json: bool, quiet: bool) -> None:
     """Repack the checkpoint in SRC into safetensors files in DEST, never unpickling.
 
     Restartable: rerun the same command after an interruption and finished
@@ -80,7 +84,8 @@ def repack_cmd(src: str, dest: str, fmt: str, layout: str, dtype: str | None,
     enabled = False if (quiet or as_json) else None
     result = repack(
         src, dest, layout=layout, dtype=dtype, compress=compress, layers=layers, jobs=jobs,
-        force=force, shard_size=shard_size, config=load_config_option(config_path),
+        force=force, shard_size=shard_size, chunk_hashes=chunk_hashes,
+        config=load_config_option(config_path),
         tokenizer=tokenizer_path,
         progress=lambda total, desc: bytes_bar(total, desc, enabled),
     )

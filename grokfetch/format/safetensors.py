@@ -171,7 +171,9 @@ class WrittenFile:
     path: Path
     size: int
     blake3: str
-    chunks: list[str] = field(default_factory=list)
+    # BLAKE3 of each chunk_size slice; None: not computed (chunked=False, a file larger
+    # than one chunk)
+    chunks: list[str] | None = field(default_factory=list)
     tensors: tuple[str, ...] = ()
     payload_bytes: int = 0  # uncompressed tensor bytes (== size - header for plain files)
 
@@ -210,14 +212,22 @@ class StreamDigest:
 
     Produces exactly what ``grokfetch.hashing.file_digests`` computes from the
     finished file (its ``ChunkHasher`` cuts the chunks), without reading it back.
+    ``chunked=False`` leaves the chunk hashes out, as ``digest_file`` does: they are a
+    second BLAKE3 of every byte.  A stream of at most one chunk still has its one
+    chunk hash (its whole-stream hash), free.
     """
 
-    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE, chunked: bool = True):
         if chunk_size <= 0:
             raise UsageError(f"chunk size must be positive, got {chunk_size}")
         self.size = 0
+        self.chunk_size = chunk_size
         self._whole = blake3.blake3()
-        self._chunks = ChunkHasher(chunk_size)
+        self._chunks = ChunkHasher(chunk_size) if chunked else None
+
+    @property
+    def chunked(self) -> bool:
+        return self._chunks is not None
 
     def update(self, data: bytes | memoryview) -> None:
         self.update_whole(data)
@@ -231,11 +241,18 @@ class StreamDigest:
         """The per-chunk half of ``update``."""
         mv = memoryview(data).cast("B")
         self.size += len(mv)
-        self._chunks.update(mv)
+        if self._chunks is not None:
+            self._chunks.update(mv)
 
-    def finish(self) -> tuple[str, list[str]]:
-        """(whole-stream hex digest, chunk digests); an empty stream has no chunks."""
-        return self._whole.hexdigest(), self._chunks.finish()
+    def finish(self) -> tuple[str, list[str] | None]:
+        """(whole-stream hex digest, chunk digests); an empty stream has no chunks, and
+        one of more than a chunk has None for them unless they were computed."""
+        whole = self._whole.hexdigest()
+        if self._chunks is not None:
+            return whole, self._chunks.finish()
+        if self.size > self.chunk_size:
+            return whole, None
+        return whole, [whole] if self.size else []
 
 
 class SourceTap:
@@ -379,10 +396,11 @@ class _HashingSink:
     def __init__(self, f: IO[bytes], digest: StreamDigest):
         self.f = f
         self.digest = digest
-        # One thread per hash (whole file, chunks): each sees the blocks in order.
-        self.pools = ([ThreadPoolExecutor(1, thread_name_prefix="hash") for _ in range(2)]
+        # One thread per hash (whole file, chunks if computed): each sees the blocks in order.
+        self.jobs = [digest.update_whole] + ([digest.update_chunks] if digest.chunked else [])
+        self.pools = ([ThreadPoolExecutor(1, thread_name_prefix="hash") for _ in self.jobs]
                       if HASH_LAG else [])
-        self.pending: deque[tuple[Future[None], Future[None]]] = deque()
+        self.pending: deque[list[Future[None]]] = deque()
         self.pos = 0
         self.advised = 0
 
@@ -393,8 +411,10 @@ class _HashingSink:
         if not self.pools:
             self.digest.update(data)
         else:
-            self.pending.append((self.pools[0].submit(self.digest.update_whole, data),
-                                 self.pools[1].submit(self.digest.update_chunks, data)))
+            if not self.digest.chunked:  # counts the size only: no thread needed
+                self.digest.update_chunks(data)
+            self.pending.append([pool.submit(fn, data)
+                                 for pool, fn in zip(self.pools, self.jobs, strict=True)])
             while len(self.pending) > HASH_LAG:
                 for fut in self.pending.popleft():
                     fut.result()
@@ -608,6 +628,7 @@ def write_safetensors(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_bytes: Callable[[int], Any] | None = None,
     taps: Mapping[Path, SourceTap] | None = None,
+    chunked: bool = True,
 ) -> WrittenFile:
     """Write ``tensors`` to ``path`` as one safetensors file, atomically, hashing as it goes.
 
@@ -619,6 +640,8 @@ def write_safetensors(
         compress_level: if set, the file is a zstd stream (all cores) of the
             safetensors bytes at that level.
         chunk_size: slice size of the per-chunk BLAKE3 list.
+        chunked: compute that list (a second BLAKE3 of every byte written); without
+            it, a file larger than one chunk has ``chunks`` None.
         on_bytes: called with the number of payload bytes after each block
             (progress; also the seam tests use to slow a run down).
         taps: source path -> SourceTap: the BLAKE3 of those source files is computed
@@ -632,7 +655,7 @@ def write_safetensors(
         t.check()
     ordered = order_tensors(tensors)
     head = header_bytes(ordered, metadata)
-    digest = StreamDigest(chunk_size)
+    digest = StreamDigest(chunk_size, chunked)
     payload = 0
     try:
         with atomic_write(path, "wb") as f, contextlib.ExitStack() as stack:

@@ -46,12 +46,15 @@ class RepackOptions:
     force: bool = False  # redo every output, replace whatever DEST holds
     shard_size: int = DEFAULT_SHARD_SIZE  # sglang shard size in bytes
     chunk_size: int = DEFAULT_CHUNK_SIZE  # chunk size of DEST's manifest chunk hashes
+    # BLAKE3 of each chunk of every output too (a second BLAKE3 of every output byte)
+    chunk_hashes: bool = False
 
     @classmethod
     def parse(cls, *, layout: str = "per-tensor", dtype: str | None = None,
               compress: str | int | None = None, layers: str | list[int] | None = None,
               jobs: int = 2, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-              chunk_size: int = DEFAULT_CHUNK_SIZE) -> RepackOptions:
+              chunk_size: int = DEFAULT_CHUNK_SIZE,
+              chunk_hashes: bool = False) -> RepackOptions:
         """Check the options ``repack`` takes; raises UsageError for any that cannot work."""
         if layout not in LAYOUTS:
             raise UsageError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
@@ -74,7 +77,8 @@ class RepackOptions:
             raise UsageError(f"--jobs must be at least 1, got {jobs}")
         if shard_size < 1:
             raise UsageError(f"shard size must be positive, got {shard_size}")
-        return cls(layout, dtype, level, layers, jobs, force, shard_size, chunk_size)
+        return cls(layout, dtype, level, layers, jobs, force, shard_size, chunk_size,
+                   chunk_hashes)
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -141,6 +141,7 @@ def repack(
     force: bool = False,
     shard_size: int = DEFAULT_SHARD_SIZE,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_hashes: bool = False,
     config: ModelConfig | None = None,
     tokenizer: str | os.PathLike[str] | None = None,
     progress: ProgressFactory = no_progress,
@@ -158,6 +159,8 @@ def repack(
         force: redo every output even if an earlier run finished it.
         shard_size: sglang shard size in bytes.
         chunk_size: chunk size of the DEST manifest's chunk hashes.
+        chunk_hashes: list the BLAKE3 of every chunk of each output too, not only of
+            the whole file (a second BLAKE3 of every byte written: see the README).
         config: the model config (default: the pinned manifest's, else inferred).
         tokenizer: a SentencePiece tokenizer.model to copy into DEST (default: Grok-1's,
             packaged); checked against the official hash, else parsed as a model.
@@ -171,7 +174,7 @@ def repack(
     t0 = time.monotonic()
     opts = RepackOptions.parse(layout=layout, dtype=dtype, compress=compress, layers=layers,
                                jobs=jobs, force=force, shard_size=shard_size,
-                               chunk_size=chunk_size)
+                               chunk_size=chunk_size, chunk_hashes=chunk_hashes)
     ckpt = open_checkpoint(src, config)
     check_config_fits(ckpt)
     if opts.layout == "sglang" and ckpt.config_source == "inferred" and not (
@@ -274,9 +277,8 @@ def _already_done(state: _Dest, plan: Plan, opts: RepackOptions) -> dict[str, Fi
         if rec is not None and rec[0] == recipe(opts.settings, o.source, o.arrays,
                                                 opts.chunk_size):
             candidates.append((o, rec[1]))
-    checks = list(parallel_map(
-        lambda oe: still_good(inside(state.path, oe[0].rel), oe[1], opts.chunk_size),
-        candidates, opts.jobs))
+    checks = list(parallel_map(lambda oe: still_good(inside(state.path, oe[0].rel), oe[1]),
+                               candidates, opts.jobs))
     return {o.rel: entry for (o, entry), good in zip(candidates, checks, strict=True) if good}
 
 
@@ -287,7 +289,7 @@ def _write_outputs(state: _Dest, todo: list[Output], done: dict[str, FileEntry],
     journal = Journal(state.path / JOURNAL_NAME, opts.settings, opts.chunk_size)
     journal.add(*done.values(), *state.kept.values())  # complete even if this run is killed too
     journal.touch()  # DEST is now recognisably ours, before the first output lands in it
-    return _write_all(state.path, todo, opts.level, opts.chunk_size, opts.jobs, journal,
+    return _write_all(state.path, todo, opts, journal,
                       progress(sum(o.payload for o in todo), "repack"), sources)
 
 
@@ -507,9 +509,10 @@ def _remove_unplanned(dest: Path, records: dict[str, tuple[str, FileEntry]],
                 inside(dest, rel).unlink()
 
 
-def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: int, jobs: int,
-               journal: Journal, bar: Bar, sources: _SourceHashes) -> dict[str, FileEntry]:
-    """Write ``todo`` with ``jobs`` threads, journal each as it finishes, stop at an error."""
+def _write_all(dest: Path, todo: list[Output], opts: RepackOptions, journal: Journal, bar: Bar,
+               sources: _SourceHashes) -> dict[str, FileEntry]:
+    """Write ``todo`` with ``opts.jobs`` threads, journal each as it finishes, stop at an
+    error."""
     stop = threading.Event()
     bar_lock = threading.Lock()
 
@@ -524,8 +527,9 @@ def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: in
             raise Interrupted("repack stopped")
         # a source nothing vouches for is hashed from the bytes this write copies out of it
         res = write_safetensors(inside(dest, o.rel), o.tensors, o.metadata,
-                                compress_level=level, chunk_size=chunk_size, on_bytes=on_bytes,
-                                taps=sources.taps_for(o))
+                                compress_level=opts.level, chunk_size=opts.chunk_size,
+                                on_bytes=on_bytes, taps=sources.taps_for(o),
+                                chunked=opts.chunk_hashes)
         o = sources.fill(o)
         entry = FileEntry(path=o.rel, size=res.size, blake3=res.blake3, chunks=res.chunks,
                           param=o.param, kind=o.kind, arrays=o.arrays, layer=o.layer,
@@ -534,7 +538,7 @@ def _write_all(dest: Path, todo: list[Output], level: int | None, chunk_size: in
         return entry
 
     out: dict[str, FileEntry] = {}
-    pool = ThreadPoolExecutor(jobs)
+    pool = ThreadPoolExecutor(opts.jobs)
     try:
         futures: dict[Future[FileEntry], Output] = {pool.submit(one, o): o for o in todo}
         pending = set(futures)
