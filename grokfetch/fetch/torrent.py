@@ -185,7 +185,8 @@ def make_session(net: NetOptions, writes_beneath: Path | None = None) -> Any:
     if writes_beneath is None:
         ses = lt.session(params)
     else:
-        ses, _confined = confined_call(lambda: lt.session(params), [writes_beneath])
+        # unconfined where the kernel lacks Landlock: _check_still_inside is then the guard
+        ses, _ = confined_call(lambda: lt.session(params), [writes_beneath])
     if net.max_download_rate or net.max_upload_rate:
         # libtorrent exempts local-network peers from rate limits (the "local"
         # peer class).  A limit the user asks for must hold inside a cluster

@@ -134,9 +134,10 @@ def _unknown_origin_config(mpath: Path, stated: ModelConfig, ckpt_dir: Path,
     sender cannot change without changing the files - else the run is refused.
     """
     inferred = infer_config(ckpt_dir, stated.key_size or key_size)
-    if inferred.to_dict() == stated.to_dict():
+    shown = inferred.to_dict()
+    differ = [k for k, v in stated.to_dict().items() if shown.get(k) != v]
+    if not differ:
         return stated
-    differ = [k for k, v in stated.to_dict().items() if inferred.to_dict().get(k) != v]
     raise UsageError(
         f"{mpath}: a manifest of unknown origin (not this user's pin) states a model config "
         f"the files do not show ({', '.join(differ)}); pass --config to name the model")
