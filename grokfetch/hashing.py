@@ -75,14 +75,18 @@ download is still writing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import hashlib
 import mmap
 import os
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -549,6 +553,48 @@ def default_jobs(algorithm: str) -> int:
     more mmap window (WINDOW bytes) per thread."""
     cores = os.cpu_count() or 1
     return cores if algorithm == "blake3" else 2 * cores
+
+
+def large_file_gate(folder: str | os.PathLike[str]) -> Callable[[int], AbstractContextManager[Any]]:
+    """``gate(size)``: what a thread holds while it hashes a file of ``size`` bytes with
+    blake3's threads (``THREADED_FILE`` or more), so that on a rotational disk only one
+    such file is read at a time.
+
+    Two large files read at once make a disk that seeks move its head between them.
+    Measured cold on this machine's disk (which the kernel marks rotational), three
+    800 MB files and forty of 6 MB, medians of 6 interleaved rounds: 1.93 s one large
+    file at a time against 2.30 s two at a time, faster in every round (``dd`` of each
+    file in turn: 2.87 s).  Nothing is lost hot: one large file's BLAKE3 already keeps
+    every core busy (b3sum reads one file at a time too), and the small files still go
+    beside it.  On a solid-state disk (or where the kernel does not say) several files
+    at once keep more reads in flight, and the gate lets them be.
+    """
+    if not rotational(folder):
+        return lambda size: contextlib.nullcontext()
+    one = threading.Semaphore(1)
+    return lambda size: one if size >= THREADED_FILE else contextlib.nullcontext()
+
+
+def rotational(path: str | os.PathLike[str]) -> bool:
+    """Whether the block device holding ``path`` says it is rotational (Linux sysfs);
+    False where it says not, or cannot tell (a network or overlay filesystem)."""
+    try:
+        return _rotational_device(os.stat(path).st_dev)
+    except OSError:
+        return False
+
+
+@functools.cache
+def _rotational_device(dev: int) -> bool:
+    # A partition (/sys/dev/block/8:1) has no queue/ of its own: its disk's is one up.
+    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+    for queue in (f"{base}/queue/rotational", f"{base}/../queue/rotational"):
+        try:
+            with open(queue) as f:
+                return f.read().strip() == "1"
+        except OSError:
+            continue
+    return False
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int | None) -> Iterator[R]:

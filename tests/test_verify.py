@@ -390,3 +390,44 @@ def test_quick_with_chunk_hashes_reads_no_header(mini_ckpt):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
     assert out == ["True", "False"]
+
+
+@pytest.mark.parametrize("disk_rotational, most_at_once", [(True, 1), (False, 2)])
+def test_on_a_rotational_disk_large_files_are_read_one_at_a_time(tmp_path, monkeypatch,
+                                                                  disk_rotational, most_at_once):
+    # Two streams at once make a disk that seeks move between them; a solid-state disk
+    # keeps more reads in flight with several.  Small files are never held back.
+    import threading
+    import time
+
+    import grokfetch.integrity.verify as engine
+
+    monkeypatch.setattr(hashing, "THREADED_FILE", 64 * 1024)
+    monkeypatch.setattr(hashing, "_rotational_device", lambda dev: disk_rotational)
+    out = tmp_path / "out"
+    out.mkdir()
+    sizes = {"a.bin": 300_000, "b.bin": 200_000, "c.bin": 100_000, "small.bin": 1000}
+    for name, size in sizes.items():
+        (out / name).write_bytes(os.urandom(size))
+    base = Manifest(name="four", files=[FileEntry(path=n, size=s) for n, s in sizes.items()])
+    pin(out, base=base, first_use=True)
+
+    lock, reading, peak = threading.Lock(), [0], [0]
+    real = engine.blake3_file
+
+    def watched(path, **kw):
+        large = os.path.getsize(path) >= hashing.THREADED_FILE
+        with lock:
+            reading[0] += large
+            peak[0] = max(peak[0], reading[0])
+        try:
+            time.sleep(0.2)  # long enough for a second worker to start if it may
+            return real(path, **kw)
+        finally:
+            with lock:
+                reading[0] -= large
+
+    monkeypatch.setattr(engine, "blake3_file", watched)
+    r = verify(out, accept_first_use=True, jobs=2)
+    assert r.proven and r.summary[OK] == 4
+    assert peak[0] == most_at_once

@@ -95,6 +95,7 @@ from grokfetch.hashing import (
     chunk_range,
     default_jobs,
     digest_file,
+    large_file_gate,
     num_chunks,
     parallel_map,
     range_digest,
@@ -1285,12 +1286,18 @@ def _hash_phase(run: _Verification) -> tuple[dict[str, FileResult], int]:
     locate = _PieceLocator(run.path, place, trust.roots) if trust.kind == "pinned" else None
     try:
 
+        gate = large_file_gate(place.root)
+
         def one(x: _Expect) -> FileResult:
+            # One large file at a time on a rotational disk; not for a file that also has
+            # a SHA-256 to check, whose hash cannot spread over the cores.
+            spreads = bool(x.blake3) and not x.sha256 and not quick
             try:
-                return _check_hashed(
-                    x, sizes[x.rel], chunk_size, quick, random.Random(rng.random()), counter,
-                    locate,
-                )
+                with gate(sizes[x.rel] if spreads else 0):
+                    return _check_hashed(
+                        x, sizes[x.rel], chunk_size, quick, random.Random(rng.random()),
+                        counter, locate,
+                    )
             except OSError as e:
                 return FileResult(
                     x.rel,
