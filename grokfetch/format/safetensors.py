@@ -629,6 +629,7 @@ def write_safetensors(
     on_bytes: Callable[[int], Any] | None = None,
     taps: Mapping[Path, SourceTap] | None = None,
     chunked: bool = True,
+    sync_dir: bool = True,
 ) -> WrittenFile:
     """Write ``tensors`` to ``path`` as one safetensors file, atomically, hashing as it goes.
 
@@ -647,6 +648,8 @@ def write_safetensors(
         taps: source path -> SourceTap: the BLAKE3 of those source files is computed
             from the bytes this write copies out of them (``finish`` runs before the
             file is renamed into place, so a source that changed meanwhile leaves none).
+        sync_dir: fsync the folder after the rename (False: the caller fsyncs it once
+            for all its files; the file itself is always fsynced before the rename).
 
     Returns:
         WrittenFile with the size and BLAKE3 (whole + chunks) of the bytes on disk.
@@ -658,7 +661,7 @@ def write_safetensors(
     digest = StreamDigest(chunk_size, chunked)
     payload = 0
     try:
-        with atomic_write(path, "wb") as f, contextlib.ExitStack() as stack:
+        with atomic_write(path, "wb", sync_dir=sync_dir) as f, contextlib.ExitStack() as stack:
             hashing = _HashingSink(f, digest)
             stack.callback(hashing.finish)
             for tap in (taps or {}).values():
