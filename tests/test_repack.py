@@ -574,3 +574,33 @@ def test_each_output_is_fsynced_before_its_rename_and_each_folder_once_after_the
         assert synced and max(renamed_at.values()) < synced[0] < manifest_at, folder
         if folder != os.path.realpath(dest):  # DEST is synced again for config and manifest
             assert len(synced) == 1, folder
+
+
+def test_the_journal_fsyncs_its_first_line_at_once_and_the_rest_within_its_interval(
+        tmp_path, monkeypatch):
+    # One fsync per finished output was one more cache flush of the disk per output; the
+    # lines are written at once (a kill loses none) and fsynced at most once a second.
+    from grokfetch.format.manifest import FileEntry
+    from grokfetch.repack.journal import Journal, load_records
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    journal = Journal(tmp_path / JOURNAL_NAME, {"layout": "per-tensor"}, CHUNK)
+    monkeypatch.setattr(Journal, "SYNC_INTERVAL", 3600.0)
+    entries = [FileEntry(path=f"f{i}.safetensors", size=i, blake3=f"{i:064x}",
+                         source={"file": f"t{i}"}) for i in range(3)]
+    journal.add(entries[0])
+    assert len(synced) == 1  # the first line: DEST is ours, durably
+    journal.add(entries[1])
+    journal.add(entries[2])
+    assert len(synced) == 1
+    records, _settings = load_records(tmp_path)  # written all the same (a kill keeps them)
+    assert sorted(records) == [e.path for e in entries]
+    journal.sync()
+    assert len(synced) == 2
+    journal.sync()  # nothing new: no flush
+    assert len(synced) == 2
+    monkeypatch.setattr(Journal, "SYNC_INTERVAL", 0.0)
+    journal.add(entries[0])
+    assert len(synced) == 3
