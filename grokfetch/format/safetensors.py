@@ -396,9 +396,9 @@ class _HashingSink:
     a trace sampling /proc/diskstats, Dirty and Writeback every 0.1 s; issue 15):
 
     * WRITEBACK_WINDOW 0 (no writeback started, no DONTNEED; what cp does): 26.2 s
-      against 18.0 s (one traced run each, a minute apart).  The kernel lets 2.2 GB go dirty, throttles both writers, then
-      writes in bursts of 2 GB/s with seconds of 0 MB/s between, and each final
-      fsync waits up to 3 s.  Kept at 64 MiB.
+      against 18.0 s (one traced run each, a minute apart).  The kernel lets 2.2 GB
+      go dirty, throttles both writers, then writes in bursts of 2 GB/s with seconds
+      of 0 MB/s between, and each final fsync waits up to 3 s.  Kept at 64 MiB.
     * the DONTNEED call on a thread of its own, up to 4 windows behind (so a writer
       never blocks submitting writeback while the virtual disk stalls on a flush):
       16.20 against 16.07 s pinned, 4 rounds.  Not kept.
