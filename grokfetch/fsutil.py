@@ -127,10 +127,14 @@ def temp_name(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[bytes]]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *,
+                 sync_dir: bool = True) -> Iterator[IO[bytes]]:
     """Open a temp file beside ``path``; on success fsync and rename it into place.
 
     On any exception the temp file is removed and ``path`` is left untouched.
+    ``sync_dir=False`` leaves the folder's fsync (which makes the rename durable) to
+    the caller, who does it once for many files: each fsync is a cache flush of the
+    whole disk, which on a virtual disk stalls every writer for up to a second.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         os.fsync(f.fileno())
         f.close()
         os.replace(tmp, final)
-        fsync_dir(final.parent)
+        if sync_dir:
+            fsync_dir(final.parent)
     except BaseException:
         # close() flushes what is buffered and fails again on a full disk: the temp
         # file must go all the same (a 0-byte .grokfetch-tmp-* was left behind)

@@ -108,8 +108,21 @@ def test_another_sentencepiece_model_is_accepted_and_said_not_to_be_the_official
     assert (tc["unk_token"], tc["bos_token"], tc["eos_token"]) == ("<unk>", "<s>", "</s>")
 
 
+def test_short_and_long_pieces_are_read_alike():
+    """Pieces under 128 bytes take the parser's one-byte fast path, longer ones the
+    general walk: both count, and special ids point at the right piece either way."""
+    long_piece = "\u2581" + "x" * 200
+    model = _piece(long_piece, -2.0, 1) + _piece("<unk>", 0, 2) + _piece("<s>", 0, 3) + \
+        _piece("</s>", 0, 3) + _piece(long_piece + "y", -3.0, 1)
+    count, ids, tokens = parse_sentencepiece(model)
+    assert count == 5
+    assert (tokens["unk"], tokens["bos"], tokens["eos"]) == (long_piece, "<unk>", "<s>")
+    assert ids == {"unk": 0, "bos": 1, "eos": 2}
+
+
 @pytest.mark.parametrize("content", [b"", b"\x80\x04K\x01.", b"hello world\n",
-                                     b"\x0a\xff\xff\xff\x0f"])
+                                     b"\x0a\xff\xff\xff\x0f", b"\x0a", b"\x0a\x05ab",
+                                     _piece("<unk>", 0, 2) + b"\x0a\x7f" + b"x" * 10])
 def test_a_file_that_is_not_a_sentencepiece_model_is_refused_before_writing(
         mini_ckpt, tmp_path, content):
     (tmp_path / "bad.model").write_bytes(content)

@@ -535,3 +535,72 @@ def test_a_source_that_changes_size_during_its_copy_leaves_no_output(
                                 Tensor("scales", pf.arrays["scales"])],
                           compress_level=None if compress is None else 3, taps={path: tap})
     assert not list((tmp_path / "out").iterdir())  # no output, no temp file
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fds through /proc")
+def test_each_output_is_fsynced_before_its_rename_and_each_folder_once_after_the_writes(
+        mini_ckpt, tmp_path, monkeypatch):
+    # Every fsync is a cache flush of the whole disk, so an output's folder is fsynced
+    # (its rename made durable) once after all the writes, not once per output; the
+    # output itself is still on disk before its final name appears.
+    events: list[tuple[str, str, str]] = []  # (what, path, renamed to); appended at once
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(os.readlink(f"/proc/self/fd/{fd}")), ""))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", os.path.realpath(src), os.path.realpath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    dest = tmp_path / "out"
+    res = repack(mini_ckpt, dest, layers="0-1", chunk_size=CHUNK)
+    finals = {os.path.realpath(dest / rel) for rel in res.written}
+    renamed_at = {}
+    for i, (what, tmp, final) in enumerate(events):
+        if what == "rename" and final in finals:
+            renamed_at[final] = i
+            assert ("fsync", tmp, "") in events[:i], final  # its bytes before its name
+    assert set(renamed_at) == finals
+    manifest_at = next(i for i, e in enumerate(events)
+                       if e[0] == "rename" and e[2] == os.path.realpath(dest / MANIFEST_NAME))
+    folders = {os.path.dirname(p) for p in finals}
+    assert len(folders) == 3  # DEST (embedding, final norm), layer-00, layer-01
+    for folder in folders:
+        synced = [i for i, e in enumerate(events) if e == ("fsync", folder, "")]
+        assert synced and max(renamed_at.values()) < synced[0] < manifest_at, folder
+        if folder != os.path.realpath(dest):  # DEST is synced again for config and manifest
+            assert len(synced) == 1, folder
+
+
+def test_the_journal_fsyncs_its_first_line_at_once_and_the_rest_within_its_interval(
+        tmp_path, monkeypatch):
+    # One fsync per finished output was one more cache flush of the disk per output; the
+    # lines are written at once (a kill loses none) and fsynced at most once a second.
+    from grokfetch.format.manifest import FileEntry
+    from grokfetch.repack.journal import Journal, load_records
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    journal = Journal(tmp_path / JOURNAL_NAME, {"layout": "per-tensor"}, CHUNK)
+    monkeypatch.setattr(Journal, "SYNC_INTERVAL", 3600.0)
+    entries = [FileEntry(path=f"f{i}.safetensors", size=i, blake3=f"{i:064x}",
+                         source={"file": f"t{i}"}) for i in range(3)]
+    journal.add(entries[0])
+    assert len(synced) == 1  # the first line: DEST is ours, durably
+    journal.add(entries[1])
+    journal.add(entries[2])
+    assert len(synced) == 1
+    records, _settings = load_records(tmp_path)  # written all the same (a kill keeps them)
+    assert sorted(records) == [e.path for e in entries]
+    journal.sync()
+    assert len(synced) == 2
+    journal.sync()  # nothing new: no flush
+    assert len(synced) == 2
+    monkeypatch.setattr(Journal, "SYNC_INTERVAL", 0.0)
+    journal.add(entries[0])
+    assert len(synced) == 3
