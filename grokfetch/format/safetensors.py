@@ -441,6 +441,8 @@ class _HashingSink:
         if WRITEBACK_WINDOW and self.pos - self.advised >= WRITEBACK_WINDOW:
             self.f.flush()
             start = max(0, self.advised - WRITEBACK_WINDOW)  # the previous window is clean now
+            # One call does both: Linux's DONTNEED starts writeback of the dirty pages in
+            # the range (without waiting) and drops the clean ones.
             with contextlib.suppress(OSError, AttributeError):
                 os.posix_fadvise(self.f.fileno(), start, self.pos - start,
                                  os.POSIX_FADV_DONTNEED)
