@@ -115,12 +115,18 @@ def _partial_get_config(root: Path) -> ModelConfig | None:
         if p.is_file():
             lm = load_manifest_file(p)
             cfg = lm.manifest.config
-            if cfg is None or lm.authentic or confirmed_by_packaged(cfg):
+            if cfg is None or _vouched_for(lm.authentic, cfg):
                 return cfg
             raise UsageError(
                 f"{p}: a model config of unknown origin (not written by this user's "
                 "grokfetch get, not a packaged model's); pass --config to name the model")
     return None
+
+
+def _vouched_for(authentic: bool, config: ModelConfig) -> bool:
+    """May a config a manifest states be taken as stated: the manifest is this user's own
+    (tagged with their key: grokfetch.trust), or the config is a packaged model's?"""
+    return authentic or confirmed_by_packaged(config)
 
 
 def _unknown_origin_config(mpath: Path, stated: ModelConfig, ckpt_dir: Path,
@@ -191,7 +197,7 @@ def open_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None = N
         manifest = lm.manifest
         stated = manifest.config
         if config is None and stated is not None:
-            if not (lm.authentic or confirmed_by_packaged(stated)):
+            if not _vouched_for(lm.authentic, stated):
                 stated = _unknown_origin_config(mpath, stated, ckpt_dir, key_size)
             config, source = stated, "manifest"
     if config is None:

@@ -535,7 +535,6 @@ def _write_all(dest: Path, todo: list[Output], opts: RepackOptions, journal: Jou
     """
     stop = threading.Event()
     bar_lock = threading.Lock()
-    folders: set[Path] = set()  # where outputs were renamed into place: fsynced at the end
 
     def on_bytes(n: int) -> None:
         if stop.is_set():
@@ -546,13 +545,11 @@ def _write_all(dest: Path, todo: list[Output], opts: RepackOptions, journal: Jou
     def one(o: Output) -> FileEntry:
         if stop.is_set():
             raise Interrupted("repack stopped")
-        path = inside(dest, o.rel)
         # a source nothing vouches for is hashed from the bytes this write copies out of it
-        res = write_safetensors(path, o.tensors, o.metadata,
+        res = write_safetensors(inside(dest, o.rel), o.tensors, o.metadata,
                                 compress_level=opts.level, chunk_size=opts.chunk_size,
                                 on_bytes=on_bytes, taps=sources.taps_for(o),
                                 chunked=opts.chunk_hashes, sync_dir=False)
-        folders.add(path.parent)
         o = sources.fill(o)
         entry = FileEntry(path=o.rel, size=res.size, blake3=res.blake3, chunks=res.chunks,
                           param=o.param, kind=o.kind, arrays=o.arrays, layer=o.layer,
@@ -583,6 +580,6 @@ def _write_all(dest: Path, todo: list[Output], opts: RepackOptions, journal: Jou
     # (each fsync is a cache flush of the disk).  A journal line may reach the disk
     # before its output's rename does: after a crash the rerun checks every journalled
     # output on disk (size and BLAKE3) and redoes one that is not there.
-    for folder in sorted(folders):
+    for folder in sorted({inside(dest, o.rel).parent for o in todo}):
         fsync_dir(folder)
     return out
