@@ -133,8 +133,8 @@ def test_a_second_repack_into_the_same_folder_is_refused_while_the_first_runs(bi
 def test_smoke_all_and_repacks_source_hashing_report_progress_in_a_log(big: Path,
                                                                       tmp_path: Path):
     """Item 4: no long phase is silent - smoke --all counts layers; repack hashes an
-    unpinned source right before it copies it, inside its bar, which is there from the
-    first byte (its clock moves while a large source is hashed)."""
+    unpinned source from the bytes its copy reads, so its one bar runs from the start
+    of the copy to its end (no silent hashing phase before it)."""
     p = Started("smoke", str(big), "--all")
     rc, err = p.term_when(lambda: False, timeout=120)
     assert rc == 0, err
@@ -145,5 +145,9 @@ def test_smoke_all_and_repacks_source_hashing_report_progress_in_a_log(big: Path
     p = Started("repack", str(src), str(tmp_path / "st"), "--jobs", "1")
     rc, err = p.term_when(lambda: False, timeout=120)
     assert rc == 0, err
-    assert re.search(r"^repack: 0 B of [\d.]+ MB \(0\.0%\)", err, re.M), err
-    assert len(re.findall(r"^repack: ", err, re.M)) >= 2, err
+    # Whether a line lands before the first byte is copied is a race with the ticker;
+    # that the bar is already counting while most of the copy is still ahead is not.
+    done = [float(x) for x in re.findall(r"^repack: [\d.]+ [kMG]?B of [\d.]+ MB \(([\d.]+)%\)",
+                                         err, re.M)]
+    assert len(done) >= 2, err
+    assert done[0] < 50.0 and done == sorted(done), err
