@@ -10,6 +10,7 @@ internal error (70), never a hang, and the other files still get their verdicts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -251,9 +252,20 @@ def pinned_folder(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def _truncate_later(path: Path, size: int) -> subprocess.Popen:
-    """Another program truncating ``path`` (it blocks while we hold a read lease)."""
-    return subprocess.Popen([sys.executable, "-c",
-                             f"import os; os.truncate({str(path)!r}, {size})"])
+    """Another program truncating ``path``, returned once it is blocked on our read lease.
+
+    The kernel sends the lease holder its break before it puts the truncating process to
+    sleep in ``__break_lease``, so from then on the reader has been told.  (A fixed sleep
+    raced a loaded machine's Python start-up.)
+    """
+    p = subprocess.Popen([sys.executable, "-c", f"import os; os.truncate({str(path)!r}, {size})"])
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if "break_lease" in Path(f"/proc/{p.pid}/wchan").read_text():
+                return p
+        time.sleep(0.005)
+    raise AssertionError(f"the truncate of {path} never waited on a lease (exit {p.poll()})")
 
 
 def test_a_file_shrinking_under_verify_is_one_result_not_sigbus(tmp_path):
@@ -267,7 +279,6 @@ def test_a_file_shrinking_under_verify_is_one_result_not_sigbus(tmp_path):
         def update(self, n: int) -> None:
             if not procs:
                 procs.append(_truncate_later(big, 1000))
-                time.sleep(0.5)  # the truncate is now waiting for our lease
 
         def close(self) -> None:
             pass
@@ -311,7 +322,6 @@ def test_a_source_shrinking_under_a_dequantizing_repack_stops_it(tmp_path):
     m = _Mapped(src)
     try:
         p = _truncate_later(src, 10)
-        time.sleep(0.5)
         with pytest.raises(FileChangedError, match="changed while being read"):
             m.release()  # after each block: the next one is never touched
     finally:

@@ -398,7 +398,6 @@ def test_on_a_rotational_disk_large_files_are_read_one_at_a_time(tmp_path, monke
     # Two streams at once make a disk that seeks move between them; a solid-state disk
     # keeps more reads in flight with several.  Small files are never held back.
     import threading
-    import time
 
     import grokfetch.integrity.verify as engine
 
@@ -412,19 +411,22 @@ def test_on_a_rotational_disk_large_files_are_read_one_at_a_time(tmp_path, monke
     base = Manifest(name="four", files=[FileEntry(path=n, size=s) for n, s in sizes.items()])
     pin(out, base=base, first_use=True)
 
-    lock, reading, peak = threading.Lock(), [0], [0]
+    changed, reading, peak = threading.Condition(), [0], [0]
     real = engine.blake3_file
 
     def watched(path, **kw):
         large = os.path.getsize(path) >= hashing.THREADED_FILE
-        with lock:
+        with changed:
             reading[0] += large
             peak[0] = max(peak[0], reading[0])
+            changed.notify_all()
+            # Hold the first large file until a second one is being read beside it, if one
+            # may: ungated, that happens however slow the machine; gated, not in 0.2 s.
+            changed.wait_for(lambda: peak[0] >= 2, timeout=0.2 if disk_rotational else 30)
         try:
-            time.sleep(0.2)  # long enough for a second worker to start if it may
             return real(path, **kw)
         finally:
-            with lock:
+            with changed:
                 reading[0] -= large
 
     monkeypatch.setattr(engine, "blake3_file", watched)
