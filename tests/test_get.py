@@ -201,6 +201,50 @@ def test_repair_refetches_only_bad_pieces(tmp_path: Path, source: Path, seeder: 
     assert result["downloaded"] == PIECE  # the one piece holding the flipped byte
 
 
+def test_a_seed_met_before_a_recheck_that_finds_a_bad_piece_is_dialled_again(tmp_path: Path,
+                                                                              source: Path):
+    """The rerun above, with the order the race sometimes gave it on a loaded machine: the
+    seeder and this node meet while both are seeds (and part), then the recheck finds the
+    bad piece.  libtorrent then counts no peer it may dial - the seeder is still "a seed,
+    useless to a seed" - and never redials it; the loop has it recount its candidates."""
+    import time
+
+    import libtorrent as lt
+
+    net = torrent.NetOptions(listen="127.0.0.1:0", dht=False, utp=False)
+    dest = tmp_path / "dl"
+    shutil.copytree(source, dest)
+    ti = (source / "ckpt-0.torrent").read_bytes()
+
+    def add(ses, folder: Path):
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(lt.bdecode(ti))
+        atp.save_path = str(folder)
+        return ses.add_torrent(atp)
+
+    def until(cond, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    seeder_ses, ses = torrent.make_session(net), torrent.make_session(net)
+    seeding, h = add(seeder_ses, source), add(ses, dest)
+    until(lambda: seeding.status().is_seeding and h.status().is_seeding, "both seeding")
+    h.connect_peer(("127.0.0.1", seeder_ses.listen_port()))
+    until(lambda: h.status().list_seeds == 1, "the seeder met, and known as a seed")
+    victim = dest / "ckpt-0" / "tensor00002_000"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    h.force_recheck()
+    until(lambda: h.status().state == lt.torrent_status.downloading, "the recheck done")
+    torrent.recount_connect_candidates(ses)
+    h.connect_peer(("127.0.0.1", seeder_ses.listen_port()))
+    until(lambda: h.status().is_finished, "the bad piece fetched again")
+    assert victim.read_bytes() == (source / "ckpt-0" / "tensor00002_000").read_bytes()
+
+
 def test_web_seed_only_download(tmp_path: Path, source: Path):
     dest = tmp_path / "dl"
     # The URL names the folder holding the torrent's root folder (ckpt-0/).

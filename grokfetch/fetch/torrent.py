@@ -177,6 +177,23 @@ def session_settings(net: NetOptions) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k in known}  # 2.0 lacks some (the STUN server)
 
 
+def recount_connect_candidates(ses: Any) -> None:
+    """Make libtorrent recount which of the peers it knows it may dial.
+
+    libtorrent 2.1 keeps that count (``connect_candidates``) up to date as peers come and
+    go, but not when a finished torrent turns back into a download (a recheck that found
+    a bad piece): a peer it learned was a seed while both sides were seeds stays counted
+    as useless, and nothing is dialled again, the one peer with the missing piece
+    included.  Measured here: a seed-to-seed connection, then a flipped byte and a
+    recheck left ``list_peers`` 1, ``connect_candidates`` 0 for as long as we waited, in
+    5 of 5 rounds; redialling (``connect_peer``) does not clear it.  The count is redone
+    whenever ``max_failcount`` changes, so set it to another value and back.
+    """
+    n = int(ses.get_settings()["max_failcount"])
+    ses.apply_settings({"max_failcount": n + 1})
+    ses.apply_settings({"max_failcount": n})
+
+
 def make_session(net: NetOptions, writes_beneath: Path | None = None) -> Any:
     """A session with grokfetch's settings.  ``writes_beneath``: the kernel lets its threads
     write only inside that folder (Landlock, where Linux has it: ``grokfetch.confine``)."""
@@ -1229,7 +1246,9 @@ def _loop(
             raise DiskError(msg)
         if st.errc.value():  # libtorrent stopped the torrent
             raise _stopped_error(run, ses, h, st)
-        if peers and st.num_peers == 0 and now - last_dial >= REDIAL_EVERY:
+        if st.num_peers == 0 and now - last_dial >= REDIAL_EVERY:
+            if st.list_peers and not st.connect_candidates and not st.is_finished:
+                recount_connect_candidates(ses)
             for addr in peers:
                 h.connect_peer(addr)
                 if addr not in run.warned_peers:  # say once why a named peer is not there
