@@ -272,3 +272,25 @@ def os_errors_as_disk_errors(place: str) -> Callable[[Callable[_P, _R]], Callabl
         return wrapper
 
     return decorate
+
+
+def rotational(path: str | os.PathLike[str]) -> bool:
+    """Whether the block device holding ``path`` says it is rotational (Linux sysfs);
+    False where it says not, or cannot tell (a network or overlay filesystem)."""
+    try:
+        return _rotational_device(os.stat(path).st_dev)
+    except OSError:
+        return False
+
+
+@functools.cache
+def _rotational_device(dev: int) -> bool:
+    # A partition (/sys/dev/block/8:1) has no queue/ of its own: its disk's is one up.
+    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+    for queue in (f"{base}/queue/rotational", f"{base}/../queue/rotational"):
+        try:
+            with open(queue) as f:
+                return f.read().strip() == "1"
+        except OSError:
+            continue
+    return False

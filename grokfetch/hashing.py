@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import mmap
 import os
@@ -86,12 +85,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import blake3
 
+from grokfetch.fsutil import rotational
 from grokfetch.readguard import lease
 
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024  # 64 MiB: locates a corruption to 1/25 of a 1.6 GB file
@@ -555,7 +554,9 @@ def default_jobs(algorithm: str) -> int:
     return cores if algorithm == "blake3" else 2 * cores
 
 
-def large_file_gate(folder: str | os.PathLike[str]) -> Callable[[int], AbstractContextManager[Any]]:
+def large_file_gate(
+    folder: str | os.PathLike[str],
+) -> Callable[[int], contextlib.AbstractContextManager[Any]]:
     """``gate(size)``: what a thread holds while it hashes a file of ``size`` bytes with
     blake3's threads (``THREADED_FILE`` or more), so that on a rotational disk only one
     such file is read at a time.
@@ -575,28 +576,6 @@ def large_file_gate(folder: str | os.PathLike[str]) -> Callable[[int], AbstractC
         return lambda size: contextlib.nullcontext()
     one = threading.Semaphore(1)
     return lambda size: one if size >= THREADED_FILE else contextlib.nullcontext()
-
-
-def rotational(path: str | os.PathLike[str]) -> bool:
-    """Whether the block device holding ``path`` says it is rotational (Linux sysfs);
-    False where it says not, or cannot tell (a network or overlay filesystem)."""
-    try:
-        return _rotational_device(os.stat(path).st_dev)
-    except OSError:
-        return False
-
-
-@functools.cache
-def _rotational_device(dev: int) -> bool:
-    # A partition (/sys/dev/block/8:1) has no queue/ of its own: its disk's is one up.
-    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
-    for queue in (f"{base}/queue/rotational", f"{base}/../queue/rotational"):
-        try:
-            with open(queue) as f:
-                return f.read().strip() == "1"
-        except OSError:
-            continue
-    return False
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int | None) -> Iterator[R]:

@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 from helpers import by_path, flip_byte
 
-from grokfetch import hashing
+from grokfetch import fsutil, hashing
 from grokfetch.errors import ManifestError, PinRefused, UsageError
 from grokfetch.format.manifest import (
     MANIFEST_NAME,
@@ -402,7 +402,7 @@ def test_on_a_rotational_disk_large_files_are_read_one_at_a_time(tmp_path, monke
     import grokfetch.integrity.verify as engine
 
     monkeypatch.setattr(hashing, "THREADED_FILE", 64 * 1024)
-    monkeypatch.setattr(hashing, "_rotational_device", lambda dev: disk_rotational)
+    monkeypatch.setattr(fsutil, "_rotational_device", lambda dev: disk_rotational)
     out = tmp_path / "out"
     out.mkdir()
     sizes = {"a.bin": 300_000, "b.bin": 200_000, "c.bin": 100_000, "small.bin": 1000}
